@@ -1,0 +1,38 @@
+# Two commands set everything up on a fresh machine: `make demo` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+DEMO_OUT ?= runs/demo
+
+.PHONY: install data demo test bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+# Fashion-MNIST from Debian's dataset-fashion-mnist where apt is available (as root), else the
+# loader downloads it into ~/.cache/hwtoolkit with checksums.
+data:
+	@if [ ! -f $(FMNIST) ] && command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends dataset-fashion-mnist; \
+	fi
+
+demo: install data
+	$(PY) -m hwtoolkit.cli train configs/fmnist_mlp.toml --out $(DEMO_OUT) --set train.epochs=5
+	$(PY) -m hwtoolkit.cli gdu configs/gdu_mlp.toml --beta 0.001 --json $(DEMO_OUT)/gdu.json --plot $(DEMO_OUT)/plots/gdu.png
+
+test: install
+	$(PY) -m pytest -q
+
+bench: install data
+	$(PY) benchmarks/step_speed.py
+
+clean:
+	rm -rf $(VENV) runs build *.egg-info

@@ -1,0 +1,158 @@
+"""Command line: ``hwtoolkit train | evaluate | gdu | targets``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import targets
+from hwtoolkit import config as config_mod
+from hwtoolkit.data import DatasetNotFoundError
+from targets import TargetError
+
+
+def _load_config(args: argparse.Namespace) -> config_mod.Config:
+    overrides = list(args.set or [])
+    if getattr(args, "target", None):
+        overrides.append(f"target.name={json.dumps(args.target)}")
+    return config_mod.load(args.config, overrides)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from hwtoolkit.training.loop import train
+
+    cfg = _load_config(args)
+    out = Path(args.out) if args.out else Path("runs") / f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    summary = train(cfg, out, resume=args.resume, progress=False if args.no_progress else None)
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from hwtoolkit.training.loop import evaluate_run
+
+    evaluate_run(args.run_dir)
+    return 0
+
+
+def cmd_gdu(args: argparse.Namespace) -> int:
+    import torch
+
+    from hwtoolkit.diagnostics.gdu import gdu
+    from hwtoolkit.network.parameters import init_parameters
+    from hwtoolkit.plots import plot_gdu
+    from hwtoolkit.training import checkpoint
+    from hwtoolkit.training.loop import load_splits
+
+    cfg = _load_config(args)
+    spec = cfg.network
+    gen = torch.Generator().manual_seed(cfg.seed)
+    if args.random_input:
+        x = torch.rand(args.batch, *spec.input_shape, generator=gen, dtype=torch.float64)
+        y = torch.randint(0, spec.classes, (args.batch,), generator=gen)
+    else:
+        splits = load_splits(cfg)
+        pool_x, pool_y = (splits.val_x, splits.val_y) if splits.val_x.shape[0] else (splits.train_x, splits.train_y)
+        x = pool_x[:args.batch].double() / 255.0
+        y = pool_y[:args.batch]
+    if args.weights:
+        params = {n: t.double() for n, t in checkpoint.load(args.weights)["weights"].items()}
+    else:
+        params = init_parameters(spec, cfg.seed, torch.float64)
+    beta = args.beta if args.beta is not None else cfg.ep.beta
+    steps = args.steps or cfg.ep.nudged_steps
+    free_steps = args.free_steps or cfg.ep.free_steps
+    estimators = ["one_sided", "symmetric"] if args.estimator == "both" else [args.estimator]
+    report = {"config": str(args.config), "network": spec.describe(), "batch": int(x.shape[0]), "results": []}
+    for est in estimators:
+        result = gdu(spec, params, x, y, beta=beta, steps=steps, free_steps=free_steps, estimator=est)
+        report["results"].append(result.as_dict())
+        print(f"GDU check, {est} EP, beta = {beta:g}, K = {steps} steps, free phase {free_steps} steps "
+              f"(residual {result.free_residual:.1e})")
+        if result.free_residual > 1e-3 * beta:
+            print(f"  warning: the free phase has not converged: its last step still moved a unit by "
+                  f"{result.free_residual:.1e}, not small against beta = {beta:g}. The GDU property assumes a "
+                  f"fixed point, and the EP updates carry an error of about residual / beta. Raise --free-steps.")
+        print(f"  {'':6} {'rel. error':>11} {'sign disagr.':>13} {'cosine':>9}")
+        for name, f in result.fidelity.items():
+            print(f"  {name:6} {f.relative_error:11.3e} {f.sign_disagreement:13.4f} {f.cosine:9.5f}")
+        for name, a in result.asymmetry.items():
+            print(f"  asymmetry ||W - B^T|| / ||W|| of {name}: {a:.4f}")
+        plot = Path(args.plot)
+        if len(estimators) > 1:
+            plot = plot.with_name(f"{plot.stem}_{est}{plot.suffix}")
+        plot_gdu(result, plot)
+        print(f"  plot: {plot}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+        print(f"wrote {args.json}")
+    return 0
+
+
+def cmd_targets(args: argparse.Namespace) -> int:
+    for name in targets.available():
+        try:
+            cls = targets.get(name)
+            print(f"{name:12} {cls.description}")
+        except Exception as e:  # a broken third-party entry point must not hide the others
+            print(f"{name:12} (cannot be loaded: {e})")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hwtoolkit", description="Equilibrium Propagation on real and simulated "
+                                                                   "hardware.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def add_config_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument("config", help="experiment TOML file (see configs/)")
+        p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                       help="override a config field by its dotted name, e.g. --set ep.beta=0.2 (repeatable)")
+
+    p = sub.add_parser("train", help="train a network on a target")
+    add_config_args(p)
+    p.add_argument("--target", help="target name (overrides target.name; see `hwtoolkit targets`)")
+    p.add_argument("--out", help="run directory (default: runs/NAME-TIMESTAMP)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="evaluate a run's best weights on its validation and test splits")
+    p.add_argument("run_dir")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("gdu", help="compare per-step EP updates with BPTT gradients (GDU property)")
+    add_config_args(p)
+    p.add_argument("--beta", type=float, help="nudging strength (default: the config's ep.beta)")
+    p.add_argument("--estimator", choices=["one_sided", "symmetric", "both"], default="both")
+    p.add_argument("--steps", type=int, help="K, the steps compared (default: ep.nudged_steps)")
+    p.add_argument("--free-steps", type=int, help="free-phase steps (default: ep.free_steps)")
+    p.add_argument("--batch", type=int, default=16, help="samples in the batch (default 16)")
+    p.add_argument("--weights", help="a checkpoint (run/checkpoints/best.pt) instead of the initial weights")
+    p.add_argument("--random-input", action="store_true", help="uniform random inputs instead of the data set")
+    p.add_argument("--json", help="write the figures to this JSON file")
+    p.add_argument("--plot", default="gdu.png", help="PNG of EP and BPTT curves per layer (default gdu.png)")
+    p.set_defaults(func=cmd_gdu)
+
+    p = sub.add_parser("targets", help="list the available targets")
+    p.set_defaults(func=cmd_targets)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (config_mod.ConfigError, DatasetNotFoundError, TargetError, FileNotFoundError, ValueError) as e:
+        print(f"hwtoolkit {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"hwtoolkit {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,262 @@
+"""Experiment configuration: one TOML file, loaded into typed dataclasses with validation.
+
+Every field is checked against its annotated type and range; an error names the
+field, the value and what would be valid. ``--set key=value`` overrides any
+field by its dotted path before validation, so overrides are checked too.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+
+from .network.spec import NetworkSpec, SpecError
+
+ESTIMATORS = ("symmetric", "one_sided", "random_sign", "bptt")
+SCHEDULES = ("cosine", "constant")
+
+
+class ConfigError(ValueError):
+    """A configuration file or override is invalid."""
+
+
+@dataclass
+class DataConfig:
+    """Which data set, where to find it, and how to split it."""
+
+    dataset: str = "fashion-mnist"
+    root: str = ""  # explicit directory to search first ("" = the standard search path)
+    download: bool = True
+    val_size: int = 5000  # taken from the training set for model selection
+    augment: bool = False  # CIFAR-10 crop + flip of the 2021 paper
+    limit: int = 0  # keep only the first N train/test samples (0 = all), for quick runs
+
+    def validate(self) -> None:
+        _check(self.val_size >= 0, "data.val_size", self.val_size, "an integer >= 0")
+        _check(self.limit >= 0, "data.limit", self.limit, "an integer >= 0 (0 = all)")
+
+
+@dataclass
+class EPConfig:
+    """Phase lengths and nudging (EP_PRIMER section 3)."""
+
+    beta: float = 0.5
+    free_steps: int = 30
+    nudged_steps: int = 10
+    tolerance: float = 1e-4  # a free phase has converged when its last step moved no unit by more
+
+    def validate(self) -> None:
+        _check(self.beta > 0, "ep.beta", self.beta, "a positive number")
+        _check(self.free_steps >= 1, "ep.free_steps", self.free_steps, "an integer >= 1")
+        _check(self.nudged_steps >= 1, "ep.nudged_steps", self.nudged_steps, "an integer >= 1")
+        _check(self.tolerance > 0, "ep.tolerance", self.tolerance, "a positive number")
+
+
+@dataclass
+class OptimConfig:
+    """SGD with momentum, per-layer learning rates (input side first, readout last), weight decay."""
+
+    lr: tuple[float, ...] = (0.05,)  # one value for all layers, or one per weight layer
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    schedule: str = "cosine"
+    final_lr_factor: float = 0.0  # the cosine schedule ends at lr * final_lr_factor
+
+    def validate(self) -> None:
+        _check(len(self.lr) >= 1 and all(v > 0 for v in self.lr), "optim.lr", list(self.lr),
+               "positive learning rates")
+        _check(0 <= self.momentum < 1, "optim.momentum", self.momentum, "a number in [0, 1)")
+        _check(self.weight_decay >= 0, "optim.weight_decay", self.weight_decay, "a number >= 0")
+        _check(self.schedule in SCHEDULES, "optim.schedule", self.schedule, f"one of {SCHEDULES}")
+        _check(0 <= self.final_lr_factor <= 1, "optim.final_lr_factor", self.final_lr_factor, "a number in [0, 1]")
+
+
+@dataclass
+class TrainConfig:
+    """Epochs, batches and checkpointing."""
+
+    epochs: int = 10
+    batch_size: int = 128
+    eval_batch_size: int = 1000
+    checkpoint_every: int = 100  # batches between mid-epoch checkpoints (0 = only at epoch ends)
+
+    def validate(self) -> None:
+        _check(self.epochs >= 1, "train.epochs", self.epochs, "an integer >= 1")
+        _check(self.batch_size >= 1, "train.batch_size", self.batch_size, "an integer >= 1")
+        _check(self.eval_batch_size >= 1, "train.eval_batch_size", self.eval_batch_size, "an integer >= 1")
+        _check(self.checkpoint_every >= 0, "train.checkpoint_every", self.checkpoint_every, "an integer >= 0")
+
+
+@dataclass
+class TargetConfig:
+    """The device: ``name`` picks it from the registry, every other key is passed to it as an option."""
+
+    name: str = "reference"
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def validate(self) -> None:
+        _check(bool(self.name), "target.name", self.name, "a target name (see `hwtoolkit targets`)")
+
+
+@dataclass
+class Config:
+    """One experiment."""
+
+    name: str = "experiment"
+    seed: int = 0
+    estimator: str = "symmetric"
+    network: NetworkSpec = field(default_factory=NetworkSpec)
+    data: DataConfig = field(default_factory=DataConfig)
+    ep: EPConfig = field(default_factory=EPConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    target: TargetConfig = field(default_factory=TargetConfig)
+
+    def validate(self) -> None:
+        _check(self.estimator in ESTIMATORS, "estimator", self.estimator, f"one of {ESTIMATORS}")
+        for part in (self.data, self.ep, self.optim, self.train, self.target):
+            part.validate()
+        layers = self.network.num_weight_layers
+        _check(len(self.optim.lr) in (1, layers), "optim.lr", list(self.optim.lr),
+               f"1 value or {layers} (one per weight layer of {self.network.describe()})")
+
+    def layer_lrs(self) -> list[float]:
+        """The learning rate of every weight layer, input side first."""
+        lr = list(self.optim.lr)
+        return lr * self.network.num_weight_layers if len(lr) == 1 else lr
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["network"]["conv"] = [dataclasses.asdict(c) for c in self.network.conv]
+        target = d.pop("target")
+        d["target"] = {"name": target["name"], **target["options"]}
+        return d
+
+    def to_toml(self) -> str:
+        return tomli_w.dumps(self.to_dict())
+
+
+def _check(ok: bool, name: str, value: object, valid: str) -> None:
+    if not ok:
+        raise ConfigError(f"{name} = {value!r} is invalid: expected {valid}")
+
+
+def _convert(value: Any, hint: Any, name: str) -> Any:
+    """Check ``value`` against the type ``hint`` and convert lists to tuples where the hint says so."""
+    origin = typing.get_origin(hint)
+    if dataclasses.is_dataclass(hint):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{name} = {value!r} is invalid: expected a table")
+        return _build(hint, value, name)
+    if origin is tuple:
+        item = typing.get_args(hint)[0]
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and item is float:
+            value = [value]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{name} = {value!r} is invalid: expected a list")
+        return tuple(_convert(v, item, f"{name}[{i}]") for i, v in enumerate(value))
+    if origin in (dict,) or hint is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{name} = {value!r} is invalid: expected a table")
+        return dict(value)
+    if origin in (typing.Union, types.UnionType):
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{name} = {value!r} is invalid: expected a number")
+        return float(value)
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{name} = {value!r} is invalid: expected an integer")
+        return value
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{name} = {value!r} is invalid: expected true or false")
+        return value
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{name} = {value!r} is invalid: expected a string")
+        return value
+    return value
+
+
+def _build(cls: type, table: dict[str, Any], prefix: str) -> Any:
+    """Instantiate dataclass ``cls`` from a TOML table, rejecting unknown keys and wrong types."""
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls) if f.init]
+    unknown = sorted(set(table) - set(names))
+    if unknown:
+        where = f"[{prefix}]" if prefix else "the top level"
+        raise ConfigError(f"unknown key(s) {unknown} in {where}; valid keys: {names}")
+    kwargs = {k: _convert(v, hints[k], f"{prefix}.{k}" if prefix else k) for k, v in table.items()}
+    try:
+        return cls(**kwargs)
+    except SpecError as e:
+        raise ConfigError(str(e)) from None
+
+
+def from_dict(raw: dict[str, Any]) -> Config:
+    """Build and validate a ``Config`` from a parsed TOML document."""
+    raw = dict(raw)
+    if not isinstance(raw.get("network"), dict):
+        raise ConfigError("the config has no [network] table; see configs/fmnist_mlp.toml for an example")
+    target = raw.pop("target", {})
+    if not isinstance(target, dict):
+        raise ConfigError(f"target = {target!r} is invalid: expected a table")
+    cfg = _build(Config, raw, "")
+    options = dict(target)
+    cfg.target = TargetConfig(name=_convert(options.pop("name", "reference"), str, "target.name"), options=options)
+    cfg.validate()
+    return cfg
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``"a.b=value"`` -> (["a", "b"], value); the value is read as TOML, or taken as a bare string."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--set {text!r} is invalid: expected key=value, e.g. --set ep.beta=0.2")
+    try:
+        parsed = tomllib.loads(f"v = {value.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        parsed = value.strip()
+    return key.strip().split("."), parsed
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Set each ``key=value`` in a copy of the raw TOML document."""
+    raw = copy.deepcopy(raw)
+    for text in overrides:
+        path, value = parse_override(text)
+        node = raw
+        for part in path[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"--set {text!r}: {part!r} is a value, not a table")
+            node = child
+        node[path[-1]] = value
+    return raw
+
+
+def load(path: str | Path, overrides: list[str] | None = None) -> Config:
+    """Read a TOML experiment file, apply ``--set`` overrides, and validate."""
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"config file {str(path)!r} does not exist") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"config file {str(path)!r} is not valid TOML: {e}") from None
+    return from_dict(apply_overrides(raw, overrides or []))
+
+
+def loads(text: str, overrides: list[str] | None = None) -> Config:
+    """Like ``load`` for TOML text (used for the config stored in a run directory)."""
+    return from_dict(apply_overrides(tomllib.loads(text), overrides or []))

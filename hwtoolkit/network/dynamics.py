@@ -1,0 +1,131 @@
+"""Relaxation dynamics of an EP network, one analytic step at a time (EP_PRIMER sections 1, 2, 5).
+
+One synchronous step computes, for every state layer,
+
+    u_l = P(W_l s_{l-1}) + b_l + W_{l+1}^T P^T s_{l+1}   (B_{l+1} instead of W_{l+1}^T when untied)
+
+adds the nudging force ``-beta dL/ds_L`` to the last layer, and sets
+``s_l = rho(u_l)`` (prototypical) or ``clip((1-eps) s_l + eps rho(u_l))`` (leaky).
+The input drive ``P(W_1 x) + b_1`` does not change during a phase and is passed
+in precomputed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator, Mapping, Sequence
+
+import torch
+
+from . import layers as L
+from .activations import get_activation
+from .output import logits, nudge_force
+from .spec import NetworkSpec
+
+States = list[torch.Tensor]
+
+
+@dataclass
+class Relaxation:
+    """The end of one phase: states, class scores there, and how well the phase converged."""
+
+    states: tuple[torch.Tensor, ...]
+    logits: torch.Tensor
+    steps: int
+    residual: torch.Tensor  # per sample: max |s_T - s_{T-1}| over all units of all layers
+
+    def converged(self, tol: float) -> torch.Tensor:
+        """Per-sample flag: did the last step move every unit by at most ``tol``?"""
+        return self.residual <= tol
+
+
+def normalize_input(spec: NetworkSpec, x: torch.Tensor) -> torch.Tensor:
+    """Images in [0, 1], NCHW, to the network's input: per-channel ``(x - mean) / std`` if configured."""
+    if tuple(x.shape[1:]) != tuple(spec.input_shape):
+        raise ValueError(f"input has shape {tuple(x.shape[1:])} per sample, network expects {tuple(spec.input_shape)}")
+    if not spec.input_mean:
+        return x
+    mean = torch.tensor(spec.input_mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+    std = torch.tensor(spec.input_std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+    return (x - mean) / std
+
+
+def input_drive(spec: NetworkSpec, params: Mapping[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    """``P(W_1 x) + b_1``: the constant part of layer 1's pre-activation during a phase."""
+    geo = spec.layers[0]
+    term, _ = L.forward(geo, params["w1"], normalize_input(spec, x))
+    return L.add_bias(geo, term, params["b1"])
+
+
+def zero_states(spec: NetworkSpec, batch: int, like: torch.Tensor) -> States:
+    return [like.new_zeros((batch, *shape)) for shape in spec.state_shapes]
+
+
+def feedback_weight(spec: NetworkSpec, params: Mapping[str, torch.Tensor], index: int) -> torch.Tensor:
+    """The weights that carry ``s_index`` back to layer ``index - 1``: ``W`` itself if tied, ``B`` if not."""
+    return params[f"w{index}"] if spec.tied else params[f"fb{index}"]
+
+
+def pre_activations(spec: NetworkSpec, params: Mapping[str, torch.Tensor], drive: torch.Tensor,
+                    states: Sequence[torch.Tensor]) -> States:
+    """``u_l`` for every layer from the current states (without the nudging force)."""
+    geos = spec.layers
+    u: States = [drive]
+    for geo in geos[1:]:
+        term, ctx = L.forward(geo, params[f"w{geo.index}"], states[geo.index - 2])
+        u.append(L.add_bias(geo, term, params[f"b{geo.index}"]))
+        u[geo.index - 2] = u[geo.index - 2] + L.transpose(
+            geo, feedback_weight(spec, params, geo.index), states[geo.index - 1], ctx)
+    return u
+
+
+def step(spec: NetworkSpec, params: Mapping[str, torch.Tensor], drive: torch.Tensor,
+         states: Sequence[torch.Tensor], beta: float = 0.0, y: torch.Tensor | None = None) -> States:
+    """One synchronous step of the (nudged, if ``beta != 0``) dynamics."""
+    rho = get_activation(spec.activation)
+    u = pre_activations(spec, params, drive, states)
+    if beta != 0.0:
+        scores = logits(spec, params, states[-1])
+        u[-1] = u[-1] + nudge_force(spec, params, states[-1], scores, y, beta)
+    if spec.dynamics == "prototypical":
+        return [rho(ul) for ul in u]
+    eps = spec.eps
+    return [((1 - eps) * s + eps * rho(ul)).clamp(rho.low, rho.high) for s, ul in zip(states, u)]
+
+
+def _check_phase(spec: NetworkSpec, steps: int, beta: float, y: torch.Tensor | None) -> None:
+    if steps < 1:
+        raise ValueError(f"steps = {steps} is invalid: a phase needs at least one step")
+    if beta != 0.0 and y is None:
+        raise ValueError("a nudged phase (beta != 0) needs targets y")
+
+
+def iterate(spec: NetworkSpec, params: Mapping[str, torch.Tensor], x: torch.Tensor, steps: int,
+            beta: float = 0.0, y: torch.Tensor | None = None, init: Sequence[torch.Tensor] | None = None,
+            drive: torch.Tensor | None = None) -> Iterator[States]:
+    """Yield the states after each of ``steps`` steps (for diagnostics that need the trajectory)."""
+    _check_phase(spec, steps, beta, y)
+    drive = input_drive(spec, params, x) if drive is None else drive
+    states = list(init) if init is not None else zero_states(spec, x.shape[0], drive)
+    for _ in range(steps):
+        states = step(spec, params, drive, states, beta, y)
+        yield states
+
+
+def relax(spec: NetworkSpec, params: Mapping[str, torch.Tensor], x: torch.Tensor, steps: int,
+          beta: float = 0.0, y: torch.Tensor | None = None, init: Sequence[torch.Tensor] | None = None,
+          drive: torch.Tensor | None = None) -> Relaxation:
+    """Run one phase of ``steps`` steps from ``init`` (zeros if ``None``) and report its end."""
+    drive = input_drive(spec, params, x) if drive is None else drive
+    states = list(init) if init is not None else zero_states(spec, x.shape[0], drive)
+    previous = states
+    for new in iterate(spec, params, x, steps, beta, y, states, drive):
+        previous, states = states, new
+    return finish(spec, params, states, previous, steps)
+
+
+def finish(spec: NetworkSpec, params: Mapping[str, torch.Tensor], states: Sequence[torch.Tensor],
+           previous: Sequence[torch.Tensor], steps: int) -> Relaxation:
+    """Package the last two states of a phase as a ``Relaxation``."""
+    residual = torch.stack([(s - p).abs().flatten(1).amax(1) for s, p in zip(states, previous)]).amax(0)
+    return Relaxation(tuple(states), logits(spec, params, states[-1]), steps, residual)

@@ -1,0 +1,77 @@
+"""The three linear maps of one EP layer, computed analytically (no autograd of Phi).
+
+For layer ``l`` with weights ``W`` the energy term is ``s_l . (P(W * s_{l-1}) + b_l)``
+(``P`` a pooling, ``*`` a matmul or convolution). Its three derivatives are all a
+relaxation and an update need:
+
+* ``forward``: dPhi/ds_l, the drive of ``s_l`` from below;
+* ``transpose``: dPhi/ds_{l-1}, the feedback of ``s_l`` to the layer below;
+* ``weight_grad`` / ``bias_grad``: dPhi/dW and dPhi/db, batch-averaged.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch.nn.grad import conv2d_weight
+
+from .spec import LayerGeometry
+
+
+def forward(geo: LayerGeometry, w: torch.Tensor, s_prev: torch.Tensor) -> tuple[torch.Tensor, Any]:
+    """``P(W * s_{l-1})`` and the pooling context (max-pool indices) its transpose needs."""
+    if geo.kind == "dense":
+        return s_prev.flatten(1) @ w.t(), None
+    c = geo.conv
+    z = F.conv2d(s_prev, w, stride=c.stride, padding=c.padding)
+    if c.pool == "max":
+        return F.max_pool2d(z, c.pool_size, return_indices=True)
+    if c.pool == "avg":
+        return F.avg_pool2d(z, c.pool_size), None
+    return z, None
+
+
+def _unpool(geo: LayerGeometry, s: torch.Tensor, ctx: Any) -> torch.Tensor:
+    """``P^T s``: a state on the pooled grid spread back onto the conv output grid."""
+    c = geo.conv
+    if c.pool == "max":
+        return F.max_unpool2d(s, ctx, c.pool_size, output_size=geo.conv_shape[1:])
+    if c.pool == "avg":
+        k = c.pool_size
+        g = s.repeat_interleave(k, dim=2).repeat_interleave(k, dim=3) / (k * k)
+        return F.pad(g, (0, geo.conv_shape[2] - g.shape[3], 0, geo.conv_shape[1] - g.shape[2]))
+    return s
+
+
+def transpose(geo: LayerGeometry, w: torch.Tensor, s: torch.Tensor, ctx: Any) -> torch.Tensor:
+    """``W^T P^T s_l`` in the shape of ``s_{l-1}``: the feedback term of the layer below."""
+    if geo.kind == "dense":
+        return (s.flatten(1) @ w).view(s.shape[0], *geo.in_shape)
+    c = geo.conv
+    g = _unpool(geo, s, ctx)
+    out_h = (geo.conv_shape[1] - 1) * c.stride - 2 * c.padding + c.kernel
+    out_w = (geo.conv_shape[2] - 1) * c.stride - 2 * c.padding + c.kernel
+    pad = (geo.in_shape[1] - out_h, geo.in_shape[2] - out_w)
+    return F.conv_transpose2d(g, w, stride=c.stride, padding=c.padding, output_padding=pad)
+
+
+def weight_grad(geo: LayerGeometry, s_prev: torch.Tensor, s: torch.Tensor, ctx: Any) -> torch.Tensor:
+    """dPhi/dW averaged over the batch: ``s_l s_{l-1}^T`` or its convolutional correlation."""
+    batch = s.shape[0]
+    if geo.kind == "dense":
+        return s.flatten(1).t() @ s_prev.flatten(1) / batch
+    c = geo.conv
+    return conv2d_weight(s_prev, geo.weight_shape, _unpool(geo, s, ctx), stride=c.stride, padding=c.padding) / batch
+
+
+def bias_grad(geo: LayerGeometry, s: torch.Tensor) -> torch.Tensor:
+    """dPhi/db averaged over the batch (conv biases are per channel, added after pooling)."""
+    if geo.kind == "dense":
+        return s.mean(0)
+    return s.sum(dim=(2, 3)).mean(0)
+
+
+def add_bias(geo: LayerGeometry, u: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return u + (b if geo.kind == "dense" else b.view(1, -1, 1, 1))

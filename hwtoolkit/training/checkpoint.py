@@ -1,0 +1,57 @@
+"""Atomic, weights-only checkpoints: plain tensors and numbers, never pickled modules.
+
+A checkpoint is written to a temporary file in the same directory, flushed to
+disk and renamed over the old one, so a run killed at any moment leaves either
+the previous checkpoint or the new one, never a half-written file. Loading uses
+``torch.load(weights_only=True)``, which refuses arbitrary pickled objects.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+FORMAT = "hwtoolkit-checkpoint/1"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint file is missing, unreadable or not a hwtoolkit checkpoint."""
+
+
+def save(path: str | Path, payload: dict[str, Any]) -> None:
+    """Write ``payload`` (tensors, numbers, strings, dicts and lists of them) atomically to ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save({"format": FORMAT, **payload}, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def load(path: str | Path) -> dict[str, Any]:
+    """Read a checkpoint written by ``save``; errors name the file and what is wrong with it."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"no checkpoint at {str(path)!r}")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises several types for corrupt or unsafe files
+        raise CheckpointError(f"{str(path)!r} is not a readable weights-only checkpoint: {e}") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise CheckpointError(f"{str(path)!r} is not a {FORMAT} checkpoint")
+    return payload

@@ -1,0 +1,100 @@
+"""Estimators: how one batch becomes a descent direction, driving the target through its interface.
+
+EP estimators only relax and read states back (EP_PRIMER section 3). The BPTT
+baseline computes the exact gradient of the same dynamics on the host from the
+weights the target reports, and writes its step through the same update path.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from hwtoolkit.config import EPConfig
+from hwtoolkit.network.bptt import bptt_grads
+from hwtoolkit.network.dynamics import Relaxation
+from hwtoolkit.network.energy import ep_update
+from hwtoolkit.network.spec import NetworkSpec
+from targets import Target
+
+Direction = dict[str, torch.Tensor]
+
+
+@dataclass
+class BatchResult:
+    """A descent direction (the negative of a gradient estimate) and the free phase it came from."""
+
+    direction: Direction
+    free: Relaxation
+
+
+Estimator = Callable[[Target, torch.Tensor, torch.Tensor, torch.Generator], BatchResult]
+
+
+def _weights_for_update(target: Target, spec: NetworkSpec, like: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Weights the local update needs: only conv layers read them (max-pool indices)."""
+    if not spec.conv:
+        return {}
+    return {n: t.to(like.device, like.dtype) for n, t in target.read_weights().items()}
+
+
+def one_sided(ep: EPConfig) -> Estimator:
+    """Free phase, one ``+beta`` phase: ``(dPhi(s+) - dPhi(s*)) / beta``."""
+    def estimate(target: Target, x: torch.Tensor, y: torch.Tensor, gen: torch.Generator) -> BatchResult:
+        return _signed(target, x, y, ep.beta, ep)
+    return estimate
+
+
+def random_sign(ep: EPConfig) -> Estimator:
+    """One nudged phase whose beta has a random sign per batch."""
+    def estimate(target: Target, x: torch.Tensor, y: torch.Tensor, gen: torch.Generator) -> BatchResult:
+        sign = 1.0 if torch.rand((), generator=gen).item() < 0.5 else -1.0
+        return _signed(target, x, y, sign * ep.beta, ep)
+    return estimate
+
+
+def _signed(target: Target, x: torch.Tensor, y: torch.Tensor, beta: float, ep: EPConfig) -> BatchResult:
+    spec = target.spec
+    free = target.relax(x, ep.free_steps)
+    nudged = target.relax(x, ep.nudged_steps, beta, y, init=free)
+    xs, ys = x.to(free.logits.device, free.logits.dtype), y.to(free.logits.device)
+    weights = _weights_for_update(target, spec, free.logits)
+    return BatchResult(ep_update(spec, weights, xs, ys, (nudged, beta), (free, 0.0)), free)
+
+
+def symmetric(ep: EPConfig) -> Estimator:
+    """Free phase, then ``+beta`` and ``-beta`` phases from it: ``(dPhi(s+) - dPhi(s-)) / (2 beta)``."""
+    def estimate(target: Target, x: torch.Tensor, y: torch.Tensor, gen: torch.Generator) -> BatchResult:
+        spec = target.spec
+        free = target.relax(x, ep.free_steps)
+        plus = target.relax(x, ep.nudged_steps, ep.beta, y, init=free)
+        minus = target.relax(x, ep.nudged_steps, -ep.beta, y, init=free)
+        xs, ys = x.to(free.logits.device, free.logits.dtype), y.to(free.logits.device)
+        weights = _weights_for_update(target, spec, free.logits)
+        return BatchResult(ep_update(spec, weights, xs, ys, (plus, ep.beta), (minus, -ep.beta)), free)
+    return estimate
+
+
+def bptt(ep: EPConfig) -> Estimator:
+    """Backpropagation through the ``free_steps`` steps of the free phase, on the host."""
+    def estimate(target: Target, x: torch.Tensor, y: torch.Tensor, gen: torch.Generator) -> BatchResult:
+        caps = target.capabilities
+        dtype = getattr(torch, caps.dtype)
+        weights = {n: t.to(caps.device, dtype) for n, t in target.read_weights().items()}
+        grads, free = bptt_grads(target.spec, weights, x.to(caps.device, dtype), y.to(caps.device), ep.free_steps)
+        return BatchResult({n: -g for n, g in grads.items()}, free)
+    return estimate
+
+
+ESTIMATORS: dict[str, Callable[[EPConfig], Estimator]] = {
+    "symmetric": symmetric, "one_sided": one_sided, "random_sign": random_sign, "bptt": bptt,
+}
+
+
+def make_estimator(name: str, ep: EPConfig) -> Estimator:
+    try:
+        return ESTIMATORS[name](ep)
+    except KeyError:
+        raise ValueError(f"estimator = {name!r} is invalid; valid: {sorted(ESTIMATORS)}") from None

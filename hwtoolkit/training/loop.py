@@ -1,0 +1,231 @@
+"""The learning loop: drive the phases on a target, form the update on the host, write it back.
+
+Model selection uses the validation split; the test set is evaluated once, at
+the end, on the weights of the best validation epoch. Every random choice of a
+batch (order, augmentation, the sign of beta) is drawn from a generator seeded by
+``(seed, epoch, batch)``, so a run resumed from a mid-epoch checkpoint replays
+exactly what an uninterrupted run would have done.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+import targets
+from hwtoolkit.config import Config, ConfigError, loads
+from hwtoolkit.data import BatchSampler, augment_cifar10, load_dataset, split_train_val
+from hwtoolkit.network.parameters import init_parameters
+
+from . import checkpoint
+from .estimators import make_estimator
+from .evaluate import PhaseStats, evaluate
+from .optimizer import SGD, lr_factor
+from .rundir import RunDir, write_text_atomic
+
+
+class RunExistsError(RuntimeError):
+    """The run directory already holds a run and ``resume`` was not asked for."""
+
+
+def batch_generator(seed: int, epoch: int, batch: int) -> torch.Generator:
+    """A generator for one batch's random choices, independent of every other batch."""
+    state = np.random.SeedSequence([seed, epoch, batch]).generate_state(2, dtype=np.uint64)
+    return torch.Generator().manual_seed(int(state[0] >> np.uint64(1)))
+
+
+@dataclass
+class Splits:
+    """Training, validation and test images (uint8, NCHW) with labels."""
+
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    val_x: torch.Tensor
+    val_y: torch.Tensor
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+
+
+def load_splits(cfg: Config) -> Splits:
+    """Load the configured data set and carve the validation split out of its training set."""
+    data = load_dataset(cfg.data.dataset, root=cfg.data.root or None, download=cfg.data.download,
+                        limit=cfg.data.limit or None)
+    if tuple(data.train_x.shape[1:]) != tuple(cfg.network.input_shape):
+        raise ConfigError(f"network.input_shape = {list(cfg.network.input_shape)} does not match the "
+                          f"{cfg.data.dataset} images, which are {list(data.train_x.shape[1:])}")
+    if data.classes != cfg.network.classes:
+        raise ConfigError(f"network.classes = {cfg.network.classes}, but {cfg.data.dataset} has {data.classes}")
+    train_idx, val_idx = split_train_val(data.train_x.shape[0], cfg.data.val_size, cfg.seed)
+    return Splits(data.train_x[train_idx], data.train_y[train_idx], data.train_x[val_idx], data.train_y[val_idx],
+                  data.test_x, data.test_y)
+
+
+def open_target(cfg: Config) -> targets.Target:
+    target = targets.open(cfg.target.name, cfg.network, **cfg.target.options)
+    return target
+
+
+def _config_difference(stored: Config, current: Config) -> list[str]:
+    a, b = stored.to_dict(), current.to_dict()
+
+    def walk(x: object, y: object, path: str) -> list[str]:
+        if isinstance(x, dict) and isinstance(y, dict):
+            return [d for k in sorted(set(x) | set(y)) for d in walk(x.get(k), y.get(k), f"{path}.{k}" if path else k)]
+        return [] if x == y else [f"{path}: {x!r} -> {y!r}"]
+
+    return walk(a, b, "")
+
+
+def train(cfg: Config, out_dir: str | Path, resume: bool = False, progress: bool | None = None,
+          log: Callable[[str], None] = print) -> dict:
+    """Train ``cfg`` into ``out_dir`` and return the summary written to ``summary.json``."""
+    run = RunDir(Path(out_dir))
+    run.root.mkdir(parents=True, exist_ok=True)
+    state = None
+    if run.last_checkpoint.exists() or run.summary.exists():
+        if not resume:
+            raise RunExistsError(f"{str(run.root)!r} already holds a run; pass --resume to continue it "
+                                 f"or choose another --out")
+        if run.config.exists():
+            diff = _config_difference(loads(run.config.read_text()), cfg)
+            if diff:
+                raise ConfigError(f"--resume with a config that differs from the run's: {'; '.join(diff)}")
+        if run.last_checkpoint.exists():
+            state = checkpoint.load(run.last_checkpoint)
+    write_text_atomic(run.config, cfg.to_toml())
+
+    splits = load_splits(cfg)
+    target = open_target(cfg)
+    try:
+        return _train(cfg, run, target, splits, state, progress, log)
+    finally:
+        target.close()
+
+
+def _train(cfg: Config, run: RunDir, target: targets.Target, splits: Splits, state: dict | None,
+           progress: bool | None, log: Callable[[str], None]) -> dict:
+    spec = cfg.network
+    layer_of = spec.parameter_layers()
+    lrs = cfg.layer_lrs()
+    optimizer = SGD({n: lrs[i] for n, i in layer_of.items()}, cfg.optim.momentum, cfg.optim.weight_decay)
+    estimator = make_estimator(cfg.estimator, cfg.ep)
+    sampler = BatchSampler(torch.arange(splits.train_x.shape[0]), cfg.train.batch_size, cfg.seed)
+    tol = cfg.ep.tolerance
+
+    if state is None:
+        target.program(init_parameters(spec, cfg.seed))
+        epoch, batch, elapsed = 0, 0, 0.0
+        best = {"val_accuracy": -1.0, "epoch": -1}
+        stats = PhaseStats()
+        run.truncate_metrics(1)
+    else:
+        target.program(state["weights"])
+        optimizer.load_state_dict(state["optimizer"])
+        epoch, batch, elapsed = int(state["epoch"]), int(state["batch"]), float(state["elapsed"])
+        best = dict(state["best"])
+        stats = PhaseStats(**state["stats"])
+        run.truncate_metrics(epoch + 1)  # records are numbered from 1: keep the epochs this checkpoint has seen
+        log(f"resuming {run.root} at epoch {epoch + 1}, batch {batch}")
+
+    def save_last(next_epoch: int, next_batch: int, seconds: float) -> None:
+        checkpoint.save(run.last_checkpoint, {
+            "weights": target.read_weights(), "optimizer": optimizer.state_dict(), "epoch": next_epoch,
+            "batch": next_batch, "elapsed": seconds, "best": best, "stats": stats.state()})
+
+    show = sys.stderr.isatty() if progress is None else progress
+    while epoch < cfg.train.epochs:
+        started = time.perf_counter()
+        factor = lr_factor(cfg.optim.schedule, epoch, cfg.train.epochs, cfg.optim.final_lr_factor)
+        batches = sampler.epoch_batches(epoch)
+        bar = tqdm(total=len(batches), initial=batch, desc=f"epoch {epoch + 1}/{cfg.train.epochs}",
+                   disable=not show, leave=False, unit="batch")
+        while batch < len(batches):
+            idx = batches[batch]
+            gen = batch_generator(cfg.seed, epoch, batch)
+            x = splits.train_x[idx].float().div_(255.0)
+            if cfg.data.augment:
+                x = augment_cifar10(x, gen)
+            y = splits.train_y[idx]
+            result = estimator(target, x, y, gen)
+            weights = target.read_weights() if cfg.optim.weight_decay else None
+            target.apply_update(optimizer.step(result.direction, weights, factor))
+            stats.add(target, result.free, y, tol)
+            batch += 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{stats.loss_sum / stats.samples:.3f}", acc=f"{stats.correct / stats.samples:.3f}")
+            if cfg.train.checkpoint_every and batch % cfg.train.checkpoint_every == 0 and batch < len(batches):
+                save_last(epoch, batch, elapsed + time.perf_counter() - started)
+        bar.close()
+        record = {"epoch": epoch + 1, "lr_factor": factor, **stats.summary("train")}
+        if splits.val_x.shape[0]:
+            record.update(evaluate(target, splits.val_x, splits.val_y, cfg.ep.free_steps, cfg.train.eval_batch_size,
+                                   tol, "val"))
+        elapsed += time.perf_counter() - started
+        record["seconds"] = elapsed
+        run.append_metrics(record)
+        val_acc = record.get("val_accuracy", float(epoch))  # without a validation split, the last epoch wins
+        if val_acc > best["val_accuracy"]:
+            best = {"val_accuracy": val_acc, "epoch": epoch + 1}
+            checkpoint.save(run.best_checkpoint, {"weights": target.read_weights(), "epoch": epoch + 1})
+        log(_epoch_line(cfg, record))
+        epoch, batch, stats = epoch + 1, 0, PhaseStats()
+        save_last(epoch, batch, elapsed)
+    return _finish(cfg, run, target, splits, best, elapsed, log)
+
+
+def _epoch_line(cfg: Config, r: dict) -> str:
+    val = f"val acc {100 * r['val_accuracy']:.2f}%  " if "val_accuracy" in r else ""
+    return (f"epoch {r['epoch']}/{cfg.train.epochs}  train loss {r['train_loss']:.4f} acc "
+            f"{100 * r['train_accuracy']:.2f}%  {val}free residual max {r['train_residual_max']:.1e} "
+            f"({r['train_unconverged_batches']} of {r['train_batches']} batches not converged)  {r['seconds']:.1f} s")
+
+
+def _finish(cfg: Config, run: RunDir, target: targets.Target, splits: Splits, best: dict, elapsed: float,
+            log: Callable[[str], None]) -> dict:
+    """Evaluate the best validation weights on the test set, once, and write the summary and plots."""
+    target.program(checkpoint.load(run.best_checkpoint)["weights"])
+    test = evaluate(target, splits.test_x, splits.test_y, cfg.ep.free_steps, cfg.train.eval_batch_size,
+                    cfg.ep.tolerance, "test")
+    metrics = run.read_metrics()
+    summary = {
+        "name": cfg.name, "estimator": cfg.estimator, "target": cfg.target.name, "network": cfg.network.describe(),
+        "seed": cfg.seed, "epochs": cfg.train.epochs, "best_epoch": best["epoch"],
+        "val_accuracy": best["val_accuracy"] if splits.val_x.shape[0] else None,
+        "test_accuracy": test["test_accuracy"], "test_loss": test["test_loss"],
+        "test_unconverged_samples": test["test_unconverged_samples"],
+        "train_unconverged_batches": sum(m["train_unconverged_batches"] for m in metrics),
+        "train_seconds": elapsed, "samples_per_second": cfg.train.epochs * splits.train_x.shape[0] / max(elapsed, 1e-9),
+    }
+    run.write_summary(summary)
+    from hwtoolkit.plots import plot_training
+
+    plot_training(metrics, run.plots / "training.png", title=f"{cfg.name} ({cfg.estimator}, {cfg.target.name})")
+    log(f"test accuracy {100 * summary['test_accuracy']:.2f}% (best validation epoch {best['epoch']}), "
+        f"trained in {elapsed:.1f} s; run directory {run.root}")
+    return summary
+
+
+def evaluate_run(run_dir: str | Path, log: Callable[[str], None] = print) -> dict:
+    """Re-evaluate a finished run's best weights on its validation and test splits."""
+    run = RunDir(Path(run_dir))
+    if not run.config.exists():
+        raise FileNotFoundError(f"{str(run.root)!r} is not a run directory (no config.toml)")
+    cfg = loads(run.config.read_text())
+    splits = load_splits(cfg)
+    with open_target(cfg) as target:
+        target.program(checkpoint.load(run.best_checkpoint)["weights"])
+        result = {}
+        for name, x, y in (("val", splits.val_x, splits.val_y), ("test", splits.test_x, splits.test_y)):
+            if x.shape[0]:
+                result.update(evaluate(target, x, y, cfg.ep.free_steps, cfg.train.eval_batch_size,
+                                       cfg.ep.tolerance, name))
+    log(json.dumps(result, indent=2))
+    return result

@@ -1,0 +1,87 @@
+"""The target interface: the few operations a device offers to EP learning (DESIGN.md).
+
+EP learns from states alone, so a device only has to hold weights, relax a
+(nudged) phase, hand its states back and take a weight increment. Everything
+else — estimators, optimizers, checkpoints, metrics, export — is written once on
+the host against this interface.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import ClassVar, Mapping, Sequence, Union
+
+import torch
+
+from hwtoolkit.network.dynamics import Relaxation
+from hwtoolkit.network.spec import NetworkSpec
+
+Init = Union[None, str, Sequence[torch.Tensor], Relaxation]
+"""Where a phase starts: ``None``/``"zero"``, ``"keep"`` (the device's last states), or given states."""
+
+
+class TargetError(RuntimeError):
+    """A target could not do what was asked (bad option, device fault, unsupported network)."""
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a target is and can do; the learning loop reads this, never the target's type."""
+
+    name: str
+    device: str
+    dtype: str
+    exact: bool  # weights and states are exact floating-point math (no device effects)
+    conv: bool = True  # can hold convolutional layers
+    untied: bool = True  # can hold separate feedback weights
+    max_steps: int | None = None  # longest phase it can relax
+    notes: str = ""
+
+
+@dataclass
+class UpdateReport:
+    """What a weight update did on the device."""
+
+    saturated: int = 0  # increments clipped at a device bound
+    details: dict = field(default_factory=dict)
+
+
+class Target(ABC):
+    """A device that holds an EP network. Open one with ``targets.open(name, spec, **options)``."""
+
+    name: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+
+    def __init__(self, spec: NetworkSpec) -> None:
+        self.spec = spec
+
+    @property
+    @abstractmethod
+    def capabilities(self) -> Capabilities: ...
+
+    @abstractmethod
+    def program(self, weights: Mapping[str, torch.Tensor]) -> None:
+        """Write every parameter through the device's write path."""
+
+    @abstractmethod
+    def read_weights(self) -> dict[str, torch.Tensor]:
+        """What the device really holds, as host tensors (copies: changing them changes nothing)."""
+
+    @abstractmethod
+    def relax(self, x: torch.Tensor, steps: int, beta: float = 0.0, y: torch.Tensor | None = None,
+              init: Init = None) -> Relaxation:
+        """Relax one phase on input ``x`` (nudged towards ``y`` if ``beta != 0``); states as read back."""
+
+    @abstractmethod
+    def apply_update(self, delta: Mapping[str, torch.Tensor]) -> UpdateReport:
+        """Add ``delta`` (any subset of the parameters) through the device's write path."""
+
+    def close(self) -> None:
+        """Release the device."""
+
+    def __enter__(self) -> "Target":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,95 @@
+"""The reference target: the exact EP dynamics in PyTorch, on CPU or CUDA, in float32 or float64."""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import torch
+
+from hwtoolkit.network import dynamics
+from hwtoolkit.network.dynamics import Relaxation
+from hwtoolkit.network.parameters import check_parameters
+from hwtoolkit.network.spec import NetworkSpec
+
+from .base import Capabilities, Init, Target, TargetError, UpdateReport
+from .options import parse_device, parse_dtype
+from .registry import register
+
+
+@register("reference")
+class ReferenceTarget(Target):
+    """Holds the parameters as torch tensors and relaxes with the analytic step of ``hwtoolkit.network``."""
+
+    description = "exact float dynamics in PyTorch (options: device = 'cpu' | 'cuda[:N]', dtype = 'float32' | 'float64')"
+
+    def __init__(self, spec: NetworkSpec, device: str = "cpu", dtype: str = "float32") -> None:
+        super().__init__(spec)
+        self.device = parse_device(device)
+        self.dtype = parse_dtype(dtype)
+        self._params: dict[str, torch.Tensor] | None = None
+        self._version = 0
+        self._drive_key: tuple | None = None
+        self._drive: torch.Tensor | None = None
+        self._last: Relaxation | None = None
+
+    @property
+    def capabilities(self) -> Capabilities:
+        return Capabilities(name=self.name, device=str(self.device), dtype=str(self.dtype).removeprefix("torch."),
+                            exact=True)
+
+    @property
+    def params(self) -> dict[str, torch.Tensor]:
+        """The live parameters (for host-side computations that run on the same device)."""
+        if self._params is None:
+            raise TargetError("the target holds no weights yet: call program(weights) first")
+        return self._params
+
+    def program(self, weights: Mapping[str, torch.Tensor]) -> None:
+        check_parameters(self.spec, weights)
+        self._params = {n: t.detach().to(self.device, self.dtype).clone() for n, t in weights.items()}
+        self._version += 1
+
+    def read_weights(self) -> dict[str, torch.Tensor]:
+        return {n: t.detach().cpu().clone() for n, t in self.params.items()}
+
+    def _input_drive(self, x: torch.Tensor) -> torch.Tensor:
+        # The drive P(W_1 x) + b_1 is the same for every phase on the same input and weights.
+        key = (id(x), x.data_ptr(), x._version, self._version)
+        if key != self._drive_key:
+            self._drive = dynamics.input_drive(self.spec, self.params, x)
+            self._drive_key = key
+        return self._drive
+
+    def _initial_states(self, init: Init, batch: int) -> list[torch.Tensor] | None:
+        if init is None or init == "zero":
+            return None
+        if init == "keep":
+            if self._last is None:
+                raise TargetError("init = 'keep' but the target has not relaxed yet")
+            return list(self._last.states)
+        states = init.states if isinstance(init, Relaxation) else init
+        if isinstance(states, str):
+            raise TargetError(f"init = {init!r} is invalid; use None, 'zero', 'keep', or a list of states")
+        states = [s.to(self.device, self.dtype) for s in states]
+        shapes = [tuple(s.shape) for s in states]
+        expected = [(batch, *shape) for shape in self.spec.state_shapes]
+        if shapes != expected:
+            raise TargetError(f"initial states have shapes {shapes}, expected {expected}")
+        return states
+
+    def relax(self, x: torch.Tensor, steps: int, beta: float = 0.0, y: torch.Tensor | None = None,
+              init: Init = None) -> Relaxation:
+        x = x.to(self.device, self.dtype)
+        y = None if y is None else y.to(self.device)
+        drive = self._input_drive(x)
+        states = self._initial_states(init, x.shape[0])
+        with torch.no_grad():
+            self._last = dynamics.relax(self.spec, self.params, x, steps, beta, y, states, drive)
+        return self._last
+
+    def apply_update(self, delta: Mapping[str, torch.Tensor]) -> UpdateReport:
+        check_parameters(self.spec, delta, complete=False)
+        for n, d in delta.items():
+            self.params[n].add_(d.to(self.device, self.dtype))
+        self._version += 1
+        return UpdateReport()
