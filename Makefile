@@ -25,10 +25,11 @@ data:
 	fi
 
 demo: install data
-	$(PY) -m hwtoolkit.cli train configs/fmnist_mlp.toml --out $(DEMO_OUT) --set train.epochs=5
-	$(PY) -m hwtoolkit.cli gdu configs/gdu_mlp.toml --beta 0.001 --json $(DEMO_OUT)/gdu.json --plot $(DEMO_OUT)/plots/gdu.png
+	rm -rf $(DEMO_OUT)
+	$(PY) -m hwtoolkit train configs/fmnist_mlp.toml --out $(DEMO_OUT) --set train.epochs=5
+	$(PY) -m hwtoolkit gdu configs/gdu_mlp.toml --beta 0.001 --json $(DEMO_OUT)/gdu.json --plot $(DEMO_OUT)/plots/gdu.png
 
-test: install
+test: install data
 	$(PY) -m pytest -q
 
 bench: install data

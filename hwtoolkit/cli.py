@@ -110,7 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
     def add_config_args(p: argparse.ArgumentParser) -> None:
         p.add_argument("config", help="experiment TOML file (see configs/)")
         p.add_argument("--set", action="append", metavar="KEY=VALUE",
-                       help="override a config field by its dotted name, e.g. --set ep.beta=0.2 (repeatable)")
+                       help="override a config field by its dotted name, e.g. --set ep.beta=0.2 (repeatable); the "
+                            "value is read as TOML, so quote a string that looks like a number: name='\"2024\"'")
 
     p = sub.add_parser("train", help="train a network on a target")
     add_config_args(p)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import tomllib
 import types
 import typing
@@ -170,8 +171,8 @@ def _convert(value: Any, hint: Any, name: str) -> Any:
     if origin in (typing.Union, types.UnionType):
         return value
     if hint is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{name} = {value!r} is invalid: expected a number")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ConfigError(f"{name} = {value!r} is invalid: expected a finite number")
         return float(value)
     if hint is int:
         if isinstance(value, bool) or not isinstance(value, int):
@@ -252,6 +253,8 @@ def load(path: str | Path, overrides: list[str] | None = None) -> Config:
         raw = tomllib.loads(path.read_text())
     except FileNotFoundError:
         raise ConfigError(f"config file {str(path)!r} does not exist") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"config file {str(path)!r} cannot be read: {e}") from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"config file {str(path)!r} is not valid TOML: {e}") from None
     return from_dict(apply_overrides(raw, overrides or []))
@@ -259,4 +262,8 @@ def load(path: str | Path, overrides: list[str] | None = None) -> Config:
 
 def loads(text: str, overrides: list[str] | None = None) -> Config:
     """Like ``load`` for TOML text (used for the config stored in a run directory)."""
-    return from_dict(apply_overrides(tomllib.loads(text), overrides or []))
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"config text is not valid TOML: {e}") from None
+    return from_dict(apply_overrides(raw, overrides or []))

@@ -12,7 +12,7 @@ DTYPES = {"float32": torch.float32, "float64": torch.float64}
 def parse_dtype(value: str | torch.dtype) -> torch.dtype:
     if isinstance(value, torch.dtype) and value in DTYPES.values():
         return value
-    if value in DTYPES:
+    if isinstance(value, str) and value in DTYPES:
         return DTYPES[value]
     raise TargetError(f"target.dtype = {value!r} is invalid; valid: {sorted(DTYPES)}")
 

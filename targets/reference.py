@@ -28,7 +28,8 @@ class ReferenceTarget(Target):
         self.dtype = parse_dtype(dtype)
         self._params: dict[str, torch.Tensor] | None = None
         self._version = 0
-        self._drive_key: tuple | None = None
+        self._drive_input: torch.Tensor | None = None
+        self._drive_version = -1
         self._drive: torch.Tensor | None = None
         self._last: Relaxation | None = None
 
@@ -53,11 +54,14 @@ class ReferenceTarget(Target):
         return {n: t.detach().cpu().clone() for n, t in self.params.items()}
 
     def _input_drive(self, x: torch.Tensor) -> torch.Tensor:
-        # The drive P(W_1 x) + b_1 is the same for every phase on the same input and weights.
-        key = (id(x), x.data_ptr(), x._version, self._version)
-        if key != self._drive_key:
+        # The drive P(W_1 x) + b_1 is the same for every phase on the same input and weights. The input is
+        # compared by value (one pass over x, far cheaper than the layer-1 product), never by identity.
+        cached = self._drive_input
+        if (self._drive_version != self._version or cached is None or cached.shape != x.shape
+                or not torch.equal(cached, x)):
             self._drive = dynamics.input_drive(self.spec, self.params, x)
-            self._drive_key = key
+            self._drive_input = x.clone()
+            self._drive_version = self._version
         return self._drive
 
     def _initial_states(self, init: Init, batch: int) -> list[torch.Tensor] | None:

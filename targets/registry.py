@@ -66,6 +66,8 @@ def get(name: str) -> type[Target]:
             raise TargetError(f"entry point {name!r} in group {ENTRY_POINT_GROUP!r} is not a Target subclass: {cls!r}")
     else:
         raise TargetError(f"unknown target {name!r}; available: {', '.join(available())}")
+    if not cls.name:
+        cls.name = name
     _registered.setdefault(name, cls)
     return cls
 

@@ -1,0 +1,1 @@
+"""Diagnostics from the EP literature: EP updates against BPTT gradients (GDU)."""

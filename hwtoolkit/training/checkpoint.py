@@ -24,6 +24,8 @@ class CheckpointError(RuntimeError):
 
 def save(path: str | Path, payload: dict[str, Any]) -> None:
     """Write ``payload`` (tensors, numbers, strings, dicts and lists of them) atomically to ``path``."""
+    if "format" in payload:
+        raise ValueError("a checkpoint payload must not have a 'format' key: it is the file's format marker")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)

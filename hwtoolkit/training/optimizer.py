@@ -48,6 +48,8 @@ class SGD:
 
 def lr_factor(schedule: str, epoch: int, epochs: int, final: float = 0.0) -> float:
     """The learning-rate multiplier of ``epoch`` (0-based): constant, or cosine from 1 down towards ``final``."""
+    if epochs < 1:
+        raise ValueError(f"epochs = {epochs}: a schedule needs at least one epoch")
     if schedule == "constant":
         return 1.0
     if schedule == "cosine":

@@ -261,3 +261,11 @@ def test_write_text_atomic_failure_keeps_old_file(tmp_path: Path, monkeypatch: p
     monkeypatch.undo()
     assert p.read_text() == "old\n"
     assert [q.name for q in tmp_path.iterdir()] == ["x.txt"]
+
+
+def test_payload_may_not_overwrite_the_format_marker(tmp_path):
+    from hwtoolkit.training import checkpoint as ckpt
+
+    with pytest.raises(ValueError, match="format"):
+        ckpt.save(tmp_path / "c.pt", {"format": "mine"})
+    assert not (tmp_path / "c.pt").exists()

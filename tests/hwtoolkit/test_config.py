@@ -258,12 +258,12 @@ def test_unknown_key_in_conv_layer_names_index() -> None:
         ('train.epochs="3"', r"train\.epochs = '3' is invalid: expected an integer"),  # string for an int
         ("train.epochs=3.0", r"train\.epochs = 3\.0 is invalid: expected an integer"),  # float for an int
         ("seed=true", r"seed = True is invalid: expected an integer"),  # bool for an int
-        ("ep.beta=true", r"ep\.beta = True is invalid: expected a number"),  # bool for a float
-        ('ep.beta="0.2"', r"ep\.beta = '0\.2' is invalid: expected a number"),
+        ("ep.beta=true", r"ep\.beta = True is invalid: expected a finite number"),  # bool for a float
+        ('ep.beta="0.2"', r"ep\.beta = '0\.2' is invalid: expected a finite number"),
         ("data.download=1", r"data\.download = 1 is invalid: expected true or false"),
         ("name=5", r"name = 5 is invalid: expected a string"),
         ("network.hidden=[8.5]", r"network\.hidden\[0\] = 8\.5 is invalid: expected an integer"),
-        ("optim.lr=[0.1, true]", r"optim\.lr\[1\] = True is invalid: expected a number"),
+        ("optim.lr=[0.1, true]", r"optim\.lr\[1\] = True is invalid: expected a finite number"),
         ("optim.lr=fast", r"optim\.lr = 'fast' is invalid: expected a list"),
         ("ep=3", r"ep = 3 is invalid: expected a table"),
         ("target=3", r"target = 3 is invalid: expected a table"),
@@ -410,3 +410,21 @@ def test_to_dict_is_plain_data() -> None:
     ]
     assert d["target"] == {"name": "reference"}
     assert set(d) == {"name", "seed", "estimator", "network", "data", "ep", "optim", "train", "target"}
+
+
+def test_loads_and_load_wrap_every_reading_error(tmp_path):
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        config.loads("a = [")
+    with pytest.raises(ConfigError, match="cannot be read"):
+        config.load(tmp_path)
+    bad = tmp_path / "latin1.toml"
+    bad.write_bytes(b"name = '\xe9'\n")
+    with pytest.raises(ConfigError, match="latin1.toml"):
+        config.load(bad)
+
+
+@pytest.mark.parametrize("override", ["ep.beta=inf", "optim.lr=[nan]", "ep.tolerance=inf", "optim.momentum=nan"])
+def test_non_finite_numbers_are_rejected(override):
+    base = (REPO / "configs" / "fmnist_mlp.toml").read_text()
+    with pytest.raises(ConfigError, match="finite"):
+        config.loads(base, [override])

@@ -438,3 +438,21 @@ def test_cuda_matches_cpu(spec_name: str, dtype: str, tol: float, monkeypatch: p
         wg = gpu.read_weights()[n]
         assert wg.device.type == "cpu"
         torch.testing.assert_close(wg, w, rtol=0, atol=0)
+
+
+def test_input_drive_cache_sees_writes_torch_cannot_track():
+    """Writes through a shared numpy buffer or ``.data`` leave ``x._version`` alone; the cache must still notice."""
+    import numpy as np
+
+    from hwtoolkit.network import dynamics as dyn
+
+    spec = NetworkSpec(input_shape=(1, 6, 6), hidden=(8,), classes=3)
+    t = targets.open("reference", spec)
+    t.program(init_parameters(spec, 0))
+    buf = np.random.default_rng(0).random((4, 1, 6, 6)).astype(np.float32)
+    x = torch.from_numpy(buf)
+    t.relax(x, 3)
+    buf[:] = np.random.default_rng(1).random((4, 1, 6, 6))
+    assert torch.equal(t.relax(x, 3).states[0], dyn.relax(spec, t.params, x, 3).states[0])
+    x.data.copy_(torch.rand(4, 1, 6, 6))
+    assert torch.equal(t.relax(x, 3).states[0], dyn.relax(spec, t.params, x, 3).states[0])
