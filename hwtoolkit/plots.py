@@ -31,7 +31,7 @@ def plot_training(metrics: list[dict], path: Path, title: str = "") -> Path:
     axes[1].legend()
     axes[2].semilogy(epochs, [max(m["train_residual_max"], 1e-17) for m in metrics], "o-", label="max")
     axes[2].semilogy(epochs, [max(m["train_residual_mean"], 1e-17) for m in metrics], "s--", label="mean")
-    axes[2].set(xlabel="epoch", ylabel="max |s(T) - s(T-1)|", title="free-phase residual")
+    axes[2].set(xlabel="epoch", ylabel="max |s(T) - s(T-1)|", title="free-phase residual (0 drawn at 1e-17)")
     axes[2].legend()
     fig.suptitle(title)
     fig.tight_layout()

@@ -56,25 +56,28 @@ def random_sign(ep: EPConfig) -> Estimator:
 
 
 def _signed(target: Target, x: torch.Tensor, y: torch.Tensor, beta: float, ep: EPConfig) -> BatchResult:
-    spec = target.spec
     free = target.relax(x, ep.free_steps)
     nudged = target.relax(x, ep.nudged_steps, beta, y, init=free)
-    xs, ys = x.to(free.logits.device, free.logits.dtype), y.to(free.logits.device)
-    weights = _weights_for_update(target, spec, free.logits)
-    return BatchResult(ep_update(spec, weights, xs, ys, (nudged, beta), (free, 0.0)), free)
+    return _update(target, x, y, free, (nudged, beta), (free, 0.0))
 
 
 def symmetric(ep: EPConfig) -> Estimator:
     """Free phase, then ``+beta`` and ``-beta`` phases from it: ``(dPhi(s+) - dPhi(s-)) / (2 beta)``."""
     def estimate(target: Target, x: torch.Tensor, y: torch.Tensor, gen: torch.Generator) -> BatchResult:
-        spec = target.spec
         free = target.relax(x, ep.free_steps)
         plus = target.relax(x, ep.nudged_steps, ep.beta, y, init=free)
         minus = target.relax(x, ep.nudged_steps, -ep.beta, y, init=free)
-        xs, ys = x.to(free.logits.device, free.logits.dtype), y.to(free.logits.device)
-        weights = _weights_for_update(target, spec, free.logits)
-        return BatchResult(ep_update(spec, weights, xs, ys, (plus, ep.beta), (minus, -ep.beta)), free)
+        return _update(target, x, y, free, (plus, ep.beta), (minus, -ep.beta))
     return estimate
+
+
+def _update(target: Target, x: torch.Tensor, y: torch.Tensor, free: Relaxation, a: tuple[Relaxation, float],
+            b: tuple[Relaxation, float]) -> BatchResult:
+    """The EP update from two phases, computed where the target's states live."""
+    like = free.logits
+    weights = _weights_for_update(target, target.spec, like)
+    direction = ep_update(target.spec, weights, x.to(like.device, like.dtype), y.to(like.device), a, b)
+    return BatchResult(direction, free)
 
 
 def bptt(ep: EPConfig) -> Estimator:

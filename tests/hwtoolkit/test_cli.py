@@ -48,9 +48,7 @@ def test_missing_data_says_how_to_get_it(tmp_path, capsys):
     assert "nowhere" in capsys.readouterr().err
 
 
-def test_gdu_command_writes_figures_and_plot(tmp_path, capsys):
-    cfg = tmp_path / "gdu.toml"
-    cfg.write_text("""
+GDU_CONFIG = """
 seed = 1
 [network]
 input_shape = [1, 6, 6]
@@ -60,7 +58,12 @@ output = "mse"
 [ep]
 free_steps = 400
 nudged_steps = 6
-""")
+"""
+
+
+def test_gdu_command_writes_figures_and_plot(tmp_path, capsys):
+    cfg = tmp_path / "gdu.toml"
+    cfg.write_text(GDU_CONFIG)
     out = tmp_path / "gdu.json"
     plot = tmp_path / "gdu.png"
     assert main(["gdu", str(cfg), "--beta", "1e-4", "--random-input", "--json", str(out), "--plot", str(plot)]) == 0
@@ -76,14 +79,7 @@ nudged_steps = 6
 
 def test_gdu_warns_when_the_free_phase_has_not_converged(tmp_path, capsys):
     cfg = tmp_path / "gdu.toml"
-    cfg.write_text("""
-seed = 1
-[network]
-input_shape = [1, 6, 6]
-hidden = [12, 10]
-classes = 5
-output = "mse"
-""")
+    cfg.write_text(GDU_CONFIG)
     assert main(["gdu", str(cfg), "--beta", "1e-4", "--random-input", "--free-steps", "5", "--estimator",
                  "one_sided", "--plot", str(tmp_path / "g.png")]) == 0
     assert "has not converged" in capsys.readouterr().out
