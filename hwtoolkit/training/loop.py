@@ -26,6 +26,7 @@ from hwtoolkit.data import BatchSampler, augment_cifar10, load_dataset, split_tr
 from hwtoolkit.network.parameters import init_parameters
 
 from . import checkpoint
+from .distributed import Workers, from_environment, local_device
 from .estimators import make_estimator
 from .evaluate import PhaseStats, evaluate
 from .optimizer import SGD, lr_factor
@@ -69,8 +70,10 @@ def load_splits(cfg: Config) -> Splits:
 
 
 def open_target(cfg: Config) -> targets.Target:
-    target = targets.open(cfg.target.name, cfg.network, **cfg.target.options)
-    return target
+    options = dict(cfg.target.options)
+    if isinstance(options.get("device"), str):
+        options["device"] = local_device(options["device"])
+    return targets.open(cfg.target.name, cfg.network, **options)
 
 
 def _config_difference(stored: Config, current: Config) -> list[str]:
@@ -86,8 +89,21 @@ def _config_difference(stored: Config, current: Config) -> list[str]:
 
 def train(cfg: Config, out_dir: str | Path, resume: bool = False, progress: bool | None = None,
           log: Callable[[str], None] = print) -> dict:
-    """Train ``cfg`` into ``out_dir`` and return the summary written to ``summary.json``."""
-    run = RunDir(Path(out_dir))
+    """Train ``cfg`` into ``out_dir`` and return the summary written to ``summary.json``.
+
+    Under ``torchrun`` every worker calls this; the leader's return value is the summary, the others get ``{}``.
+    """
+    device = str(cfg.target.options.get("device", "cpu"))
+    workers = from_environment("cuda" if device.startswith("cuda") else "cpu")
+    try:
+        return _prepare_and_train(cfg, Path(out_dir), resume, progress, log, workers)
+    finally:
+        workers.close()
+
+
+def _prepare_and_train(cfg: Config, out_dir: Path, resume: bool, progress: bool | None,
+                       log: Callable[[str], None], workers: Workers) -> dict:
+    run = RunDir(out_dir)
     run.root.mkdir(parents=True, exist_ok=True)
     state = None
     if run.last_checkpoint.exists() or run.summary.exists():
@@ -100,18 +116,24 @@ def train(cfg: Config, out_dir: str | Path, resume: bool = False, progress: bool
                 raise ConfigError(f"--resume with a config that differs from the run's: {'; '.join(diff)}")
         if run.last_checkpoint.exists():
             state = checkpoint.load(run.last_checkpoint)
-    write_text_atomic(run.config, cfg.to_toml())
+    workers.barrier()  # every worker has checked the run directory before the leader writes into it
+    if workers.leader:
+        write_text_atomic(run.config, cfg.to_toml())
 
     splits = load_splits(cfg)
     target = open_target(cfg)
     try:
-        return _train(cfg, run, target, splits, state, progress, log)
+        return _train(cfg, run, target, splits, state, progress, log if workers.leader else _quiet, workers)
     finally:
         target.close()
 
 
+def _quiet(message: str) -> None:
+    """The log of a worker that is not the leader."""
+
+
 def _train(cfg: Config, run: RunDir, target: targets.Target, splits: Splits, state: dict | None,
-           progress: bool | None, log: Callable[[str], None]) -> dict:
+           progress: bool | None, log: Callable[[str], None], workers: Workers) -> dict:
     spec = cfg.network
     layer_of = spec.parameter_layers()
     lrs = cfg.layer_lrs()
@@ -125,22 +147,27 @@ def _train(cfg: Config, run: RunDir, target: targets.Target, splits: Splits, sta
         epoch, batch, elapsed = 0, 0, 0.0
         best = {"val_accuracy": -1.0, "epoch": -1}
         stats = PhaseStats()
-        run.truncate_metrics(1)
+        if workers.leader:
+            run.truncate_metrics(1)
     else:
         target.program(state["weights"])
         optimizer.load_state_dict(state["optimizer"])
         epoch, batch, elapsed = int(state["epoch"]), int(state["batch"]), float(state["elapsed"])
         best = dict(state["best"])
-        stats = PhaseStats(**state["stats"])
-        run.truncate_metrics(epoch + 1)  # records are numbered from 1: keep the epochs this checkpoint has seen
+        # the checkpoint holds every worker's counts added up: the leader carries them on, the others start at 0
+        stats = PhaseStats(**state["stats"]) if workers.leader else PhaseStats()
+        if workers.leader:
+            run.truncate_metrics(epoch + 1)  # records are numbered from 1: keep the epochs this checkpoint has seen
         log(f"resuming {run.root} at epoch {epoch + 1}, batch {batch}")
 
     def save_last(next_epoch: int, next_batch: int, seconds: float) -> None:
-        checkpoint.save(run.last_checkpoint, {
-            "weights": target.read_weights(), "optimizer": optimizer.state_dict(), "epoch": next_epoch,
-            "batch": next_batch, "elapsed": seconds, "best": best, "stats": stats.state()})
+        total = workers.total_stats(stats)  # a collective: every worker takes part
+        if workers.leader:
+            checkpoint.save(run.last_checkpoint, {
+                "weights": target.read_weights(), "optimizer": optimizer.state_dict(), "epoch": next_epoch,
+                "batch": next_batch, "elapsed": seconds, "best": best, "stats": total.state()})
 
-    show = sys.stderr.isatty() if progress is None else progress
+    show = (sys.stderr.isatty() if progress is None else progress) and workers.leader
     while epoch < cfg.train.epochs:
         started = time.perf_counter()
         factor = lr_factor(cfg.optim.schedule, epoch, cfg.train.epochs, cfg.optim.final_lr_factor)
@@ -152,11 +179,13 @@ def _train(cfg: Config, run: RunDir, target: targets.Target, splits: Splits, sta
             gen = batch_generator(cfg.seed, epoch, batch)
             x = splits.train_x[idx].float().div_(255.0)
             if cfg.data.augment:
-                x = augment_cifar10(x, gen)
-            y = splits.train_y[idx]
+                x = augment_cifar10(x, gen)  # the whole global batch, so every worker draws the same crops
+            shard = workers.shard(len(idx))
+            x, y = x[shard], splits.train_y[idx][shard]
             result = estimator(target, x, y, gen)
+            direction = workers.average(result.direction, len(y), len(idx))
             weights = target.read_weights() if cfg.optim.weight_decay else None
-            target.apply_update(optimizer.step(result.direction, weights, factor))
+            target.apply_update(optimizer.step(direction, weights, factor))
             stats.add(target, result.free, y, tol)
             batch += 1
             bar.update(1)
@@ -164,7 +193,11 @@ def _train(cfg: Config, run: RunDir, target: targets.Target, splits: Splits, sta
             if cfg.train.checkpoint_every and batch % cfg.train.checkpoint_every == 0 and batch < len(batches):
                 save_last(epoch, batch, elapsed + time.perf_counter() - started)
         bar.close()
-        record = {"epoch": epoch + 1, "lr_factor": factor, **stats.summary("train")}
+        record = {"epoch": epoch + 1, "lr_factor": factor, **workers.total_stats(stats).summary("train")}
+        if not workers.leader:  # the leader evaluates and writes; the others go on to the next epoch
+            epoch, batch, stats = epoch + 1, 0, PhaseStats()
+            save_last(epoch, batch, elapsed)  # joins the leader's collective, writes nothing
+            continue
         if splits.val_x.shape[0]:
             record.update(evaluate(target, splits.val_x, splits.val_y, cfg.ep.free_steps, cfg.train.eval_batch_size,
                                    tol, "val"))
@@ -178,6 +211,8 @@ def _train(cfg: Config, run: RunDir, target: targets.Target, splits: Splits, sta
         log(_epoch_line(cfg, record))
         epoch, batch, stats = epoch + 1, 0, PhaseStats()
         save_last(epoch, batch, elapsed)
+    if not workers.leader:
+        return {}
     return _finish(cfg, run, target, splits, best, elapsed, log)
 
 
