@@ -53,12 +53,14 @@ class EPConfig:
     free_steps: int = 30
     nudged_steps: int = 10
     tolerance: float = 1e-4  # a free phase has converged when its last step moved no unit by more
+    stop_tolerance: float = 0.0  # end a phase early once no unit moves by more (0 = always run every step)
 
     def validate(self) -> None:
         _check(self.beta > 0, "ep.beta", self.beta, "a positive number")
         _check(self.free_steps >= 1, "ep.free_steps", self.free_steps, "an integer >= 1")
         _check(self.nudged_steps >= 1, "ep.nudged_steps", self.nudged_steps, "an integer >= 1")
         _check(self.tolerance > 0, "ep.tolerance", self.tolerance, "a positive number")
+        _check(self.stop_tolerance >= 0, "ep.stop_tolerance", self.stop_tolerance, "a number >= 0 (0 = off)")
 
 
 @dataclass

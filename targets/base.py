@@ -70,8 +70,11 @@ class Target(ABC):
 
     @abstractmethod
     def relax(self, x: torch.Tensor, steps: int, beta: float = 0.0, y: torch.Tensor | None = None,
-              init: Init = None) -> Relaxation:
-        """Relax one phase on input ``x`` (nudged towards ``y`` if ``beta != 0``); states as read back."""
+              init: Init = None, stop_tolerance: float = 0.0) -> Relaxation:
+        """Relax one phase on input ``x`` (nudged towards ``y`` if ``beta != 0``); states as read back.
+
+        At most ``steps`` steps; with ``stop_tolerance > 0`` the phase may end once no unit moves by more.
+        """
 
     @abstractmethod
     def apply_update(self, delta: Mapping[str, torch.Tensor]) -> UpdateReport:

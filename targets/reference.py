@@ -82,13 +82,13 @@ class ReferenceTarget(Target):
         return states
 
     def relax(self, x: torch.Tensor, steps: int, beta: float = 0.0, y: torch.Tensor | None = None,
-              init: Init = None) -> Relaxation:
+              init: Init = None, stop_tolerance: float = 0.0) -> Relaxation:
         x = x.to(self.device, self.dtype)
         y = None if y is None else y.to(self.device)
         drive = self._input_drive(x)
         states = self._initial_states(init, x.shape[0])
         with torch.no_grad():
-            self._last = dynamics.relax(self.spec, self.params, x, steps, beta, y, states, drive)
+            self._last = dynamics.relax(self.spec, self.params, x, steps, beta, y, states, drive, stop_tolerance)
         return self._last
 
     def apply_update(self, delta: Mapping[str, torch.Tensor]) -> UpdateReport:

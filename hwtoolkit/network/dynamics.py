@@ -114,14 +114,22 @@ def iterate(spec: NetworkSpec, params: Mapping[str, torch.Tensor], x: torch.Tens
 
 def relax(spec: NetworkSpec, params: Mapping[str, torch.Tensor], x: torch.Tensor, steps: int,
           beta: float = 0.0, y: torch.Tensor | None = None, init: Sequence[torch.Tensor] | None = None,
-          drive: torch.Tensor | None = None) -> Relaxation:
-    """Run one phase of ``steps`` steps from ``init`` (zeros if ``None``) and report its end."""
+          drive: torch.Tensor | None = None, stop_tolerance: float = 0.0) -> Relaxation:
+    """Run one phase of at most ``steps`` steps from ``init`` (zeros if ``None``) and report its end.
+
+    With ``stop_tolerance > 0`` the phase ends early once a step moves no unit of any sample by more than it
+    (checked after every step; ``Relaxation.steps`` says how many ran).
+    """
+    if stop_tolerance < 0:
+        raise ValueError(f"stop_tolerance = {stop_tolerance} is invalid: expected >= 0 (0 runs every step)")
     drive = input_drive(spec, params, x) if drive is None else drive
     states = list(init) if init is not None else zero_states(spec, x.shape[0], drive)
-    previous = states
+    previous, done = states, 0
     for new in iterate(spec, params, x, steps, beta, y, states, drive):
-        previous, states = states, new
-    return finish(spec, params, states, previous, steps)
+        previous, states, done = states, new, done + 1
+        if stop_tolerance and max((s - p).abs().max().item() for s, p in zip(states, previous)) <= stop_tolerance:
+            break
+    return finish(spec, params, states, previous, done)
 
 
 def finish(spec: NetworkSpec, params: Mapping[str, torch.Tensor], states: Sequence[torch.Tensor],

@@ -56,17 +56,17 @@ def random_sign(ep: EPConfig) -> Estimator:
 
 
 def _signed(target: Target, x: torch.Tensor, y: torch.Tensor, beta: float, ep: EPConfig) -> BatchResult:
-    free = target.relax(x, ep.free_steps)
-    nudged = target.relax(x, ep.nudged_steps, beta, y, init=free)
+    free = target.relax(x, ep.free_steps, stop_tolerance=ep.stop_tolerance)
+    nudged = target.relax(x, ep.nudged_steps, beta, y, init=free, stop_tolerance=ep.stop_tolerance)
     return _update(target, x, y, free, (nudged, beta), (free, 0.0))
 
 
 def symmetric(ep: EPConfig) -> Estimator:
     """Free phase, then ``+beta`` and ``-beta`` phases from it: ``(dPhi(s+) - dPhi(s-)) / (2 beta)``."""
     def estimate(target: Target, x: torch.Tensor, y: torch.Tensor, gen: torch.Generator) -> BatchResult:
-        free = target.relax(x, ep.free_steps)
-        plus = target.relax(x, ep.nudged_steps, ep.beta, y, init=free)
-        minus = target.relax(x, ep.nudged_steps, -ep.beta, y, init=free)
+        free = target.relax(x, ep.free_steps, stop_tolerance=ep.stop_tolerance)
+        plus = target.relax(x, ep.nudged_steps, ep.beta, y, init=free, stop_tolerance=ep.stop_tolerance)
+        minus = target.relax(x, ep.nudged_steps, -ep.beta, y, init=free, stop_tolerance=ep.stop_tolerance)
         return _update(target, x, y, free, (plus, ep.beta), (minus, -ep.beta))
     return estimate
 

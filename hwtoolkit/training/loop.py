@@ -199,8 +199,7 @@ def _train(cfg: Config, run: RunDir, target: targets.Target, splits: Splits, sta
             save_last(epoch, batch, elapsed)  # joins the leader's collective, writes nothing
             continue
         if splits.val_x.shape[0]:
-            record.update(evaluate(target, splits.val_x, splits.val_y, cfg.ep.free_steps, cfg.train.eval_batch_size,
-                                   tol, "val"))
+            record.update(evaluate(target, splits.val_x, splits.val_y, cfg.ep, cfg.train.eval_batch_size, "val"))
         elapsed += time.perf_counter() - started
         record["seconds"] = elapsed
         run.append_metrics(record)
@@ -227,8 +226,7 @@ def _finish(cfg: Config, run: RunDir, target: targets.Target, splits: Splits, be
             log: Callable[[str], None]) -> dict:
     """Evaluate the best validation weights on the test set, once, and write the summary and plots."""
     target.program(checkpoint.load(run.best_checkpoint)["weights"])
-    test = evaluate(target, splits.test_x, splits.test_y, cfg.ep.free_steps, cfg.train.eval_batch_size,
-                    cfg.ep.tolerance, "test")
+    test = evaluate(target, splits.test_x, splits.test_y, cfg.ep, cfg.train.eval_batch_size, "test")
     metrics = run.read_metrics()
     summary = {
         "name": cfg.name, "estimator": cfg.estimator, "target": cfg.target.name, "network": cfg.network.describe(),
@@ -260,7 +258,6 @@ def evaluate_run(run_dir: str | Path, log: Callable[[str], None] = print) -> dic
         result = {}
         for name, x, y in (("val", splits.val_x, splits.val_y), ("test", splits.test_x, splits.test_y)):
             if x.shape[0]:
-                result.update(evaluate(target, x, y, cfg.ep.free_steps, cfg.train.eval_batch_size,
-                                       cfg.ep.tolerance, name))
+                result.update(evaluate(target, x, y, cfg.ep, cfg.train.eval_batch_size, name))
     log(json.dumps(result, indent=2))
     return result

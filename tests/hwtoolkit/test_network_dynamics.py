@@ -145,3 +145,20 @@ def test_ep_update_equals_autograd_of_phi_difference(case, kind):
     for name in mine:
         assert torch.allclose(mine[name], auto[name], atol=1e-12), name
     assert max(t.abs().max() for t in mine.values()) > 1e-3  # a real update, not two zeros compared
+
+
+def test_stop_tolerance_ends_a_phase_at_the_same_fixed_point():
+    spec = SPECS["mlp_mse"]
+    p = init_parameters(spec, 0, torch.float64)
+    x = torch.rand(4, *spec.input_shape, dtype=torch.float64)
+    full = relax(spec, p, x, 300)
+    early = relax(spec, p, x, 300, stop_tolerance=1e-9)
+    assert early.steps < 300 and full.steps == 300
+    assert early.residual.max() <= 1e-9
+    # a contraction stopped when it moves by <= 1e-9 per step is within a small multiple of that of its fixed point
+    for a, b in zip(early.states, full.states):
+        assert (a - b).abs().max() < 1e-7
+    shorter = relax(spec, p, x, early.steps - 1)
+    assert shorter.residual.max() > 1e-9  # it stopped at the first step that met the tolerance
+    with pytest.raises(ValueError, match="stop_tolerance"):
+        relax(spec, p, x, 5, stop_tolerance=-1.0)
