@@ -23,7 +23,8 @@ def _free_port() -> int:
 
 
 def _run(args: list[str], tmp_path: Path) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+               OMP_NUM_THREADS="1")
     return subprocess.run([sys.executable, *args], env=env, capture_output=True, text=True, timeout=300,
                           cwd=tmp_path)
 
