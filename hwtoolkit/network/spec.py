@@ -17,6 +17,7 @@ from .activations import ACTIVATIONS
 
 OUTPUTS = ("ce", "mse")
 DYNAMICS = ("prototypical", "leaky")
+UPDATES = ("synchronous", "alternating")
 POOLS = ("max", "avg", "none")
 
 
@@ -79,6 +80,7 @@ class NetworkSpec:
     activation: str = "hard_sigmoid"
     dynamics: str = "prototypical"
     eps: float = 1.0
+    update: str = "synchronous"  # or "alternating": odd layers first, then even layers from them
     tied: bool = True
     init_gain: float = 1.0
     input_mean: tuple[float, ...] = ()
@@ -100,6 +102,7 @@ class NetworkSpec:
         _require(self.activation in ACTIVATIONS, "activation", self.activation, f"one of {sorted(ACTIVATIONS)}")
         _require(self.dynamics in DYNAMICS, "dynamics", self.dynamics, f"one of {DYNAMICS}")
         _require(0.0 < self.eps <= 1.0, "eps", self.eps, "a step size in (0, 1]")
+        _require(self.update in UPDATES, "update", self.update, f"one of {UPDATES}")
         _require(self.dynamics == "leaky" or self.eps == 1.0, "eps", self.eps,
                  "1.0 with prototypical dynamics (set dynamics = \"leaky\" for eps < 1)")
         _require(self.init_gain > 0, "init_gain", self.init_gain, "a positive number")

@@ -162,3 +162,36 @@ def test_stop_tolerance_ends_a_phase_at_the_same_fixed_point():
     assert shorter.residual.max() > 1e-9  # it stopped at the first step that met the tolerance
     with pytest.raises(ValueError, match="stop_tolerance"):
         relax(spec, p, x, 5, stop_tolerance=-1.0)
+
+
+@pytest.mark.parametrize("name", ["mlp_mse", "mlp_ce", "conv_max_avg", "conv_stride_nopool"])
+def test_layer_pre_activation_matches_the_synchronous_one(name):
+    from hwtoolkit.network.dynamics import input_drive, layer_pre_activation, pre_activations
+
+    spec = SPECS[name]
+    p = init_parameters(spec, 4, torch.float64)
+    x = torch.rand(3, *spec.input_shape, dtype=torch.float64)
+    states = list(relax(spec, p, x, 3).states)
+    drive = input_drive(spec, p, x)
+    for i, u in enumerate(pre_activations(spec, p, drive, states)):
+        assert torch.allclose(layer_pre_activation(spec, p, drive, states, i), u, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", ["mlp_mse", "conv_max_avg"])
+def test_alternating_updates_reach_the_same_fixed_point_in_fewer_steps(name):
+    import dataclasses
+
+    sync = SPECS[name]
+    alt = dataclasses.replace(sync, update="alternating")
+    p = init_parameters(sync, 4, torch.float64)
+    gen = torch.Generator().manual_seed(0)
+    x = torch.rand(6, *sync.input_shape, generator=gen, dtype=torch.float64)
+    y = torch.randint(0, sync.classes, (6,), generator=gen)
+    for beta in (0.0, 0.4):
+        a = relax(sync, p, x, 400, beta, y if beta else None, stop_tolerance=1e-12)
+        b = relax(alt, p, x, 400, beta, y if beta else None, stop_tolerance=1e-12)
+        assert b.steps < a.steps < 400
+        for s, t in zip(a.states, b.states):
+            assert (s - t).abs().max() < 1e-9
+    with pytest.raises(SpecError, match="network.update"):
+        dataclasses.replace(sync, update="random")
