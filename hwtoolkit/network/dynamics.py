@@ -90,7 +90,7 @@ def layer_pre_activation(spec: NetworkSpec, params: Mapping[str, torch.Tensor], 
         u = L.add_bias(geos[i], term, params[f"b{i + 1}"])
     if i + 1 < len(geos):
         above = geos[i + 1]
-        ctx = L.forward(above, params[f"w{i + 2}"], states[i])[1] if above.kind == "conv" else None
+        ctx = L.pool_context(above, params[f"w{i + 2}"], states[i])
         u = u + L.transpose(above, feedback_weight(spec, params, i + 2), states[i + 1], ctx)
     return u
 

@@ -47,12 +47,12 @@ def phi_grads(spec: NetworkSpec, params: Mapping[str, torch.Tensor], x: torch.Te
               states: Sequence[torch.Tensor]) -> Grads:
     """Batch-mean dPhi/dtheta at ``states``; untied feedback weights get the same local term as W.
 
-    ``params`` are read only by convolutional layers (for their max-pool indices).
+    ``params`` are read only by max-pooling layers (for their pool indices).
     """
     grads: Grads = {}
     below = normalize_input(spec, x)
     for geo, s in zip(spec.layers, states):
-        ctx = L.forward(geo, params[f"w{geo.index}"], below)[1] if geo.kind == "conv" else None
+        ctx = L.pool_context(geo, params.get(f"w{geo.index}"), below)
         grads[f"w{geo.index}"] = L.weight_grad(geo, below, s, ctx)
         grads[f"b{geo.index}"] = L.bias_grad(geo, s)
         if not spec.tied and geo.index >= 2:
@@ -99,8 +99,8 @@ def ep_update(spec: NetworkSpec, params: Mapping[str, torch.Tensor], x: torch.Te
                 grads[w] = torch.cat([s_a, -s_b]).t() @ torch.cat([below_a.flatten(1), below_b.flatten(1)])
             grads[w].mul_(scale)
         else:
-            ctx_a = L.forward(geo, params[w], below_a)[1]
-            ctx_b = L.forward(geo, params[w], below_b)[1]
+            ctx_a = L.pool_context(geo, params.get(w), below_a)
+            ctx_b = L.pool_context(geo, params.get(w), below_b)
             grads[w] = (L.weight_grad(geo, below_a, s_a, ctx_a) - L.weight_grad(geo, below_b, s_b, ctx_b)) * (
                 scale * batch)
         grads[bias] = (L.bias_grad(geo, s_a) - L.bias_grad(geo, s_b)) / (beta_a - beta_b)

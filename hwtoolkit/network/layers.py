@@ -33,6 +33,16 @@ def forward(geo: LayerGeometry, w: torch.Tensor, s_prev: torch.Tensor) -> tuple[
     return z, None
 
 
+def pool_context(geo: LayerGeometry, w: torch.Tensor, s_prev: torch.Tensor) -> Any:
+    """The max-pool indices of ``P(W * s_{l-1})``, the only context a transpose or weight gradient needs.
+
+    Computed (one convolution) for max-pooling layers only; every other layer needs none.
+    """
+    if geo.kind == "conv" and geo.conv.pool == "max":
+        return forward(geo, w, s_prev)[1]
+    return None
+
+
 def _unpool(geo: LayerGeometry, s: torch.Tensor, ctx: Any) -> torch.Tensor:
     """``P^T s``: a state on the pooled grid spread back onto the conv output grid."""
     c = geo.conv

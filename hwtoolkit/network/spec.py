@@ -141,6 +141,11 @@ class NetworkSpec:
         return tuple(geos)
 
     @property
+    def has_max_pool(self) -> bool:
+        """Whether any layer max-pools: only then does the EP update need the weights (for the pool indices)."""
+        return any(c.pool == "max" for c in self.conv)
+
+    @property
     def num_state_layers(self) -> int:
         return len(self.layers)
 

@@ -34,8 +34,8 @@ Estimator = Callable[[Target, torch.Tensor, torch.Tensor, torch.Generator], Batc
 
 
 def _weights_for_update(target: Target, spec: NetworkSpec, like: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Weights the local update needs: only conv layers read them (max-pool indices)."""
-    if not spec.conv:
+    """Weights the local update needs: only max-pooling layers read them (for their pool indices)."""
+    if not spec.has_max_pool:
         return {}
     return {n: t.to(like.device, like.dtype) for n, t in target.read_weights().items()}
 

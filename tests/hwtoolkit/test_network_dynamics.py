@@ -195,3 +195,21 @@ def test_alternating_updates_reach_the_same_fixed_point_in_fewer_steps(name):
             assert (s - t).abs().max() < 1e-9
     with pytest.raises(SpecError, match="network.update"):
         dataclasses.replace(sync, update="random")
+
+
+def test_ep_update_reads_weights_only_for_max_pooling():
+    """Avg-pooled and dense networks form their update from states alone; max pooling needs W for its indices."""
+    from hwtoolkit.network.energy import ep_update
+
+    for name, needs in (("conv_max_avg", True), ("mlp_ce", False)):
+        spec = SPECS[name]
+        assert spec.has_max_pool is needs
+        p = init_parameters(spec, 1, torch.float64)
+        x = torch.rand(3, *spec.input_shape, dtype=torch.float64)
+        y = torch.randint(0, spec.classes, (3,))
+        free = relax(spec, p, x, 6)
+        plus = relax(spec, p, x, 4, 0.2, y, free.states)
+        full = ep_update(spec, p, x, y, (plus, 0.2), (free, 0.0))
+        only_max = {n: p[n] for n in ("w1",)} if needs else {}  # conv_max_avg max-pools in layer 1 only
+        partial = ep_update(spec, only_max, x, y, (plus, 0.2), (free, 0.0))
+        assert all(torch.equal(full[n], partial[n]) for n in full)
