@@ -1,4 +1,4 @@
-"""Command line: ``hwtoolkit train | evaluate | gdu | targets``."""
+"""Command line: ``hwtoolkit train | evaluate | gdu | sweep | targets``."""
 
 from __future__ import annotations
 
@@ -92,6 +92,18 @@ def cmd_gdu(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from hwtoolkit.sweep import format_table, run_sweep
+
+    report = run_sweep(args.config, args.param, args.values, seeds=args.seeds, sets=args.set or [], out=args.out,
+                       fidelity_batches=args.fidelity_batches, resume=args.resume,
+                       progress=False if args.no_progress else None)
+    print(format_table(report))
+    out = Path(report["out"])
+    print(f"wrote {out / 'sweep.csv'}, {out / 'sweep.json'}, {out / 'sweep.png'} (error bars: {report['error_bars']})")
+    return 0
+
+
 def cmd_targets(args: argparse.Namespace) -> int:
     for name in targets.available():
         try:
@@ -137,6 +149,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", help="write the figures to this JSON file")
     p.add_argument("--plot", default="gdu.png", help="PNG of EP and BPTT curves per layer (default gdu.png)")
     p.set_defaults(func=cmd_gdu)
+
+    p = sub.add_parser("sweep", help="train at several values of one config field and seeds (robustness study)")
+    add_config_args(p)
+    p.add_argument("--param", required=True, metavar="KEY", help="the dotted config field to sweep, as for --set "
+                                                                 "(e.g. ep.beta, optim.lr, target.name)")
+    p.add_argument("--values", required=True, metavar="V1,V2,...",
+                   help="the values, split on commas outside brackets and quotes, each read as TOML like a --set "
+                        "value (a bare word is a string): 0,0.1,0.2 or '\"ideal\",\"reram-exp\"' or "
+                        "'[0.1,0.05],[0.2,0.1]'; write --values=-1,0 when the first value starts with '-'")
+    p.add_argument("--seeds", type=int, default=1, help="runs per value, with seeds seed, seed+1, ... (default 1)")
+    p.add_argument("--out", help="sweep directory (default: runs/NAME-sweep-KEY-TIMESTAMP); must be new or empty")
+    p.add_argument("--resume", action="store_true", help="continue the sweep in --out: finished points are kept, "
+                                                         "interrupted ones resume from their last checkpoint")
+    p.add_argument("--fidelity-batches", type=int, default=4, metavar="K",
+                   help="training batches for the gradient-fidelity cosines of each point (default 4; 0 = none)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("targets", help="list the available targets")
     p.set_defaults(func=cmd_targets)

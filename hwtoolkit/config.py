@@ -122,14 +122,34 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     target: TargetConfig = field(default_factory=TargetConfig)
+    crossbar: dict[str, Any] = field(default_factory=dict)  # device parameters of the crossbar target
 
     def validate(self) -> None:
         _check(self.estimator in ESTIMATORS, "estimator", self.estimator, f"one of {ESTIMATORS}")
         for part in (self.data, self.ep, self.optim, self.train, self.target):
             part.validate()
+        if self.crossbar:
+            self._validate_crossbar()
         layers = self.network.num_weight_layers
         _check(len(self.optim.lr) in (1, layers), "optim.lr", list(self.optim.lr),
                f"1 value or {layers} (one per weight layer of {self.network.describe()})")
+
+    def _validate_crossbar(self) -> None:
+        from targets.crossbar import CrossbarConfigError, device_config
+
+        if self.target.name != "crossbar":
+            raise ConfigError(f"a [crossbar] table is given but target.name = {self.target.name!r}; set "
+                              f"target.name = \"crossbar\" to simulate the device, or remove the table")
+        try:
+            device = device_config(**self.crossbar)
+        except CrossbarConfigError as e:
+            raise ConfigError(str(e)) from None
+        if device.update == "two_trains":
+            _check(self.estimator != "bptt", "crossbar.update", "two_trains",
+                   "'combined' with estimator = 'bptt' (two pulse trains are the two EP phases)")
+            _check(self.optim.momentum == 0 and self.optim.weight_decay == 0, "crossbar.update", "two_trains",
+                   "'combined' unless optim.momentum = 0 and optim.weight_decay = 0 (each pulse train is one "
+                   "phase's term times the learning rate)")
 
     def layer_lrs(self) -> list[float]:
         """The learning rate of every weight layer, input side first."""
@@ -141,6 +161,8 @@ class Config:
         d["network"]["conv"] = [dataclasses.asdict(c) for c in self.network.conv]
         target = d.pop("target")
         d["target"] = {"name": target["name"], **target["options"]}
+        if not d["crossbar"]:
+            del d["crossbar"]
         return d
 
     def to_toml(self) -> str:

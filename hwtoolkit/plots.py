@@ -68,3 +68,76 @@ def plot_gdu(result: "GDUResult", path: Path, units: int = 3) -> Path:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def plot_sweep(report: dict, path: Path) -> Path:
+    """Test accuracy against the swept value (mean over seeds, bars min-max, dots per seed) and fidelity cosines.
+
+    ``report`` is what ``hwtoolkit.sweep.run_sweep`` writes to ``sweep.json``. Numbers go on a numeric axis
+    (logarithmic when all are positive and span two decades or more); strings, lists and booleans are
+    categories in the order given.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    agg = report["aggregate"]
+    values = [a["value"] for a in agg]
+    numeric = bool(values) and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+    if numeric:
+        order = sorted(range(len(agg)), key=lambda i: values[i])
+        xs = [float(values[i]) for i in order]
+    else:
+        order = list(range(len(agg)))
+        xs = list(range(len(agg)))
+    agg = [agg[i] for i in order]
+    position = {a["label"]: x for a, x in zip(agg, xs)}
+    log_x = numeric and min(xs) > 0 and max(xs) / min(xs) >= 100
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
+    ax = axes[0]
+    mean = [100 * a["test_accuracy"]["mean"] for a in agg]
+    low = [m - 100 * a["test_accuracy"]["min"] for m, a in zip(mean, agg)]
+    high = [100 * a["test_accuracy"]["max"] - m for m, a in zip(mean, agg)]
+    line = "-" if numeric else ""  # categories are not joined by lines
+    ax.errorbar(xs, mean, yerr=[low, high], fmt="o" + line, capsize=4, label="mean, bars min-max over seeds")
+    rows = [r for r in report["rows"] if r["label"] in position]
+    ax.plot([position[r["label"]] for r in rows], [100 * r["test_accuracy"] for r in rows], ".", color="0.45",
+            label="one seed")
+    ax.set(xlabel=report["key"], ylabel="test accuracy (%)",
+           title=f"test accuracy ({report['seeds']} seed(s) per value)")
+    ax.legend(fontsize=8)
+
+    ax = axes[1]
+    names = {"applied_vs_ideal": "applied vs ideal EP (lr-scaled)", "device_vs_ideal": "device EP vs ideal EP",
+             "ideal_vs_bptt": "ideal EP vs -BPTT"}
+    drawn = False
+    for k, (name, label) in enumerate(names.items()):
+        pts = [(x, a[name]) for x, a in zip(xs, agg) if a.get(name)]
+        if not pts:
+            continue
+        drawn = True
+        px = [x for x, _ in pts]
+        m = [s["mean"] for _, s in pts]
+        bars = [[v - s["min"] for v, (_, s) in zip(m, pts)], [s["max"] - v for v, (_, s) in zip(m, pts)]]
+        ax.errorbar(px, m, yerr=bars, fmt="os^"[k] + line, capsize=3, label=label)
+    if drawn:
+        ax.axhline(1.0, color="0.7", lw=0.8)
+        ax.legend(fontsize=8)
+    else:
+        ax.text(0.5, 0.5, "no fidelity measured (--fidelity-batches 0)", ha="center", va="center",
+                transform=ax.transAxes)
+    ax.set(xlabel=report["key"], ylabel="cosine", title="gradient fidelity (mean, bars min-max over seeds)")
+
+    for ax in axes:
+        if log_x:
+            ax.set_xscale("log")
+        if not numeric:
+            rotate = max((len(a["label"]) for a in agg), default=0) > 8
+            ax.set_xticks(xs)
+            ax.set_xlim(-0.5, len(xs) - 0.5)
+            ax.set_xticklabels([a["label"] for a in agg], rotation=30 if rotate else 0,
+                               ha="right" if rotate else "center")
+        ax.grid(alpha=0.3)
+    fig.suptitle(f"sweep of {report['key']}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

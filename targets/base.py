@@ -21,6 +21,10 @@ Init = Union[None, str, Sequence[torch.Tensor], Relaxation]
 """Where a phase starts: ``None``/``"zero"``, ``"keep"`` (the device's last states), or given states."""
 
 
+Trains = tuple[Mapping[str, torch.Tensor], Mapping[str, torch.Tensor]]
+"""An update split into the increments of its two phases, ``delta = trains[0] - trains[1]``."""
+
+
 class TargetError(RuntimeError):
     """A target could not do what was asked (bad option, device fault, unsupported network)."""
 
@@ -36,6 +40,7 @@ class Capabilities:
     conv: bool = True  # can hold convolutional layers
     untied: bool = True  # can hold separate feedback weights
     max_steps: int | None = None  # longest phase it can relax
+    update_trains: bool = False  # writes an update as two pulse trains (``apply_update(delta, trains)``)
     notes: str = ""
 
 
@@ -77,8 +82,12 @@ class Target(ABC):
         """
 
     @abstractmethod
-    def apply_update(self, delta: Mapping[str, torch.Tensor]) -> UpdateReport:
-        """Add ``delta`` (any subset of the parameters) through the device's write path."""
+    def apply_update(self, delta: Mapping[str, torch.Tensor], trains: Trains | None = None) -> UpdateReport:
+        """Add ``delta`` (any subset of the parameters) through the device's write path.
+
+        Targets with ``capabilities.update_trains`` also get ``trains``: the same increment as the two EP
+        phase terms ``(a, b)`` with ``delta = a - b``, to write as two pulse trains; others ignore it.
+        """
 
     def close(self) -> None:
         """Release the device."""

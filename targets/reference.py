@@ -11,7 +11,7 @@ from hwtoolkit.network.dynamics import Relaxation
 from hwtoolkit.network.parameters import check_parameters
 from hwtoolkit.network.spec import NetworkSpec
 
-from .base import Capabilities, Init, Target, TargetError, UpdateReport
+from .base import Capabilities, Init, Target, TargetError, Trains, UpdateReport
 from .options import parse_device, parse_dtype
 from .registry import register
 
@@ -91,7 +91,7 @@ class ReferenceTarget(Target):
             self._last = dynamics.relax(self.spec, self.params, x, steps, beta, y, states, drive, stop_tolerance)
         return self._last
 
-    def apply_update(self, delta: Mapping[str, torch.Tensor]) -> UpdateReport:
+    def apply_update(self, delta: Mapping[str, torch.Tensor], trains: Trains | None = None) -> UpdateReport:
         check_parameters(self.spec, delta, complete=False)
         for n, d in delta.items():
             self.params[n].add_(d.to(self.device, self.dtype))

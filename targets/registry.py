@@ -23,6 +23,7 @@ ENTRY_POINT_GROUP = "hwtoolkit.targets"
 # Built-in targets, imported on first use so that opening one does not import the others.
 _BUILTIN = {
     "reference": "targets.reference:ReferenceTarget",
+    "crossbar": "targets.crossbar.target:CrossbarTarget",
 }
 _registered: dict[str, type[Target]] = {}
 

@@ -13,7 +13,7 @@ in precomputed.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterator, Mapping, Sequence
+from typing import Callable, Iterator, Mapping, Sequence, Union
 
 import torch
 
@@ -67,31 +67,31 @@ def feedback_weight(spec: NetworkSpec, params: Mapping[str, torch.Tensor], index
 
 
 def pre_activations(spec: NetworkSpec, params: Mapping[str, torch.Tensor], drive: torch.Tensor,
-                    states: Sequence[torch.Tensor]) -> States:
+                    states: Sequence[torch.Tensor], reads: L.Reads = L.EXACT) -> States:
     """``u_l`` for every layer from the current states (without the nudging force)."""
     geos = spec.layers
     u: States = [drive]
     for geo in geos[1:]:
-        term, ctx = L.forward(geo, params[f"w{geo.index}"], states[geo.index - 2])
+        term, ctx = reads.forward(geo, params[f"w{geo.index}"], states[geo.index - 2])
         u.append(L.add_bias(geo, term, params[f"b{geo.index}"]))
-        u[geo.index - 2] = u[geo.index - 2] + L.transpose(
+        u[geo.index - 2] = u[geo.index - 2] + reads.transpose(
             geo, feedback_weight(spec, params, geo.index), states[geo.index - 1], ctx)
     return u
 
 
 def layer_pre_activation(spec: NetworkSpec, params: Mapping[str, torch.Tensor], drive: torch.Tensor,
-                         states: Sequence[torch.Tensor], i: int) -> torch.Tensor:
+                         states: Sequence[torch.Tensor], i: int, reads: L.Reads = L.EXACT) -> torch.Tensor:
     """``u`` of the state layer at 0-based position ``i`` alone (used by the alternating schedule)."""
     geos = spec.layers
     if i == 0:
         u = drive
     else:
-        term, _ = L.forward(geos[i], params[f"w{i + 1}"], states[i - 1])
+        term, _ = reads.forward(geos[i], params[f"w{i + 1}"], states[i - 1])
         u = L.add_bias(geos[i], term, params[f"b{i + 1}"])
     if i + 1 < len(geos):
         above = geos[i + 1]
         ctx = L.pool_context(above, params[f"w{i + 2}"], states[i])
-        u = u + L.transpose(above, feedback_weight(spec, params, i + 2), states[i + 1], ctx)
+        u = u + reads.transpose(above, feedback_weight(spec, params, i + 2), states[i + 1], ctx)
     return u
 
 
@@ -107,7 +107,8 @@ def _settle(spec: NetworkSpec, params: Mapping[str, torch.Tensor], old: torch.Te
 
 
 def step(spec: NetworkSpec, params: Mapping[str, torch.Tensor], drive: torch.Tensor,
-         states: Sequence[torch.Tensor], beta: float = 0.0, y: torch.Tensor | None = None) -> States:
+         states: Sequence[torch.Tensor], beta: float = 0.0, y: torch.Tensor | None = None,
+         reads: L.Reads = L.EXACT) -> States:
     """One step of the (nudged, if ``beta != 0``) dynamics, synchronous or alternating per ``spec.update``.
 
     Alternating (asynchronous) updates layers 1, 3, 5, ... first and then layers 2, 4, ... from the
@@ -118,10 +119,10 @@ def step(spec: NetworkSpec, params: Mapping[str, torch.Tensor], drive: torch.Ten
         new = list(states)
         for parity in (0, 1):
             for i in range(parity, len(states), 2):
-                new[i] = _settle(spec, params, states[i], layer_pre_activation(spec, params, drive, new, i),
+                new[i] = _settle(spec, params, states[i], layer_pre_activation(spec, params, drive, new, i, reads),
                                  i == last, beta, y, new[last])
         return new
-    u = pre_activations(spec, params, drive, states)
+    u = pre_activations(spec, params, drive, states, reads)
     return [_settle(spec, params, s, ul, i == last, beta, y, states[last]) for i, (s, ul) in enumerate(zip(states, u))]
 
 
@@ -132,21 +133,26 @@ def _check_phase(spec: NetworkSpec, steps: int, beta: float, y: torch.Tensor | N
         raise ValueError("a nudged phase (beta != 0) needs targets y")
 
 
+Drive = Union[torch.Tensor, Callable[[], torch.Tensor]]
+"""The input drive of a phase: one tensor, or a function that reads it afresh at every step (noisy devices)."""
+
+
 def iterate(spec: NetworkSpec, params: Mapping[str, torch.Tensor], x: torch.Tensor, steps: int,
             beta: float = 0.0, y: torch.Tensor | None = None, init: Sequence[torch.Tensor] | None = None,
-            drive: torch.Tensor | None = None) -> Iterator[States]:
+            drive: Drive | None = None, reads: L.Reads = L.EXACT) -> Iterator[States]:
     """Yield the states after each of ``steps`` steps (for diagnostics that need the trajectory)."""
     _check_phase(spec, steps, beta, y)
     drive = input_drive(spec, params, x) if drive is None else drive
-    states = list(init) if init is not None else zero_states(spec, x.shape[0], drive)
+    read_drive = drive if callable(drive) else (lambda: drive)
+    states = list(init) if init is not None else zero_states(spec, x.shape[0], x)
     for _ in range(steps):
-        states = step(spec, params, drive, states, beta, y)
+        states = step(spec, params, read_drive(), states, beta, y, reads)
         yield states
 
 
 def relax(spec: NetworkSpec, params: Mapping[str, torch.Tensor], x: torch.Tensor, steps: int,
           beta: float = 0.0, y: torch.Tensor | None = None, init: Sequence[torch.Tensor] | None = None,
-          drive: torch.Tensor | None = None, stop_tolerance: float = 0.0) -> Relaxation:
+          drive: Drive | None = None, stop_tolerance: float = 0.0, reads: L.Reads = L.EXACT) -> Relaxation:
     """Run one phase of at most ``steps`` steps from ``init`` (zeros if ``None``) and report its end.
 
     With ``stop_tolerance > 0`` the phase ends early once a step moves no unit of any sample by more than it
@@ -155,9 +161,9 @@ def relax(spec: NetworkSpec, params: Mapping[str, torch.Tensor], x: torch.Tensor
     if stop_tolerance < 0:
         raise ValueError(f"stop_tolerance = {stop_tolerance} is invalid: expected >= 0 (0 runs every step)")
     drive = input_drive(spec, params, x) if drive is None else drive
-    states = list(init) if init is not None else zero_states(spec, x.shape[0], drive)
+    states = list(init) if init is not None else zero_states(spec, x.shape[0], x)
     previous, done = states, 0
-    for new in iterate(spec, params, x, steps, beta, y, states, drive):
+    for new in iterate(spec, params, x, steps, beta, y, states, drive, reads):
         previous, states, done = states, new, done + 1
         if stop_tolerance and max((s - p).abs().max().item() for s, p in zip(states, previous)) <= stop_tolerance:
             break

@@ -11,7 +11,8 @@ relaxation and an update need:
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
@@ -85,3 +86,18 @@ def bias_grad(geo: LayerGeometry, s: torch.Tensor) -> torch.Tensor:
 
 def add_bias(geo: LayerGeometry, u: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return u + (b if geo.kind == "dense" else b.view(1, -1, 1, 1))
+
+
+@dataclass(frozen=True)
+class Reads:
+    """How the dynamics read a weight array: exactly (the default) or through a device's periphery.
+
+    ``forward`` and ``transpose`` have the signatures of this module's functions of the same names;
+    a device target swaps in its own to add converters, noise and parasitics to every read.
+    """
+
+    forward: Callable[..., tuple[torch.Tensor, Any]] = forward
+    transpose: Callable[..., torch.Tensor] = transpose
+
+
+EXACT = Reads()

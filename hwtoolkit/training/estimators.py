@@ -15,7 +15,7 @@ import torch
 from hwtoolkit.config import EPConfig
 from hwtoolkit.network.bptt import bptt_grads
 from hwtoolkit.network.dynamics import Relaxation
-from hwtoolkit.network.energy import ep_update
+from hwtoolkit.network.energy import ep_update, phase_grads
 from hwtoolkit.network.spec import NetworkSpec
 from targets import Target
 
@@ -28,9 +28,11 @@ class BatchResult:
 
     direction: Direction
     free: Relaxation
+    parts: tuple[Direction, Direction] | None = None  # direction = parts[0] - parts[1], one term per phase
 
 
 Estimator = Callable[[Target, torch.Tensor, torch.Tensor, torch.Generator], BatchResult]
+"""``estimate(target, x, y, generator)``: one batch's direction."""
 
 
 def _weights_for_update(target: Target, spec: NetworkSpec, like: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -40,48 +42,58 @@ def _weights_for_update(target: Target, spec: NetworkSpec, like: torch.Tensor) -
     return {n: t.to(like.device, like.dtype) for n, t in target.read_weights().items()}
 
 
-def one_sided(ep: EPConfig) -> Estimator:
+def one_sided(ep: EPConfig, trains: bool = False) -> Estimator:
     """Free phase, one ``+beta`` phase: ``(dPhi(s+) - dPhi(s*)) / beta``."""
     def estimate(target: Target, x: torch.Tensor, y: torch.Tensor, gen: torch.Generator) -> BatchResult:
-        return _signed(target, x, y, ep.beta, ep)
+        return _signed(target, x, y, ep.beta, ep, trains)
     return estimate
 
 
-def random_sign(ep: EPConfig) -> Estimator:
+def random_sign(ep: EPConfig, trains: bool = False) -> Estimator:
     """One nudged phase whose beta has a random sign per batch."""
     def estimate(target: Target, x: torch.Tensor, y: torch.Tensor, gen: torch.Generator) -> BatchResult:
         sign = 1.0 if torch.rand((), generator=gen).item() < 0.5 else -1.0
-        return _signed(target, x, y, sign * ep.beta, ep)
+        return _signed(target, x, y, sign * ep.beta, ep, trains)
     return estimate
 
 
-def _signed(target: Target, x: torch.Tensor, y: torch.Tensor, beta: float, ep: EPConfig) -> BatchResult:
+def _signed(target: Target, x: torch.Tensor, y: torch.Tensor, beta: float, ep: EPConfig,
+            trains: bool) -> BatchResult:
     free = target.relax(x, ep.free_steps, stop_tolerance=ep.stop_tolerance)
     nudged = target.relax(x, ep.nudged_steps, beta, y, init=free, stop_tolerance=ep.stop_tolerance)
-    return _update(target, x, y, free, (nudged, beta), (free, 0.0))
+    return _update(target, x, y, free, (nudged, beta), (free, 0.0), trains)
 
 
-def symmetric(ep: EPConfig) -> Estimator:
+def symmetric(ep: EPConfig, trains: bool = False) -> Estimator:
     """Free phase, then ``+beta`` and ``-beta`` phases from it: ``(dPhi(s+) - dPhi(s-)) / (2 beta)``."""
     def estimate(target: Target, x: torch.Tensor, y: torch.Tensor, gen: torch.Generator) -> BatchResult:
         free = target.relax(x, ep.free_steps, stop_tolerance=ep.stop_tolerance)
         plus = target.relax(x, ep.nudged_steps, ep.beta, y, init=free, stop_tolerance=ep.stop_tolerance)
         minus = target.relax(x, ep.nudged_steps, -ep.beta, y, init=free, stop_tolerance=ep.stop_tolerance)
-        return _update(target, x, y, free, (plus, ep.beta), (minus, -ep.beta))
+        return _update(target, x, y, free, (plus, ep.beta), (minus, -ep.beta), trains)
     return estimate
 
 
 def _update(target: Target, x: torch.Tensor, y: torch.Tensor, free: Relaxation, a: tuple[Relaxation, float],
-            b: tuple[Relaxation, float]) -> BatchResult:
-    """The EP update from two phases, computed where the target's states live."""
+            b: tuple[Relaxation, float], trains: bool = False) -> BatchResult:
+    """The EP update from two phases, computed where the target's states live (and its two terms if asked)."""
     like = free.logits
     weights = _weights_for_update(target, target.spec, like)
-    direction = ep_update(target.spec, weights, x.to(like.device, like.dtype), y.to(like.device), a, b)
-    return BatchResult(direction, free)
+    x, y = x.to(like.device, like.dtype), y.to(like.device)
+    direction = ep_update(target.spec, weights, x, y, a, b)
+    parts = None
+    if trains:
+        span = a[1] - b[1]
+        parts = tuple({n: g / span for n, g in phase_grads(target.spec, weights, x, y, *phase).items()}
+                      for phase in (a, b))
+    return BatchResult(direction, free, parts)
 
 
-def bptt(ep: EPConfig) -> Estimator:
+def bptt(ep: EPConfig, trains: bool = False) -> Estimator:
     """Backpropagation through the ``free_steps`` steps of the free phase, on the host."""
+    if trains:
+        raise ValueError("the bptt estimator has no phases to write as two pulse trains; use update = 'combined'")
+
     def estimate(target: Target, x: torch.Tensor, y: torch.Tensor, gen: torch.Generator) -> BatchResult:
         caps = target.capabilities
         dtype = getattr(torch, caps.dtype)
@@ -91,13 +103,15 @@ def bptt(ep: EPConfig) -> Estimator:
     return estimate
 
 
-ESTIMATORS: dict[str, Callable[[EPConfig], Estimator]] = {
+ESTIMATORS: dict[str, Callable[[EPConfig, bool], Estimator]] = {
     "symmetric": symmetric, "one_sided": one_sided, "random_sign": random_sign, "bptt": bptt,
 }
 
 
-def make_estimator(name: str, ep: EPConfig) -> Estimator:
+def make_estimator(name: str, ep: EPConfig, trains: bool = False) -> Estimator:
+    """The estimator ``name``; with ``trains`` its results also carry the update's two phase terms."""
     try:
-        return ESTIMATORS[name](ep)
+        factory = ESTIMATORS[name]
     except KeyError:
         raise ValueError(f"estimator = {name!r} is invalid; valid: {sorted(ESTIMATORS)}") from None
+    return factory(ep, trains)

@@ -70,9 +70,12 @@ def load_splits(cfg: Config) -> Splits:
 
 
 def open_target(cfg: Config) -> targets.Target:
+    """Open the configured target; the crossbar also gets the [crossbar] table and, unless set, the run's seed."""
     options = dict(cfg.target.options)
     if isinstance(options.get("device"), str):
         options["device"] = local_device(options["device"])
+    if cfg.target.name == "crossbar":
+        options = {"seed": cfg.seed, **options, **cfg.crossbar}
     return targets.open(cfg.target.name, cfg.network, **options)
 
 
@@ -138,7 +141,8 @@ def _train(cfg: Config, run: RunDir, target: targets.Target, splits: Splits, sta
     layer_of = spec.parameter_layers()
     lrs = cfg.layer_lrs()
     optimizer = SGD({n: lrs[i] for n, i in layer_of.items()}, cfg.optim.momentum, cfg.optim.weight_decay)
-    estimator = make_estimator(cfg.estimator, cfg.ep)
+    trains = target.capabilities.update_trains
+    estimator = make_estimator(cfg.estimator, cfg.ep, trains)
     sampler = BatchSampler(torch.arange(splits.train_x.shape[0]), cfg.train.batch_size, cfg.seed)
     tol = cfg.ep.tolerance
 
@@ -185,7 +189,13 @@ def _train(cfg: Config, run: RunDir, target: targets.Target, splits: Splits, sta
             result = estimator(target, x, y, gen)
             direction = workers.average(result.direction, len(y), len(idx))
             weights = target.read_weights() if cfg.optim.weight_decay else None
-            target.apply_update(optimizer.step(direction, weights, factor))
+            delta = optimizer.step(direction, weights, factor)
+            if trains:
+                parts = tuple(workers.average(part, len(y), len(idx)) for part in result.parts)
+                target.apply_update(delta, tuple({n: optimizer.lrs[n] * factor * t for n, t in p.items()}
+                                                 for p in parts))
+            else:
+                target.apply_update(delta)
             stats.add(target, result.free, y, tol)
             batch += 1
             bar.update(1)

@@ -1,0 +1,257 @@
+"""Conductance pairs that hold one parameter tensor: fixed device draws, the write path, time and wear.
+
+A weight is ``w = scale (g+ - g-)`` with normalized conductances. Device-to-device values (bounds,
+step sizes, asymmetry, stuck devices, drift exponents) are drawn once from the seed on the CPU, so a
+seed gives the same devices on every torch device. Pulses, noise and time are vectorised over all
+devices at once (see ``response`` for the n-pulse closed forms).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from . import response
+from .config import DeviceConfig
+
+
+@dataclass
+class Devices:
+    """One polarity of an array: conductances and the per-device constants drawn for them."""
+
+    g: torch.Tensor  # hidden conductance, what pulses act on
+    lo: torch.Tensor | float
+    hi: torch.Tensor | float
+    gain_up: torch.Tensor | float  # this device's up step / the nominal dw_min
+    gain_down: torch.Tensor | float  # this device's down step / the nominal dw_min
+    stuck: torch.Tensor | None  # mask of stuck devices ...
+    stuck_value: torch.Tensor | None  # ... and the conductance they are stuck at
+    nu: torch.Tensor | float  # drift exponent
+    offset: torch.Tensor | None = None  # write noise seen by reads, redrawn at each write
+    written_at: torch.Tensor | None = None  # simulated time of each device's last write (drift)
+    pulses: torch.Tensor | None = None  # pulses received, per device
+
+    def visible(self, now: float, t0: float) -> torch.Tensor:
+        """The conductance a read sees: hidden value, write noise and drift since the last write."""
+        g = self.g if self.offset is None else self.g + self.offset
+        if self.written_at is not None:
+            g = g * ((now - self.written_at + t0) / t0).pow(-self.nu)
+        return g
+
+
+def _spread(gen: torch.Generator, shape: tuple[int, ...], std: float, lognormal: bool = False) -> torch.Tensor | float:
+    """A per-device multiplier with mean 1 and relative spread ``std`` (1.0 when there is none)."""
+    if std == 0:
+        return 1.0
+    xi = torch.randn(shape, generator=gen, dtype=torch.float64)
+    if lognormal:
+        return torch.exp(std * xi - std * std / 2)
+    return (1 + std * xi).clamp_min(0.0)
+
+
+def draw_devices(cfg: DeviceConfig, shape: tuple[int, ...], gen: torch.Generator) -> Devices:
+    """Draw the fixed (device-to-device) properties of ``prod(shape)`` devices, float64 on the CPU."""
+    lo: torch.Tensor | float = 0.0
+    hi: torch.Tensor | float = 1.0
+    if cfg.bound_dtod:  # each bound's distance from mid-range varies by bound_dtod, relative
+        lo = 0.5 - 0.5 * (1 + cfg.bound_dtod * torch.randn(shape, generator=gen, dtype=torch.float64)).clamp_min(0.05)
+        hi = 0.5 + 0.5 * (1 + cfg.bound_dtod * torch.randn(shape, generator=gen, dtype=torch.float64)).clamp_min(0.05)
+    gain = _spread(gen, shape, cfg.dw_min_dtod, cfg.dw_min_dtod_lognormal)
+    up_down = cfg.up_down
+    if cfg.up_down_dtod:
+        up_down = (cfg.up_down + cfg.up_down_dtod * torch.randn(shape, generator=gen, dtype=torch.float64)).clamp(-0.99, 0.99)
+    stuck = stuck_value = None
+    if cfg.stuck_prob:
+        stuck = torch.rand(shape, generator=gen, dtype=torch.float64) < cfg.stuck_prob
+        split = torch.tensor(cfg.stuck_split, dtype=torch.float64)
+        kind = torch.multinomial(split / split.sum(), stuck.numel(), replacement=True, generator=gen).view(shape)
+        lo_t, hi_t = (torch.as_tensor(v, dtype=torch.float64).expand(shape) for v in (lo, hi))
+        random = lo_t + (hi_t - lo_t) * torch.rand(shape, generator=gen, dtype=torch.float64)
+        stuck_value = torch.where(kind == 0, lo_t, torch.where(kind == 1, hi_t, random))
+    nu: torch.Tensor | float = cfg.drift_nu
+    if cfg.drift_nu_dtod:
+        nu = (cfg.drift_nu + cfg.drift_nu_dtod * torch.randn(shape, generator=gen, dtype=torch.float64)).clamp_min(0)
+    return Devices(g=torch.zeros(shape, dtype=torch.float64), lo=lo, hi=hi, gain_up=gain,
+                   gain_down=gain * (1 - up_down), stuck=stuck, stuck_value=stuck_value, nu=nu)
+
+
+def _move(value, device: torch.device, dtype: torch.dtype):
+    if torch.is_tensor(value):
+        return value.to(device, torch.bool if value.dtype == torch.bool else dtype)
+    return value
+
+
+@dataclass
+class WriteStats:
+    """What one write did to an array."""
+
+    pulses: float = 0.0
+    saturated: int = 0  # devices that ended at a bound after being pulsed
+    refreshed: int = 0  # one-sided pairs reprogrammed
+
+
+class PairArray:
+    """The differential (or one-sided) pairs holding one parameter tensor, and its write path."""
+
+    def __init__(self, cfg: DeviceConfig, shape: tuple[int, ...], gen: torch.Generator, device: torch.device,
+                 dtype: torch.dtype, table: response.Table | None, scale: float) -> None:
+        self.cfg = cfg
+        self.scale = scale
+        self.table = table
+        self.shape = shape
+        self.device, self.dtype = device, dtype
+        self.pos, self.neg = (self._place(draw_devices(cfg, shape, gen)) for _ in range(2))
+
+    def _place(self, d: Devices) -> Devices:
+        moved = Devices(**{k: _move(v, self.device, self.dtype) for k, v in vars(d).items()})
+        if self.cfg.write_noise_std:
+            moved.offset = torch.zeros_like(moved.g)
+        if self.cfg.drift_nu:
+            moved.written_at = torch.zeros_like(moved.g)
+        moved.pulses = torch.zeros(self.shape, dtype=self.dtype, device=self.device)
+        return moved
+
+    @property
+    def reference(self) -> float:
+        """Where a pair's devices sit for w = 0: mid-range for differential pairs, the bottom for one-sided."""
+        return 0.5 if self.cfg.pair == "differential" else 0.0
+
+    def weight(self, now: float) -> torch.Tensor:
+        t0 = self.cfg.drift_t0
+        return self.scale * (self.pos.visible(now, t0) - self.neg.visible(now, t0))
+
+    def program(self, w: torch.Tensor, gen: torch.Generator, now: float) -> int:
+        """Write ``w`` by write-and-verify (to within ``program_noise``); returns how many weights were clipped."""
+        d = w.to(self.device, self.dtype) / self.scale
+        clipped = int((d.abs() > 1).sum())
+        d = d.clamp(-1, 1)
+        if self.cfg.pair == "differential":
+            targets = (self.reference + d / 2, self.reference - d / 2)
+        else:
+            targets = (d.clamp_min(0), (-d).clamp_min(0))
+        for dev, target in zip((self.pos, self.neg), targets):
+            self._set(dev, target, gen, now)
+        return clipped
+
+    def _set(self, dev: Devices, target: torch.Tensor, gen: torch.Generator, now: float) -> None:
+        if self.cfg.program_noise:
+            target = target + self.cfg.program_noise * self._randn(gen)
+        dev.g = self._clip(dev, target)
+        if dev.offset is not None:
+            dev.offset.zero_()
+        if dev.written_at is not None:
+            dev.written_at.fill_(now)
+
+    def _randn(self, gen: torch.Generator) -> torch.Tensor:
+        return torch.randn(self.shape, generator=gen, device=self.device, dtype=self.dtype)
+
+    def _clip(self, dev: Devices, g: torch.Tensor) -> torch.Tensor:
+        if torch.is_tensor(dev.lo) or torch.is_tensor(dev.hi):
+            lo = dev.lo if torch.is_tensor(dev.lo) else g.new_tensor(dev.lo)
+            hi = dev.hi if torch.is_tensor(dev.hi) else g.new_tensor(dev.hi)
+            g = torch.minimum(torch.maximum(g, lo), hi)
+        else:
+            g = g.clamp(dev.lo, dev.hi)
+        return g if dev.stuck is None else torch.where(dev.stuck, dev.stuck_value, g)
+
+    def write(self, delta_w: torch.Tensor, gen: torch.Generator, now: float) -> WriteStats:
+        """Add ``delta_w`` (weight units) through pulses: split over the pair, rounded to pulses, then applied."""
+        d = delta_w.to(self.device, self.dtype) * (1 / self.scale)
+        if self.cfg.pair == "differential":
+            d.mul_(0.5)
+            stats = self._pulse(self.pos, d, gen, now)
+            stats2 = self._pulse(self.neg, d.neg_(), gen, now)
+        else:
+            stats = self._pulse(self.pos, d.clamp_min(0), gen, now)
+            stats2 = self._pulse(self.neg, d.neg_().clamp_min_(0), gen, now)
+        stats.pulses += stats2.pulses
+        stats.saturated += stats2.saturated
+        if self.cfg.pair == "one_sided":
+            stats.refreshed = self._refresh(gen, now)
+        return stats
+
+    def _pulses(self, magnitude: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        """How many pulses (a real number in exact mode) the controller sends for each requested change."""
+        cfg = self.cfg
+        n = magnitude / cfg.dw_min
+        if cfg.pulse_mode == "count":
+            n = n.round_()
+        elif cfg.pulse_mode == "stochastic":
+            whole = n.floor()
+            n = whole.add_(torch.rand(self.shape, generator=gen, device=self.device, dtype=self.dtype) < n - whole)
+        if cfg.max_pulses and cfg.pulse_mode != "exact":
+            n = n.clamp_max_(cfg.max_pulses)
+        return n
+
+    def _pulse(self, dev: Devices, request: torch.Tensor, gen: torch.Generator, now: float) -> WriteStats:
+        cfg = self.cfg
+        dw = cfg.dw_min
+        if dw == 0:
+            n, signed = None, request
+        else:
+            n = self._pulses(request.abs(), gen)
+            signed = n.copysign(request).mul_(dw)  # the nominal change the pulses stand for
+        linear = cfg.response == "constant" or (cfg.response == "soft_bounds" and not (cfg.slope_up or cfg.slope_down))
+        if linear and not torch.is_tensor(dev.gain_up) and dev.gain_up == dev.gain_down:
+            new = dev.g + signed * dev.gain_up if dev.gain_up != 1 else dev.g + signed
+        else:
+            up = signed > 0
+            up_amount = (signed * dev.gain_up).clamp_min_(0)
+            down_amount = (signed * dev.gain_down).neg_().clamp_min_(0)
+            if linear:
+                new = dev.g + up_amount - down_amount
+            else:
+                new = response.advance(cfg, dev.g, up_amount, down_amount, dev.lo, dev.hi, dw * dev.gain_up,
+                                       dw * dev.gain_down, self.table)
+            del up
+        if cfg.dw_min_std:  # c2c: n independent relative step errors add up to std * |change| / sqrt(n)
+            new = new + (new - dev.g).abs_().mul_(torch.rsqrt(n.clamp_min(1e-12))).mul_(
+                cfg.dw_min_std * self._randn(gen))
+        unclipped = new
+        new = self._clip(dev, new)
+        pulsed = signed != 0
+        saturated = int(torch.count_nonzero((unclipped != new) & pulsed)) if dev.stuck is None else 0
+        dev.g = new
+        if dev.offset is not None:
+            dev.offset = torch.where(pulsed, cfg.write_noise_std * dw * self._randn(gen), dev.offset)
+        if dev.written_at is not None:
+            dev.written_at.masked_fill_(pulsed, now)
+        if n is None:
+            return WriteStats(saturated=saturated)
+        dev.pulses += n
+        return WriteStats(pulses=float(n.sum()), saturated=saturated)
+
+    def _refresh(self, gen: torch.Generator, now: float) -> int:
+        """Reprogram one-sided pairs in which a device has passed ``refresh_threshold`` of its range."""
+        limit = [dev.lo + self.cfg.refresh_threshold * (dev.hi - dev.lo) for dev in (self.pos, self.neg)]
+        full = (self.pos.g > limit[0]) | (self.neg.g > limit[1])
+        count = int(full.sum())
+        if count:
+            d = (self.pos.visible(now, self.cfg.drift_t0) - self.neg.visible(now, self.cfg.drift_t0))
+            keep_p, keep_n = self.pos.g.clone(), self.neg.g.clone()
+            self._set(self.pos, d.clamp_min(0), gen, now)
+            self._set(self.neg, (-d).clamp_min(0), gen, now)
+            self.pos.g = torch.where(full, self.pos.g, keep_p)
+            self.neg.g = torch.where(full, self.neg.g, keep_n)
+        return count
+
+    def elapse(self, seconds: float, gen: torch.Generator) -> None:
+        """Decay towards the pair's reference and diffuse, for ``seconds`` of simulated time."""
+        for dev in (self.pos, self.neg):
+            g = dev.g
+            if self.cfg.lifetime:
+                g = self.reference + (g - self.reference) * torch.exp(torch.tensor(-seconds / self.cfg.lifetime))
+            if self.cfg.diffusion:
+                g = g + self.cfg.diffusion * seconds ** 0.5 * self._randn(gen)
+            dev.g = self._clip(dev, g)
+
+    def symmetry_points(self) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """Per device: the conductance alternating up/down pulses converge to (None without one)."""
+        out = []
+        for dev in (self.pos, self.neg):
+            ratio = torch.as_tensor(dev.gain_down, dtype=torch.float64) / torch.as_tensor(dev.gain_up,
+                                                                                          dtype=torch.float64)
+            lo, hi = (torch.as_tensor(v, dtype=torch.float64).cpu() for v in (dev.lo, dev.hi))
+            out.append(response.symmetry_point(self.cfg, ratio.cpu(), lo, hi, self.table))
+        return out[0], out[1]

@@ -1,0 +1,139 @@
+"""The read path of the crossbar: converters with a fixed scale, per-read noise, IR drop.
+
+A read of ``y = W s`` goes: DAC(s) -> array (conductance pairs, optionally with IR drop) -> per-read
+noise -> ADC, averaged over ``read_averages`` reads. Device read noise is independent per device and
+per read, so on a dense read its sum is Gaussian with std ``sqrt(2) w_read_noise scale ||s||`` per
+output and sample: drawn that way, it costs one random number per output, not one per device.
+Convolutions draw a noisy kernel per read instead (one draw shared by the patches of a read).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable
+
+import torch
+
+from hwtoolkit.network import layers as L
+from hwtoolkit.network.spec import LayerGeometry
+
+from .config import DeviceConfig, Periphery
+
+
+def quantize(x: torch.Tensor, bits: int, bound: float | torch.Tensor) -> torch.Tensor:
+    """A symmetric ``bits``-bit converter on ``[-bound, bound]``: ``2^bits - 1`` levels, zero included."""
+    if bits == 0:
+        return x
+    res = 2 * bound / (2 ** bits - 2)
+    return torch.round(x.clamp(-bound, bound) / res) * res
+
+
+class ArrayReads:
+    """Builds the ``Reads`` the dynamics use, for weights held by the crossbar.
+
+    ``scale_of(name)`` gives a parameter's weight scale; ``conductances(name)`` its visible (pos, neg)
+    conductances (needed for IR drop only); ``noisy`` switches per-read noise on and off.
+    """
+
+    def __init__(self, cfg: DeviceConfig, tied: bool, scale_of: Callable[[str], float],
+                 conductances: Callable[[str], tuple[torch.Tensor, torch.Tensor]],
+                 gen: Callable[[], torch.Generator]) -> None:
+        self.cfg = cfg
+        self.tied = tied
+        self.scale_of = scale_of
+        self.conductances = conductances
+        self.gen = gen
+        self.noisy = True
+
+    @property
+    def has_noise(self) -> bool:
+        return self.cfg.w_read_noise > 0 or self.cfg.forward.out_noise > 0 or self.cfg.transposed.out_noise > 0
+
+    def reads(self) -> L.Reads:
+        return L.Reads(forward=self.forward, transpose=self.transpose)
+
+    def forward(self, geo: LayerGeometry, w: torch.Tensor, s_prev: torch.Tensor) -> tuple[torch.Tensor, Any]:
+        name = f"w{geo.index}"
+        p = self.cfg.forward
+        s_in = quantize(s_prev, p.dac_bits, p.in_bound)
+        if geo.kind == "conv":
+            return self._average(p, name, lambda: L.forward(geo, self._noisy_kernel(w, name), s_in)[0],
+                                 L.forward(geo, w, s_in)[1])
+        if self.cfg.ir_drop:
+            exact = self._ir_read(name, s_in.flatten(1), transposed=False)
+        else:
+            exact = s_in.flatten(1) @ w.t()
+        return self._dense_reads(p, exact, s_in.flatten(1), name), None
+
+    def transpose(self, geo: LayerGeometry, w: torch.Tensor, s: torch.Tensor, ctx: Any) -> torch.Tensor:
+        name = f"w{geo.index}" if self.tied else f"fb{geo.index}"
+        p = self.cfg.transposed
+        s_in = quantize(s, p.dac_bits, p.in_bound)
+        if geo.kind == "conv":
+            return self._average(p, name, lambda: L.transpose(geo, self._noisy_kernel(w, name), s_in, ctx))
+        if self.cfg.ir_drop:
+            exact = self._ir_read(name, s_in.flatten(1), transposed=True)
+        else:
+            exact = s_in.flatten(1) @ w
+        return self._dense_reads(p, exact, s_in.flatten(1), name).view(s.shape[0], *geo.in_shape)
+
+    def drive(self, geo: LayerGeometry, w: torch.Tensor, bias: torch.Tensor, x: torch.Tensor) -> Callable[[], torch.Tensor]:
+        """The input drive of a phase as a function that reads it afresh (with new noise) at each call."""
+        if geo.kind == "conv" or not (self.noisy and self.has_noise):
+            fixed = L.add_bias(geo, self.forward(geo, w, x)[0], bias)
+            return lambda: fixed
+        p = self.cfg.forward
+        x_in = quantize(x.flatten(1), p.dac_bits, p.in_bound)
+        exact = self._ir_read("w1", x_in, False) if self.cfg.ir_drop else x_in @ w.t()
+        return lambda: L.add_bias(geo, self._dense_reads(p, exact, x_in, "w1"), bias)
+
+    def unit(self, p: Periphery, name: str) -> float:
+        """One output unit of array ``name``: a full-range weight times a full-range input."""
+        return self.scale_of(name) * p.in_bound
+
+    def _dense_reads(self, p: Periphery, exact: torch.Tensor, s_in: torch.Tensor, name: str) -> torch.Tensor:
+        std = self._noise_std(p, s_in, name)
+        bound = p.out_bound * self.unit(p, name)
+        if std is None:
+            return quantize(exact, p.adc_bits, bound)
+        k = self.cfg.read_averages
+        if p.adc_bits == 0:  # averaging k Gaussian reads is one read with std / sqrt(k)
+            return exact + std * self._randn(exact) / math.sqrt(k)
+        return sum(quantize(exact + std * self._randn(exact), p.adc_bits, bound) for _ in range(k)) / k
+
+    def _noise_std(self, p: Periphery, s_in: torch.Tensor, name: str) -> torch.Tensor | float | None:
+        if not self.noisy:
+            return None
+        device = math.sqrt(2) * self.cfg.w_read_noise * self.scale_of(name)
+        out = p.out_noise * self.unit(p, name)
+        if device == 0 and out == 0:
+            return None
+        if device == 0:
+            return out
+        return (device ** 2 * s_in.square().sum(1, keepdim=True) + out ** 2).sqrt()
+
+    def _average(self, p: Periphery, name: str, read: Callable[[], torch.Tensor], ctx: Any = None):
+        k = self.cfg.read_averages if self.noisy and self.has_noise else 1
+        unit = self.unit(p, name)
+        y = sum(self._out(p, read(), unit) for _ in range(k)) / k
+        return y if ctx is None else (y, ctx)
+
+    def _out(self, p: Periphery, y: torch.Tensor, unit: float) -> torch.Tensor:
+        if self.noisy and p.out_noise:
+            y = y + p.out_noise * unit * self._randn(y)
+        return quantize(y, p.adc_bits, p.out_bound * unit)
+
+    def _noisy_kernel(self, w: torch.Tensor, name: str) -> torch.Tensor:
+        if not (self.noisy and self.cfg.w_read_noise):
+            return w
+        return w + math.sqrt(2) * self.cfg.w_read_noise * self.scale_of(name) * self._randn(w)
+
+    def _randn(self, like: torch.Tensor) -> torch.Tensor:
+        return torch.randn(like.shape, generator=self.gen(), device=like.device, dtype=like.dtype)
+
+    def _ir_read(self, name: str, v: torch.Tensor, transposed: bool) -> torch.Tensor:
+        from .ir_drop import analytic
+
+        pos, neg = self.conductances(name)  # [out, in]
+        arrays = (pos, neg) if transposed else (pos.t(), neg.t())
+        return self.scale_of(name) * (analytic(arrays[0], v, self.cfg.ir_drop) - analytic(arrays[1], v, self.cfg.ir_drop))

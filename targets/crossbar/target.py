@@ -1,0 +1,234 @@
+"""The simulated analog crossbar target: every parameter held as conductance pairs, read and written as a device would.
+
+Relaxation runs the network's dynamics with every array read going through ``periphery.ArrayReads``;
+updates go through ``devices.PairArray.write`` (pulses, asymmetry, noise, bounds). With every effect off
+(preset ``ideal``) the states and updates equal the reference target's to float tolerance.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import torch
+
+from hwtoolkit.network import dynamics
+from hwtoolkit.network.dynamics import Relaxation
+from hwtoolkit.network.parameters import check_parameters
+from hwtoolkit.network.spec import NetworkSpec
+
+from ..base import Capabilities, Init, Target, TargetError, Trains, UpdateReport
+from ..options import parse_device, parse_dtype
+from ..registry import register
+from . import response
+from .config import CrossbarConfigError, DeviceConfig, device_config
+from .devices import PairArray
+from .periphery import ArrayReads
+
+
+@register("crossbar")
+class CrossbarTarget(Target):
+    """A simulated analog crossbar (DEVICE_MODELS.md): pass ``preset=`` and any device parameter as options."""
+
+    description = ("simulated analog crossbar with device non-idealities (options: preset = 'ideal' | 'reram-exp' | "
+                   "... | a .toml file, any device parameter, seed, device, dtype)")
+
+    def __init__(self, spec: NetworkSpec, preset: str = "ideal", device: str = "cpu", dtype: str = "float32",
+                 seed: int = 0, **params: Any) -> None:
+        super().__init__(spec)
+        try:
+            self.config: DeviceConfig = device_config(preset, **params)
+        except CrossbarConfigError as e:
+            raise TargetError(str(e)) from None
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise TargetError(f"crossbar seed = {seed!r} is invalid: expected an integer")
+        self.device = parse_device(device)
+        self.dtype = parse_dtype(dtype)
+        self.seed = seed
+        self.now = 0.0  # simulated seconds since the devices were made
+        self._cpu_gen = torch.Generator().manual_seed(seed)
+        self._gen = torch.Generator(device=self.device).manual_seed(seed + 1)
+        self._table = response.Table.build(self.config, self.device, self.dtype) if self.config.response == "table" else None
+        self.arrays: dict[str, PairArray] = {}
+        self._weights: dict[str, torch.Tensor] | None = None
+        self._visible: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._last: Relaxation | None = None
+        self._drive_key: tuple | None = None
+        self._drive_input: torch.Tensor | None = None
+        self._drive = None
+        self._version = 0
+        self._reads = ArrayReads(self.config, spec.tied, lambda n: self.arrays[n].scale, self._conductances,
+                                 lambda: self._gen)
+        self.totals = {"pulses": 0.0, "saturated": 0, "refreshed": 0, "clipped_on_program": 0, "writes": 0}
+
+    @property
+    def capabilities(self) -> Capabilities:
+        return Capabilities(name=self.name, device=str(self.device), dtype=str(self.dtype).removeprefix("torch."),
+                            exact=False, update_trains=self.config.update == "two_trains",
+                            notes=f"preset {self.config.preset}; update {self.config.update}")
+
+    # ---- weights ---------------------------------------------------------------------------------------------
+
+    def program(self, weights: Mapping[str, torch.Tensor]) -> None:
+        check_parameters(self.spec, weights)
+        if not self.arrays:
+            self._make_arrays(weights)
+        for name, w in weights.items():
+            self.totals["clipped_on_program"] += self.arrays[name].program(w.detach(), self._gen, self.now)
+        self._changed()
+
+    def _make_arrays(self, weights: Mapping[str, torch.Tensor]) -> None:
+        """Fix each tensor's weight scale from the first weights programmed, and draw its devices."""
+        peaks = {n: float(w.detach().abs().max()) for n, w in weights.items()}
+        fallback = max(peaks.values()) or 1.0
+        for name, shape in self.spec.parameter_shapes().items():
+            scale = (peaks[name] or fallback) / self.config.weight_omega
+            self.arrays[name] = PairArray(self.config, tuple(shape), self._cpu_gen, self.device, self.dtype,
+                                          self._table, scale)
+
+    def _changed(self) -> None:
+        self._weights = None
+        self._visible = {}
+        self._version += 1
+
+    @property
+    def weights(self) -> dict[str, torch.Tensor]:
+        """What the arrays hold now, as weights on the target's device (what every read starts from)."""
+        if not self.arrays:
+            raise TargetError("the target holds no weights yet: call program(weights) first")
+        if self._weights is None:
+            self._weights = {n: a.weight(self.now) for n, a in self.arrays.items()}
+        return self._weights
+
+    def _conductances(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+        if name not in self._visible:
+            a = self.arrays[name]
+            self._visible[name] = (a.pos.visible(self.now, self.config.drift_t0),
+                                   a.neg.visible(self.now, self.config.drift_t0))
+        return self._visible[name]
+
+    def read_weights(self) -> dict[str, torch.Tensor]:
+        return {n: t.detach().cpu().clone() for n, t in self.weights.items()}
+
+    # ---- relaxation ------------------------------------------------------------------------------------------
+
+    def relax(self, x: torch.Tensor, steps: int, beta: float = 0.0, y: torch.Tensor | None = None,
+              init: Init = None, stop_tolerance: float = 0.0) -> Relaxation:
+        x = x.to(self.device, self.dtype)
+        y = None if y is None else y.to(self.device)
+        states = self._initial_states(init, x.shape[0])
+        params = self.weights
+        per_step = self.config.read_noise == "step"
+        with torch.no_grad():
+            if per_step or steps == 1:
+                self._reads.noisy = True
+                drive = self._phase_drive(x, noisy=True)
+                self._last = dynamics.relax(self.spec, params, x, steps, beta, y, states, drive, stop_tolerance,
+                                            self._reads.reads())
+            else:  # settle without read noise, then read the equilibrium with it
+                self._reads.noisy = False
+                quiet = dynamics.relax(self.spec, params, x, steps - 1, beta, y, states,
+                                       self._phase_drive(x, noisy=False), stop_tolerance, self._reads.reads())
+                self._reads.noisy = True
+                end = dynamics.step(self.spec, params, self._phase_drive(x, noisy=True)(), quiet.states, beta, y,
+                                    self._reads.reads())
+                self._last = Relaxation(tuple(end), dynamics.logits(self.spec, params, end[-1]), quiet.steps + 1,
+                                        quiet.residual)
+        return self._last
+
+    def _phase_drive(self, x: torch.Tensor, noisy: bool):
+        """The input drive, read once per phase when it carries no noise (inputs compared by value)."""
+        self._reads.noisy = noisy
+        geo = self.spec.layers[0]
+        normalized = dynamics.normalize_input(self.spec, x)
+        if noisy and self._reads.has_noise:
+            return self._reads.drive(geo, self.weights["w1"], self.weights["b1"], normalized)
+        key = (self._version, tuple(x.shape))
+        if self._drive_key != key or not torch.equal(self._drive_input, x):
+            self._drive = self._reads.drive(geo, self.weights["w1"], self.weights["b1"], normalized)
+            self._drive_key, self._drive_input = key, x.clone()
+        return self._drive
+
+    def _initial_states(self, init: Init, batch: int) -> list[torch.Tensor] | None:
+        if init is None or init == "zero":
+            return None
+        if init == "keep":
+            if self._last is None:
+                raise TargetError("init = 'keep' but the target has not relaxed yet")
+            return list(self._last.states)
+        states = init.states if isinstance(init, Relaxation) else init
+        if isinstance(states, str):
+            raise TargetError(f"init = {init!r} is invalid; use None, 'zero', 'keep', or a list of states")
+        states = [s.to(self.device, self.dtype) for s in states]
+        expected = [(batch, *shape) for shape in self.spec.state_shapes]
+        if [tuple(s.shape) for s in states] != expected:
+            raise TargetError(f"initial states have shapes {[tuple(s.shape) for s in states]}, expected {expected}")
+        return states
+
+    # ---- updates ---------------------------------------------------------------------------------------------
+
+    def apply_update(self, delta: Mapping[str, torch.Tensor], trains: Trains | None = None) -> UpdateReport:
+        """Write ``delta``; with ``update = 'two_trains'`` write ``trains[0]`` then ``-trains[1]`` instead.
+
+        The trains add up to ``delta``; written one after the other, asymmetric devices do not cancel them.
+        """
+        check_parameters(self.spec, delta, complete=False)
+        if not self.arrays:
+            raise TargetError("the target holds no weights yet: call program(weights) first")
+        if self.capabilities.update_trains:
+            if trains is None:
+                raise TargetError("crossbar.update = 'two_trains' needs the update as two pulse trains; the "
+                                  "learning loop passes them for EP estimators without momentum or weight decay")
+            writes = [dict(trains[0]), {n: -t for n, t in trains[1].items()}]
+        else:
+            writes = [dict(delta)]
+        report = UpdateReport()
+        pulses = 0.0
+        for write in writes:
+            for name, d in write.items():
+                stats = self.arrays[name].write(d, self._gen, self.now)
+                pulses += stats.pulses
+                report.saturated += stats.saturated
+                self.totals["refreshed"] += stats.refreshed
+        self.totals["pulses"] += pulses
+        self.totals["saturated"] += report.saturated
+        self.totals["writes"] += 1
+        report.details = {"pulses": pulses}
+        self.wait(self.config.time_per_update)
+        self._changed()
+        return report
+
+    def wait(self, seconds: float) -> None:
+        """Let ``seconds`` of simulated time pass: drift, decay and diffusion act; nothing is forgotten."""
+        if seconds < 0:
+            raise TargetError(f"wait({seconds}) is invalid: time only moves forward")
+        self.now += seconds
+        if self.config.lifetime or self.config.diffusion:
+            for a in self.arrays.values():
+                a.elapse(seconds, self._gen)
+        if self.config.has_time_effects:
+            self._changed()
+
+    # ---- reports ---------------------------------------------------------------------------------------------
+
+    def device_report(self) -> dict[str, float]:
+        """Pulses, wear and write energy so far, over every device of every array."""
+        counts = torch.cat([torch.cat([a.pos.pulses.flatten(), a.neg.pulses.flatten()]) for a in self.arrays.values()])
+        devices = counts.numel()
+        return {
+            "devices": devices,
+            "writes": self.totals["writes"],
+            "pulses_total": float(counts.sum()),
+            "pulses_per_device_mean": float(counts.mean()),
+            "pulses_per_device_max": float(counts.max()),
+            "worn_fraction": float((counts > self.config.endurance).double().mean()),
+            "lifetime_used_max": float(counts.max() / self.config.endurance),
+            "write_energy_uj": float(counts.sum()) * self.config.pulse_energy_pj * 1e-6,
+            "saturated_pulsed_devices": self.totals["saturated"],
+            "refreshes": self.totals["refreshed"],
+            "clipped_on_program": self.totals["clipped_on_program"],
+            "simulated_seconds": self.now,
+        }
+
+    def symmetry_points(self) -> dict[str, tuple[torch.Tensor | None, torch.Tensor | None]]:
+        """Per parameter, the (pos, neg) devices' symmetry points (normalized conductance), or None."""
+        return {n: a.symmetry_points() for n, a in self.arrays.items()}
