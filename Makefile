@@ -24,16 +24,20 @@ data:
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends dataset-fashion-mnist; \
 	fi
 
+# The main job: F-MNIST trained in situ on the ideal crossbar and on a realistic device (metal-oxide ECRAM),
+# side by side: accuracy, gradient fidelity and a plot in $(DEMO_OUT)/sweep.*; then the GDU check of EP.
 demo: install data
 	rm -rf $(DEMO_OUT)
-	$(PY) -m hwtoolkit train configs/fmnist_mlp.toml --out $(DEMO_OUT) --set train.epochs=5
-	$(PY) -m hwtoolkit gdu configs/gdu_mlp.toml --beta 0.001 --json $(DEMO_OUT)/gdu.json --plot $(DEMO_OUT)/plots/gdu.png
+	$(PY) -m hwtoolkit sweep configs/fmnist_mlp_crossbar.toml --param crossbar.preset --values ideal,ecram-mo \
+	  --set train.epochs=5 --out $(DEMO_OUT)
+	$(PY) -m hwtoolkit gdu configs/gdu_mlp.toml --beta 0.001 --json $(DEMO_OUT)/gdu.json --plot $(DEMO_OUT)/gdu.png
 
 test: install data
 	$(PY) -m pytest -q
 
 bench: install data
 	$(PY) benchmarks/step_speed.py
+	$(PY) benchmarks/crossbar_speed.py
 
 clean:
 	rm -rf $(VENV) runs build *.egg-info

@@ -11,6 +11,8 @@ from pathlib import Path
 import targets
 from hwtoolkit import config as config_mod
 from hwtoolkit.data import DatasetNotFoundError
+from hwtoolkit.training.checkpoint import CheckpointError
+from hwtoolkit.training.loop import RunExistsError
 from targets import TargetError
 
 
@@ -176,7 +178,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (config_mod.ConfigError, DatasetNotFoundError, TargetError, FileNotFoundError, ValueError) as e:
+    except (config_mod.ConfigError, DatasetNotFoundError, TargetError, FileNotFoundError, ValueError,
+            RunExistsError, CheckpointError) as e:
         print(f"hwtoolkit {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

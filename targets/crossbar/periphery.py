@@ -25,7 +25,7 @@ def quantize(x: torch.Tensor, bits: int, bound: float | torch.Tensor) -> torch.T
     if bits == 0:
         return x
     res = 2 * bound / (2 ** bits - 2)
-    return torch.round(x.clamp(-bound, bound) / res) * res
+    return x.clamp(-bound, bound).mul_(1 / res).round_().mul_(res)
 
 
 class ArrayReads:

@@ -32,6 +32,8 @@ def test_train_with_overrides_then_evaluate(idx_dataset, tmp_path, capsys):
     (["--set", "network.colour=1"], "unknown key"),
     (["--target", "nope"], "unknown target 'nope'"),
     (["--set", "target.device=tpu"], "target.device"),
+    (["--target", "crossbar", "--set", "crossbar.up_down=2"], "crossbar.up_down = 2"),
+    (["--target", "crossbar", "--set", "crossbar.preset=memristor"], "crossbar.preset = 'memristor' is invalid"),
 ])
 def test_bad_input_fails_with_a_clear_message(idx_dataset, tmp_path, capsys, args, message):
     cfg = tmp_path / "tiny.toml"
@@ -103,3 +105,20 @@ nudged_steps = 4
                  "--plot", str(tmp_path / "g.png")]) == 0
     assert json.loads(out.read_text())["results"][0]["asymmetry"]["w2"] > 0.1
     assert "asymmetry" in capsys.readouterr().out
+
+
+def test_training_into_an_existing_run_without_resume_fails_cleanly(idx_dataset, tmp_path, capsys):
+    cfg = tmp_path / "tiny.toml"
+    cfg.write_text(tiny_config_text(idx_dataset))
+    run = tmp_path / "run"
+    assert main(["train", str(cfg), "--out", str(run), "--set", "train.epochs=1", "--no-progress"]) == 0
+    summary = (run / "summary.json").read_text()
+    capsys.readouterr()
+    assert main(["train", str(cfg), "--out", str(run), "--set", "train.epochs=1", "--no-progress"]) == 2
+    assert "already holds a run" in capsys.readouterr().err
+    assert (run / "summary.json").read_text() == summary
+
+
+def test_targets_lists_the_crossbar(capsys):
+    assert main(["targets"]) == 0
+    assert "crossbar" in capsys.readouterr().out

@@ -1,0 +1,81 @@
+"""Time one training batch on the crossbar target, per preset, against the reference target.
+
+One batch = the estimator's phases + the update + the optimizer step written through the
+target's write path, as in the learning loop. Prints a table and writes JSON
+(default benchmarks/results/crossbar_speed.json).
+
+    python benchmarks/crossbar_speed.py [--config configs/fmnist_mlp.toml] [--presets ideal,ecram-mo]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import targets  # noqa: E402
+from benchmarks.step_speed import machine, timed  # noqa: E402
+from hwtoolkit import config as config_mod  # noqa: E402
+from hwtoolkit.network.parameters import init_parameters  # noqa: E402
+from hwtoolkit.training.estimators import make_estimator  # noqa: E402
+from hwtoolkit.training.optimizer import SGD  # noqa: E402
+from targets.crossbar import PRESETS  # noqa: E402
+
+
+def batch_seconds(cfg: config_mod.Config, name: str, options: dict, batch: int, warmup: int, repeats: int) -> float:
+    spec = cfg.network
+    target = targets.open(name, spec, **options)
+    target.program(init_parameters(spec, cfg.seed))
+    trains = target.capabilities.update_trains
+    estimator = make_estimator(cfg.estimator, cfg.ep, trains)
+    lrs = cfg.layer_lrs()
+    optimizer = SGD({n: lrs[i] for n, i in spec.parameter_layers().items()}, cfg.optim.momentum)
+    gen = torch.Generator().manual_seed(0)
+    x = torch.rand(batch, *spec.input_shape, generator=gen)
+    y = torch.randint(0, spec.classes, (batch,), generator=gen)
+
+    def one_batch() -> None:
+        result = estimator(target, x, y, gen)
+        target.apply_update(optimizer.step(result.direction, None))
+
+    return timed(one_batch, torch.device("cpu"), warmup, repeats)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default="configs/fmnist_mlp.toml")
+    parser.add_argument("--presets", default=",".join(PRESETS), help="comma-separated preset names")
+    parser.add_argument("--batch", type=int, help="batch size (default: the config's)")
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--out", default="benchmarks/results/crossbar_speed.json")
+    args = parser.parse_args(argv)
+    cfg = config_mod.load(args.config)
+    batch = args.batch or cfg.train.batch_size
+    reference = batch_seconds(cfg, "reference", {}, batch, args.warmup, args.repeats)
+    rows = [{"target": "reference", "preset": "", "ms_per_batch": 1e3 * reference, "vs_reference": 1.0}]
+    for preset in args.presets.split(","):
+        seconds = batch_seconds(cfg, "crossbar", {"preset": preset, "seed": cfg.seed}, batch, args.warmup,
+                                args.repeats)
+        rows.append({"target": "crossbar", "preset": preset, "ms_per_batch": 1e3 * seconds,
+                     "vs_reference": seconds / reference})
+    print(f"{cfg.name}, batch {batch}, {cfg.estimator} EP, T1 = {cfg.ep.free_steps}, T2 = {cfg.ep.nudged_steps}; "
+          f"{machine().get('cpu', 'cpu')}, {torch.get_num_threads()} threads")
+    print(f"{'target':10} {'preset':12} {'ms/batch':>9} {'x reference':>12}")
+    for r in rows:
+        print(f"{r['target']:10} {r['preset']:12} {r['ms_per_batch']:9.2f} {r['vs_reference']:12.2f}")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"config": args.config, "batch": batch, "machine": machine(), "rows": rows}, indent=2)
+                   + "\n")
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
