@@ -107,7 +107,7 @@ class DeviceConfig:
     drift_nu: float = 0.0  # power-law drift exponent, g(t) = g (t / t0)^-nu after each write
     drift_nu_dtod: float = 0.0
     drift_t0: float = 1.0
-    lifetime: float = 0.0  # s, decay towards the symmetry point (0 = none)
+    lifetime: float = 0.0  # s, decay towards the pair's zero-weight point (0 = none)
     diffusion: float = 0.0  # random walk, fraction of the range per sqrt(s)
     # wear and energy
     endurance: float = 1e6  # pulses a device takes before it is counted as worn
@@ -148,6 +148,8 @@ class DeviceConfig:
         _check(isinstance(self.read_averages, int) and self.read_averages >= 1, "read_averages",
                self.read_averages, "an integer >= 1")
         _check(self.drift_t0 > 0, "drift_t0", self.drift_t0, "a positive number of seconds")
+        _check(self.drift_nu > 0 or self.drift_nu_dtod == 0, "drift_nu_dtod", self.drift_nu_dtod,
+               "0 while drift_nu = 0 (the spread is around drift_nu)")
         _check(self.endurance > 0, "endurance", self.endurance, "a positive number of pulses")
         if self.dw_min == 0:
             for key in ("dw_min_std", "write_noise_std"):

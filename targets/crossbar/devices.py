@@ -8,6 +8,7 @@ devices at once (see ``response`` for the n-pulse closed forms).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -196,7 +197,6 @@ class PairArray:
         if linear and not torch.is_tensor(dev.gain_up) and dev.gain_up == dev.gain_down:
             new = dev.g + signed * dev.gain_up if dev.gain_up != 1 else dev.g + signed
         else:
-            up = signed > 0
             up_amount = (signed * dev.gain_up).clamp_min_(0)
             down_amount = (signed * dev.gain_down).neg_().clamp_min_(0)
             if linear:
@@ -204,14 +204,16 @@ class PairArray:
             else:
                 new = response.advance(cfg, dev.g, up_amount, down_amount, dev.lo, dev.hi, dw * dev.gain_up,
                                        dw * dev.gain_down, self.table)
-            del up
         if cfg.dw_min_std:  # c2c: n independent relative step errors add up to std * |change| / sqrt(n)
             new = new + (new - dev.g).abs_().mul_(torch.rsqrt(n.clamp_min(1e-12))).mul_(
                 cfg.dw_min_std * self._randn(gen))
         unclipped = new
         new = self._clip(dev, new)
         pulsed = signed != 0
-        saturated = int(torch.count_nonzero((unclipped != new) & pulsed)) if dev.stuck is None else 0
+        clipped = (unclipped != new) & pulsed
+        if dev.stuck is not None:
+            clipped &= ~dev.stuck
+        saturated = int(torch.count_nonzero(clipped))
         dev.g = new
         if dev.offset is not None:
             dev.offset = torch.where(pulsed, cfg.write_noise_std * dw * self._randn(gen), dev.offset)
@@ -241,7 +243,7 @@ class PairArray:
         for dev in (self.pos, self.neg):
             g = dev.g
             if self.cfg.lifetime:
-                g = self.reference + (g - self.reference) * torch.exp(torch.tensor(-seconds / self.cfg.lifetime))
+                g = self.reference + (g - self.reference) * math.exp(-seconds / self.cfg.lifetime)
             if self.cfg.diffusion:
                 g = g + self.cfg.diffusion * seconds ** 0.5 * self._randn(gen)
             dev.g = self._clip(dev, g)
