@@ -31,17 +31,17 @@ def quantize(x: torch.Tensor, bits: int, bound: float | torch.Tensor) -> torch.T
 class ArrayReads:
     """Builds the ``Reads`` the dynamics use, for weights held by the crossbar.
 
-    ``scale_of(name)`` gives a parameter's weight scale; ``conductances(name)`` its visible (pos, neg)
-    conductances (needed for IR drop only); ``noisy`` switches per-read noise on and off.
+    ``scale_of(name)`` gives a parameter's weight scale; ``ir_weight(name, transposed)`` the weights as
+    an IR-dropped read sees them, inputs first (needed with ``ir_drop`` only); ``noisy`` switches per-read
+    noise on and off.
     """
 
     def __init__(self, cfg: DeviceConfig, tied: bool, scale_of: Callable[[str], float],
-                 conductances: Callable[[str], tuple[torch.Tensor, torch.Tensor]],
-                 gen: Callable[[], torch.Generator]) -> None:
+                 ir_weight: Callable[[str, bool], torch.Tensor], gen: Callable[[], torch.Generator]) -> None:
         self.cfg = cfg
         self.tied = tied
         self.scale_of = scale_of
-        self.conductances = conductances
+        self.ir_weight = ir_weight
         self.gen = gen
         self.noisy = True
 
@@ -59,10 +59,7 @@ class ArrayReads:
         if geo.kind == "conv":
             return self._average(p, name, lambda: L.forward(geo, self._noisy_kernel(w, name), s_in)[0],
                                  L.forward(geo, w, s_in)[1])
-        if self.cfg.ir_drop:
-            exact = self._ir_read(name, s_in.flatten(1), transposed=False)
-        else:
-            exact = s_in.flatten(1) @ w.t()
+        exact = s_in.flatten(1) @ (self.ir_weight(name, False) if self.cfg.ir_drop else w.t())
         return self._dense_reads(p, exact, s_in.flatten(1), name), None
 
     def transpose(self, geo: LayerGeometry, w: torch.Tensor, s: torch.Tensor, ctx: Any) -> torch.Tensor:
@@ -71,10 +68,7 @@ class ArrayReads:
         s_in = quantize(s, p.dac_bits, p.in_bound)
         if geo.kind == "conv":
             return self._average(p, name, lambda: L.transpose(geo, self._noisy_kernel(w, name), s_in, ctx))
-        if self.cfg.ir_drop:
-            exact = self._ir_read(name, s_in.flatten(1), transposed=True)
-        else:
-            exact = s_in.flatten(1) @ w
+        exact = s_in.flatten(1) @ (self.ir_weight(name, True) if self.cfg.ir_drop else w)
         return self._dense_reads(p, exact, s_in.flatten(1), name).view(s.shape[0], *geo.in_shape)
 
     def drive(self, geo: LayerGeometry, w: torch.Tensor, bias: torch.Tensor, x: torch.Tensor) -> Callable[[], torch.Tensor]:
@@ -84,7 +78,7 @@ class ArrayReads:
             return lambda: fixed
         p = self.cfg.forward
         x_in = quantize(x.flatten(1), p.dac_bits, p.in_bound)
-        exact = self._ir_read("w1", x_in, False) if self.cfg.ir_drop else x_in @ w.t()
+        exact = x_in @ (self.ir_weight("w1", False) if self.cfg.ir_drop else w.t())
         return lambda: L.add_bias(geo, self._dense_reads(p, exact, x_in, "w1"), bias)
 
     def unit(self, p: Periphery, name: str) -> float:
@@ -130,10 +124,3 @@ class ArrayReads:
 
     def _randn(self, like: torch.Tensor) -> torch.Tensor:
         return torch.randn(like.shape, generator=self.gen(), device=like.device, dtype=like.dtype)
-
-    def _ir_read(self, name: str, v: torch.Tensor, transposed: bool) -> torch.Tensor:
-        from .ir_drop import analytic
-
-        pos, neg = self.conductances(name)  # [out, in]
-        arrays = (pos, neg) if transposed else (pos.t(), neg.t())
-        return self.scale_of(name) * (analytic(arrays[0], v, self.cfg.ir_drop) - analytic(arrays[1], v, self.cfg.ir_drop))

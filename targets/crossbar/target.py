@@ -22,6 +22,7 @@ from ..registry import register
 from . import response
 from .config import CrossbarConfigError, DeviceConfig, device_config
 from .devices import PairArray
+from .ir_drop import effective_conductance
 from .periphery import ArrayReads
 
 
@@ -39,6 +40,8 @@ class CrossbarTarget(Target):
             self.config: DeviceConfig = device_config(preset, **params)
         except CrossbarConfigError as e:
             raise TargetError(str(e)) from None
+        if self.config.ir_drop and spec.conv:
+            raise TargetError("crossbar.ir_drop is modelled for dense layers only; this network has convolutions")
         if isinstance(seed, bool) or not isinstance(seed, int):
             raise TargetError(f"crossbar seed = {seed!r} is invalid: expected an integer")
         self.device = parse_device(device)
@@ -50,13 +53,13 @@ class CrossbarTarget(Target):
         self._table = response.Table.build(self.config, self.device, self.dtype) if self.config.response == "table" else None
         self.arrays: dict[str, PairArray] = {}
         self._weights: dict[str, torch.Tensor] | None = None
-        self._visible: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._ir_weights: dict[tuple[str, bool], torch.Tensor] = {}
         self._last: Relaxation | None = None
         self._drive_key: tuple | None = None
         self._drive_input: torch.Tensor | None = None
         self._drive = None
         self._version = 0
-        self._reads = ArrayReads(self.config, spec.tied, lambda n: self.arrays[n].scale, self._conductances,
+        self._reads = ArrayReads(self.config, spec.tied, lambda n: self.arrays[n].scale, self._ir_weight,
                                  lambda: self._gen)
         self.totals = {"pulses": 0.0, "saturated": 0, "refreshed": 0, "clipped_on_program": 0, "writes": 0}
 
@@ -87,7 +90,7 @@ class CrossbarTarget(Target):
 
     def _changed(self) -> None:
         self._weights = None
-        self._visible = {}
+        self._ir_weights = {}
         self._version += 1
 
     @property
@@ -99,12 +102,17 @@ class CrossbarTarget(Target):
             self._weights = {n: a.weight(self.now) for n, a in self.arrays.items()}
         return self._weights
 
-    def _conductances(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
-        if name not in self._visible:
+    def _ir_weight(self, name: str, transposed: bool) -> torch.Tensor:
+        """Array ``name`` as an IR-dropped read sees it, inputs first; computed once per weight change."""
+        key = (name, transposed)
+        if key not in self._ir_weights:
             a = self.arrays[name]
-            self._visible[name] = (a.pos.visible(self.now, self.config.drift_t0),
-                                   a.neg.visible(self.now, self.config.drift_t0))
-        return self._visible[name]
+            pos, neg = (d.visible(self.now, self.config.drift_t0).flatten(1) for d in (a.pos, a.neg))
+            if not transposed:
+                pos, neg = pos.t(), neg.t()
+            r = self.config.ir_drop
+            self._ir_weights[key] = a.scale * (effective_conductance(pos, r) - effective_conductance(neg, r))
+        return self._ir_weights[key]
 
     def read_weights(self) -> dict[str, torch.Tensor]:
         return {n: t.detach().cpu().clone() for n, t in self.weights.items()}

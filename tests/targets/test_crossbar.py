@@ -254,3 +254,25 @@ def test_device_report_counts_pulses_and_energy() -> None:
     assert report["pulses_total"] == 6
     assert report["pulses_per_device_max"] == 3
     assert report["write_energy_uj"] == pytest.approx(6 * 2.0 * 1e-6)
+
+
+def test_ir_drop_reads_use_the_analytic_model_of_each_device_array() -> None:
+    """With ir_drop, a forward read is scale (v @ analytic(G+) - v @ analytic(G-)), and it is weaker than ideal."""
+    from hwtoolkit.network import layers as L
+    from targets.crossbar.ir_drop import analytic
+
+    _, xb = _pair(MLP, ir_drop=1e-3)
+    geo = MLP.layers[0]
+    x, _ = _batch(MLP)
+    v = x.flatten(1)
+    got, _ = xb._reads.forward(geo, xb.weights["w1"], x)
+    a = xb.arrays["w1"]
+    expected = a.scale * (analytic(a.pos.g.t(), v, 1e-3) - analytic(a.neg.g.t(), v, 1e-3))
+    torch.testing.assert_close(got, expected, atol=1e-12, rtol=1e-9)
+    ideal = v @ xb.weights["w1"].t()
+    assert (got - ideal).abs().max() > 1e-4
+
+
+def test_ir_drop_refuses_convolutions() -> None:
+    with pytest.raises(TargetError, match="dense layers only"):
+        targets.open("crossbar", CONV, ir_drop=1e-3)
