@@ -83,6 +83,14 @@ def _move(value, device: torch.device, dtype: torch.dtype):
     return value
 
 
+def _bounded(g: torch.Tensor, lo: torch.Tensor | float, hi: torch.Tensor | float) -> torch.Tensor:
+    """``g`` clipped to per-device (tensor) or common (float) bounds."""
+    if torch.is_tensor(lo) or torch.is_tensor(hi):
+        return torch.minimum(torch.maximum(g, lo if torch.is_tensor(lo) else g.new_tensor(lo)),
+                             hi if torch.is_tensor(hi) else g.new_tensor(hi))
+    return g.clamp(lo, hi)
+
+
 @dataclass
 class WriteStats:
     """What one write did to an array."""
@@ -144,16 +152,11 @@ class PairArray:
         if dev.written_at is not None:
             dev.written_at.fill_(now)
 
-    def _randn(self, gen: torch.Generator) -> torch.Tensor:
-        return torch.randn(self.shape, generator=gen, device=self.device, dtype=self.dtype)
+    def _randn(self, gen: torch.Generator, shape: tuple[int, ...] | torch.Size | None = None) -> torch.Tensor:
+        return torch.randn(shape or self.shape, generator=gen, device=self.device, dtype=self.dtype)
 
     def _clip(self, dev: Devices, g: torch.Tensor) -> torch.Tensor:
-        if torch.is_tensor(dev.lo) or torch.is_tensor(dev.hi):
-            lo = dev.lo if torch.is_tensor(dev.lo) else g.new_tensor(dev.lo)
-            hi = dev.hi if torch.is_tensor(dev.hi) else g.new_tensor(dev.hi)
-            g = torch.minimum(torch.maximum(g, lo), hi)
-        else:
-            g = g.clamp(dev.lo, dev.hi)
+        g = _bounded(g, dev.lo, dev.hi)
         return g if dev.stuck is None else torch.where(dev.stuck, dev.stuck_value, g)
 
     def write(self, delta_w: torch.Tensor, gen: torch.Generator, now: float) -> WriteStats:
@@ -172,57 +175,83 @@ class PairArray:
             stats.refreshed = self._refresh(gen, now)
         return stats
 
-    def _pulses(self, magnitude: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    def _pulses(self, request: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         """How many pulses (a real number in exact mode) the controller sends for each requested change."""
         cfg = self.cfg
-        n = magnitude / cfg.dw_min
+        n = request.abs().mul_(1 / cfg.dw_min)
         if cfg.pulse_mode == "count":
             n = n.round_()
-        elif cfg.pulse_mode == "stochastic":
-            whole = n.floor()
-            n = whole.add_(torch.rand(self.shape, generator=gen, device=self.device, dtype=self.dtype) < n - whole)
+        elif cfg.pulse_mode == "stochastic":  # floor(x + u), u ~ U[0, 1): floor(x) plus a Bernoulli(frac(x)) pulse
+            n = n.add_(torch.rand(self.shape, generator=gen, device=self.device, dtype=self.dtype)).floor_()
         if cfg.max_pulses and cfg.pulse_mode != "exact":
             n = n.clamp_max_(cfg.max_pulses)
         return n
 
     def _pulse(self, dev: Devices, request: torch.Tensor, gen: torch.Generator, now: float) -> WriteStats:
-        cfg = self.cfg
-        dw = cfg.dw_min
+        """Send one polarity its pulses; only the devices that get any are touched (most get none per batch)."""
+        dw = self.cfg.dw_min
         if dw == 0:
-            n, signed = None, request
+            return self._respond(dev, None, request, None, gen, now)
+        n = self._pulses(request, gen)
+        dev.pulses += n
+        total = float(n.sum())
+        if self.cfg.pulse_mode == "exact" or total > 0.5 * n.numel():  # dense: gathering would cost more
+            stats = self._respond(dev, None, n.copysign(request).mul_(dw), n, gen, now)
         else:
-            n = self._pulses(request.abs(), gen)
-            signed = n.copysign(request).mul_(dw)  # the nominal change the pulses stand for
+            idx = n.view(-1).nonzero().squeeze(1)
+            n_k = n.view(-1)[idx]
+            stats = self._respond(dev, idx, n_k.copysign(request.view(-1)[idx]).mul_(dw), n_k, gen, now)
+        stats.pulses = total
+        return stats
+
+    def _respond(self, dev: Devices, idx: torch.Tensor | None, signed: torch.Tensor, n: torch.Tensor | None,
+                 gen: torch.Generator, now: float) -> WriteStats:
+        """The devices' answer to a nominal change ``signed`` (all devices, or the flat indices ``idx``)."""
+        cfg = self.cfg
+
+        def take(t):
+            return t.view(-1)[idx] if idx is not None and torch.is_tensor(t) else t
+
+        g, lo, hi, gain_up, gain_down = (take(t) for t in (dev.g, dev.lo, dev.hi, dev.gain_up, dev.gain_down))
         linear = cfg.response == "constant" or (cfg.response == "soft_bounds" and not (cfg.slope_up or cfg.slope_down))
-        if linear and not torch.is_tensor(dev.gain_up) and dev.gain_up == dev.gain_down:
-            new = dev.g + signed * dev.gain_up if dev.gain_up != 1 else dev.g + signed
+        if linear and not torch.is_tensor(gain_up) and gain_up == gain_down:
+            new = g + signed * gain_up if gain_up != 1 else g + signed
         else:
-            up_amount = (signed * dev.gain_up).clamp_min_(0)
-            down_amount = (signed * dev.gain_down).neg_().clamp_min_(0)
+            up_amount = (signed * gain_up).clamp_min_(0)
+            down_amount = (signed * gain_down).neg_().clamp_min_(0)
             if linear:
-                new = dev.g + up_amount - down_amount
+                new = g + up_amount - down_amount
             else:
-                new = response.advance(cfg, dev.g, up_amount, down_amount, dev.lo, dev.hi, dw * dev.gain_up,
-                                       dw * dev.gain_down, self.table)
+                new = response.advance(cfg, g, up_amount, down_amount, lo, hi, cfg.dw_min * gain_up,
+                                       cfg.dw_min * gain_down, self.table)
         if cfg.dw_min_std:  # c2c: n independent relative step errors add up to std * |change| / sqrt(n)
-            new = new + (new - dev.g).abs_().mul_(torch.rsqrt(n.clamp_min(1e-12))).mul_(
-                cfg.dw_min_std * self._randn(gen))
+            new = new + (new - g).abs_().mul_(torch.rsqrt(n.clamp_min(1e-12))).mul_(
+                cfg.dw_min_std * self._randn(gen, new.shape))
         unclipped = new
-        new = self._clip(dev, new)
+        new = _bounded(new, lo, hi)
         pulsed = signed != 0
         clipped = (unclipped != new) & pulsed
         if dev.stuck is not None:
-            clipped &= ~dev.stuck
+            stuck = take(dev.stuck)
+            new = torch.where(stuck, take(dev.stuck_value), new)
+            clipped &= ~stuck
         saturated = int(torch.count_nonzero(clipped))
-        dev.g = new
+        noise = None
         if dev.offset is not None:
-            dev.offset = torch.where(pulsed, cfg.write_noise_std * dw * self._randn(gen), dev.offset)
-        if dev.written_at is not None:
-            dev.written_at.masked_fill_(pulsed, now)
-        if n is None:
-            return WriteStats(saturated=saturated)
-        dev.pulses += n
-        return WriteStats(pulses=float(n.sum()), saturated=saturated)
+            noise = cfg.write_noise_std * cfg.dw_min * self._randn(gen, new.shape)
+        if idx is None:
+            dev.g = new
+            if noise is not None:
+                dev.offset = torch.where(pulsed, noise, dev.offset)
+            if dev.written_at is not None:
+                dev.written_at.masked_fill_(pulsed, now)
+        else:
+            dev.g.view(-1)[idx] = new
+            if noise is not None:
+                dev.offset.view(-1)[idx] = noise
+            if dev.written_at is not None:
+                dev.written_at.view(-1)[idx] = now
+        return WriteStats(saturated=saturated)
 
     def _refresh(self, gen: torch.Generator, now: float) -> int:
         """Reprogram one-sided pairs in which a device has passed ``refresh_threshold`` of its range."""
