@@ -270,18 +270,22 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     return raw
 
 
-def load(path: str | Path, overrides: list[str] | None = None) -> Config:
-    """Read a TOML experiment file, apply ``--set`` overrides, and validate."""
+def read_raw(path: str | Path) -> dict[str, Any]:
+    """The experiment file as a raw TOML document (before overrides and validation)."""
     path = Path(path)
     try:
-        raw = tomllib.loads(path.read_text())
+        return tomllib.loads(path.read_text())
     except FileNotFoundError:
         raise ConfigError(f"config file {str(path)!r} does not exist") from None
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError(f"config file {str(path)!r} cannot be read: {e}") from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"config file {str(path)!r} is not valid TOML: {e}") from None
-    return from_dict(apply_overrides(raw, overrides or []))
+
+
+def load(path: str | Path, overrides: list[str] | None = None) -> Config:
+    """Read a TOML experiment file, apply ``--set`` overrides, and validate."""
+    return from_dict(apply_overrides(read_raw(path), overrides or []))
 
 
 def loads(text: str, overrides: list[str] | None = None) -> Config:

@@ -61,7 +61,6 @@ import re
 import statistics
 import sys
 import time
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -200,19 +199,6 @@ def is_numeric(values: Sequence[Any]) -> bool:
 
 
 # ----------------------------------------------------------------------------------------------- points
-
-
-def read_raw(path: str | Path) -> dict[str, Any]:
-    """The experiment file as a raw TOML document (before overrides and validation)."""
-    path = Path(path)
-    try:
-        return tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"config file {str(path)!r} does not exist") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(f"config file {str(path)!r} cannot be read: {e}") from None
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"config file {str(path)!r} is not valid TOML: {e}") from None
 
 
 def point_config(raw: dict[str, Any], sets: Sequence[str], key: str, value: SweepValue,
@@ -495,7 +481,7 @@ def run_sweep(config_path: str | Path, key: str, values_text: str, seeds: int = 
         raise SweepError(f"--fidelity-batches {fidelity_batches}: expected an integer >= 0 (0 = no fidelity)")
     sets = list(sets)
     values = parse_values(key, values_text)
-    raw = read_raw(config_path)
+    raw = config_mod.read_raw(config_path)
     out = Path(out) if out else default_out(raw, key)
     points = build_points(raw, key, values, seeds, sets, out)
     check_out_dir(out, resume)

@@ -97,3 +97,23 @@ class Target(ABC):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def initial_states(spec: NetworkSpec, init: Init, last: Relaxation | None, batch: int, device: torch.device,
+                   dtype: torch.dtype) -> list[torch.Tensor] | None:
+    """Resolve a phase's ``init`` to states on ``device`` (``None`` = zeros), checking their shapes."""
+    if init is None or init == "zero":
+        return None
+    if init == "keep":
+        if last is None:
+            raise TargetError("init = 'keep' but the target has not relaxed yet")
+        return list(last.states)
+    states = init.states if isinstance(init, Relaxation) else init
+    if isinstance(states, str):
+        raise TargetError(f"init = {init!r} is invalid; use None, 'zero', 'keep', or a list of states")
+    states = [s.to(device, dtype) for s in states]
+    shapes = [tuple(s.shape) for s in states]
+    expected = [(batch, *shape) for shape in spec.state_shapes]
+    if shapes != expected:
+        raise TargetError(f"initial states have shapes {shapes}, expected {expected}")
+    return states

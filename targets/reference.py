@@ -11,7 +11,7 @@ from hwtoolkit.network.dynamics import Relaxation
 from hwtoolkit.network.parameters import check_parameters
 from hwtoolkit.network.spec import NetworkSpec
 
-from .base import Capabilities, Init, Target, TargetError, Trains, UpdateReport
+from .base import Capabilities, Init, Target, TargetError, Trains, UpdateReport, initial_states
 from .options import parse_device, parse_dtype
 from .registry import register
 
@@ -64,29 +64,12 @@ class ReferenceTarget(Target):
             self._drive_version = self._version
         return self._drive
 
-    def _initial_states(self, init: Init, batch: int) -> list[torch.Tensor] | None:
-        if init is None or init == "zero":
-            return None
-        if init == "keep":
-            if self._last is None:
-                raise TargetError("init = 'keep' but the target has not relaxed yet")
-            return list(self._last.states)
-        states = init.states if isinstance(init, Relaxation) else init
-        if isinstance(states, str):
-            raise TargetError(f"init = {init!r} is invalid; use None, 'zero', 'keep', or a list of states")
-        states = [s.to(self.device, self.dtype) for s in states]
-        shapes = [tuple(s.shape) for s in states]
-        expected = [(batch, *shape) for shape in self.spec.state_shapes]
-        if shapes != expected:
-            raise TargetError(f"initial states have shapes {shapes}, expected {expected}")
-        return states
-
     def relax(self, x: torch.Tensor, steps: int, beta: float = 0.0, y: torch.Tensor | None = None,
               init: Init = None, stop_tolerance: float = 0.0) -> Relaxation:
         x = x.to(self.device, self.dtype)
         y = None if y is None else y.to(self.device)
         drive = self._input_drive(x)
-        states = self._initial_states(init, x.shape[0])
+        states = initial_states(self.spec, init, self._last, x.shape[0], self.device, self.dtype)
         with torch.no_grad():
             self._last = dynamics.relax(self.spec, self.params, x, steps, beta, y, states, drive, stop_tolerance)
         return self._last

@@ -16,7 +16,7 @@ from hwtoolkit.network.dynamics import Relaxation
 from hwtoolkit.network.parameters import check_parameters
 from hwtoolkit.network.spec import NetworkSpec
 
-from ..base import Capabilities, Init, Target, TargetError, Trains, UpdateReport
+from ..base import Capabilities, Init, Target, TargetError, Trains, UpdateReport, initial_states
 from ..options import parse_device, parse_dtype
 from ..registry import register
 from . import response
@@ -123,7 +123,7 @@ class CrossbarTarget(Target):
               init: Init = None, stop_tolerance: float = 0.0) -> Relaxation:
         x = x.to(self.device, self.dtype)
         y = None if y is None else y.to(self.device)
-        states = self._initial_states(init, x.shape[0])
+        states = initial_states(self.spec, init, self._last, x.shape[0], self.device, self.dtype)
         params = self.weights
         per_step = self.config.read_noise == "step"
         with torch.no_grad():
@@ -157,24 +157,6 @@ class CrossbarTarget(Target):
             self._drives[noisy] = self._reads.drive(self.spec.layers[0], self.weights["w1"], self.weights["b1"],
                                                     normalized)
         return self._drives[noisy]
-
-    def _initial_states(self, init: Init, batch: int) -> list[torch.Tensor] | None:
-        if init is None or init == "zero":
-            return None
-        if init == "keep":
-            if self._last is None:
-                raise TargetError("init = 'keep' but the target has not relaxed yet")
-            return list(self._last.states)
-        states = init.states if isinstance(init, Relaxation) else init
-        if isinstance(states, str):
-            raise TargetError(f"init = {init!r} is invalid; use None, 'zero', 'keep', or a list of states")
-        states = [s.to(self.device, self.dtype) for s in states]
-        expected = [(batch, *shape) for shape in self.spec.state_shapes]
-        if [tuple(s.shape) for s in states] != expected:
-            raise TargetError(f"initial states have shapes {[tuple(s.shape) for s in states]}, expected {expected}")
-        return states
-
-    # ---- updates ---------------------------------------------------------------------------------------------
 
     def apply_update(self, delta: Mapping[str, torch.Tensor], trains: Trains | None = None) -> UpdateReport:
         """Write ``delta``; with ``update = 'two_trains'`` write ``trains[0]`` then ``-trains[1]`` instead.

@@ -258,7 +258,6 @@ def test_device_report_counts_pulses_and_energy() -> None:
 
 def test_ir_drop_reads_use_the_analytic_model_of_each_device_array() -> None:
     """With ir_drop, a forward read is scale (v @ analytic(G+) - v @ analytic(G-)), and it is weaker than ideal."""
-    from hwtoolkit.network import layers as L
     from targets.crossbar.ir_drop import analytic
 
     _, xb = _pair(MLP, ir_drop=1e-3)
