@@ -32,6 +32,7 @@ class Devices:
     offset: torch.Tensor | None = None  # write noise seen by reads, redrawn at each write
     written_at: torch.Tensor | None = None  # simulated time of each device's last write (drift)
     pulses: torch.Tensor | None = None  # pulses received, per device
+    soft: response.SoftBounds | None = None  # soft-bounds constants, fixed with the device
 
     def visible(self, now: float, t0: float) -> torch.Tensor:
         """The conductance a read sees: hidden value, write noise and drift since the last write."""
@@ -119,6 +120,10 @@ class PairArray:
         if self.cfg.drift_nu:
             moved.written_at = torch.zeros_like(moved.g)
         moved.pulses = torch.zeros(self.shape, dtype=self.dtype, device=self.device)
+        if self.cfg.response == "soft_bounds" and self.cfg.dw_min > 0:
+            soft = response.SoftBounds.build(self.cfg, d.lo, d.hi, self.cfg.dw_min * d.gain_up,
+                                             self.cfg.dw_min * d.gain_down)
+            moved.soft = response.SoftBounds(*(_move(v, self.device, self.dtype) for v in vars(soft).values()))
         return moved
 
     @property
@@ -160,19 +165,38 @@ class PairArray:
         return g if dev.stuck is None else torch.where(dev.stuck, dev.stuck_value, g)
 
     def write(self, delta_w: torch.Tensor, gen: torch.Generator, now: float) -> WriteStats:
-        """Add ``delta_w`` (weight units) through pulses: split over the pair, rounded to pulses, then applied."""
-        d = delta_w.to(self.device, self.dtype) * (1 / self.scale)
-        if self.cfg.pair == "differential":
-            d.mul_(0.5)
-            stats = self._pulse(self.pos, d, gen, now)
-            stats2 = self._pulse(self.neg, d.neg_(), gen, now)
+        """Add ``delta_w`` (weight units) through pulses and return what the write did.
+
+        The controller decides one pulse count per weight from the nominal step (both devices of a
+        differential pair get it, up on one and down on the other; a one-sided pair sends it up the
+        device of the change's sign). Only the devices that get pulses are touched when they are few.
+        """
+        differential = self.cfg.pair == "differential"
+        d = delta_w.to(self.device, self.dtype) * ((0.5 if differential else 1.0) / self.scale)
+        dw = self.cfg.dw_min
+        if dw == 0:
+            idx, n, signed, total = None, None, d, 0.0
         else:
-            stats = self._pulse(self.pos, d.clamp_min(0), gen, now)
-            stats2 = self._pulse(self.neg, d.neg_().clamp_min_(0), gen, now)
-        stats.pulses += stats2.pulses
-        stats.saturated += stats2.saturated
-        if self.cfg.pair == "one_sided":
+            n = self._pulses(d, gen)
+            flat = n.view(-1)
+            idx = flat.nonzero().squeeze(1)
+            if self.cfg.pulse_mode == "exact" or 2 * idx.numel() > flat.numel():  # dense: gathering costs more
+                idx = None
+            else:
+                n = flat[idx]
+                d = d.view(-1)[idx]
+            signed = n.copysign(d).mul_(dw)
+            total = float(n.sum()) * (2 if differential else 1)
+        if differential:
+            stats = self._respond(self.pos, idx, signed, n, gen, now)
+            stats.saturated += self._respond(self.neg, idx, -signed, n, gen, now).saturated
+        else:
+            up, down = signed > 0, signed < 0
+            stats = self._respond(self.pos, idx, signed.clamp_min(0), None if n is None else n * up, gen, now)
+            stats.saturated += self._respond(self.neg, idx, (-signed).clamp_min_(0),
+                                             None if n is None else n * down, gen, now).saturated
             stats.refreshed = self._refresh(gen, now)
+        stats.pulses = total
         return stats
 
     def _pulses(self, request: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
@@ -186,23 +210,6 @@ class PairArray:
         if cfg.max_pulses and cfg.pulse_mode != "exact":
             n = n.clamp_max_(cfg.max_pulses)
         return n
-
-    def _pulse(self, dev: Devices, request: torch.Tensor, gen: torch.Generator, now: float) -> WriteStats:
-        """Send one polarity its pulses; only the devices that get any are touched (most get none per batch)."""
-        dw = self.cfg.dw_min
-        if dw == 0:
-            return self._respond(dev, None, request, None, gen, now)
-        n = self._pulses(request, gen)
-        dev.pulses += n
-        total = float(n.sum())
-        if self.cfg.pulse_mode == "exact" or total > 0.5 * n.numel():  # dense: gathering would cost more
-            stats = self._respond(dev, None, n.copysign(request).mul_(dw), n, gen, now)
-        else:
-            idx = n.view(-1).nonzero().squeeze(1)
-            n_k = n.view(-1)[idx]
-            stats = self._respond(dev, idx, n_k.copysign(request.view(-1)[idx]).mul_(dw), n_k, gen, now)
-        stats.pulses = total
-        return stats
 
     def _respond(self, dev: Devices, idx: torch.Tensor | None, signed: torch.Tensor, n: torch.Tensor | None,
                  gen: torch.Generator, now: float) -> WriteStats:
@@ -223,7 +230,8 @@ class PairArray:
                 new = g + up_amount - down_amount
             else:
                 new = response.advance(cfg, g, up_amount, down_amount, lo, hi, cfg.dw_min * gain_up,
-                                       cfg.dw_min * gain_down, self.table)
+                                       cfg.dw_min * gain_down, self.table,
+                                       None if dev.soft is None else dev.soft.take(idx))
         if cfg.dw_min_std:  # c2c: n independent relative step errors add up to std * |change| / sqrt(n)
             new = new + (new - g).abs_().mul_(torch.rsqrt(n.clamp_min(1e-12))).mul_(
                 cfg.dw_min_std * self._randn(gen, new.shape))
@@ -239,6 +247,11 @@ class PairArray:
         noise = None
         if dev.offset is not None:
             noise = cfg.write_noise_std * cfg.dw_min * self._randn(gen, new.shape)
+        if n is not None:
+            if idx is None:
+                dev.pulses += n
+            else:
+                dev.pulses.view(-1).index_add_(0, idx, n)
         if idx is None:
             dev.g = new
             if noise is not None:

@@ -72,32 +72,68 @@ def step_factor(cfg: DeviceConfig, z: torch.Tensor, up: bool, table: Table | Non
     return torch.ones_like(z)
 
 
+@dataclass
+class SoftBounds:
+    """Per-device constants of the soft-bounds closed form: where each direction saturates and how fast.
+
+    ``n`` pulses adding up to ``amount`` move ``g`` to ``target + (g - target) exp(amount * rate)``.
+    ``None`` for a direction with slope 0 (a constant step).
+    """
+
+    target_up: torch.Tensor | float | None
+    rate_up: torch.Tensor | float | None
+    target_down: torch.Tensor | float | None
+    rate_down: torch.Tensor | float | None
+
+    @staticmethod
+    def build(cfg: DeviceConfig, lo, hi, step_up, step_down) -> "SoftBounds":
+        mid, half = (lo + hi) / 2, (hi - lo) / 2
+
+        def rate(slope: float, step):
+            # log(1 - step slope / half) per unit of amount, i.e. per pulse / step; -slope / half as step -> 0
+            x = step * slope / half
+            if not torch.is_tensor(x):
+                x = torch.tensor(float(x), dtype=torch.float64)
+            per_unit = torch.where(x > 0, torch.log1p(-x.clamp(max=1 - 1e-7)) / x.clamp(min=1e-30), -torch.ones_like(x))
+            return per_unit * slope / half
+
+        up = (mid + half / cfg.slope_up, rate(cfg.slope_up, step_up)) if cfg.slope_up else (None, None)
+        down = (mid - half / cfg.slope_down, rate(cfg.slope_down, step_down)) if cfg.slope_down else (None, None)
+        return SoftBounds(up[0], up[1], down[0], down[1])
+
+    def take(self, idx: torch.Tensor | None) -> "SoftBounds":
+        """The constants of the devices at flat indices ``idx`` (all if None)."""
+        if idx is None:
+            return self
+        pick = [v.view(-1)[idx] if torch.is_tensor(v) and v.dim() else v for v in vars(self).values()]
+        return SoftBounds(*pick)
+
+
 def advance(cfg: DeviceConfig, g: torch.Tensor, up_amount: torch.Tensor, down_amount: torch.Tensor,
-            lo, hi, step_up, step_down, table: Table | None = None) -> torch.Tensor:
+            lo, hi, step_up, step_down, table: Table | None = None, soft: SoftBounds | None = None) -> torch.Tensor:
     """The conductance after pulses that add up to ``up_amount`` (>= 0) up or ``down_amount`` (>= 0) down.
 
     ``step_up``/``step_down`` are the per-device sizes of one pulse (0 for continuous writes), used by the
-    exact discrete soft-bounds form. Each device gets pulses of one direction only. Clipped to the bounds.
+    exact discrete soft-bounds form (``soft``: its constants, precomputed by the caller or built here).
+    Each device gets pulses of one direction only; a device without pulses keeps ``g`` exactly. Not
+    clipped: the caller applies the bounds (and stuck devices).
     """
-    mid, half = (lo + hi) / 2, (hi - lo) / 2
     r = cfg.response
     if r == "constant" or (r == "soft_bounds" and cfg.slope_up == 0 and cfg.slope_down == 0):
-        new = g + up_amount - down_amount
-    elif r == "soft_bounds":
+        return g + up_amount - down_amount
+    if r == "soft_bounds":
+        soft = soft or SoftBounds.build(cfg, lo, hi, step_up, step_down)
         new = g
-        if cfg.slope_up > 0:
-            target = mid + half / cfg.slope_up
-            new = torch.where(up_amount > 0, target + (g - target) * _decay(up_amount, step_up, cfg.slope_up / half), new)
-        else:
-            new = new + up_amount
-        if cfg.slope_down > 0:
-            target = mid - half / cfg.slope_down
-            new = torch.where(down_amount > 0,
-                              target + (g - target) * _decay(down_amount, step_down, cfg.slope_down / half), new)
-        else:
-            new = new - down_amount
-    elif r == "exponential":
-        z = (g - mid) / half
+        for target, rate, amount, sign in ((soft.target_up, soft.rate_up, up_amount, 1),
+                                           (soft.target_down, soft.rate_down, down_amount, -1)):
+            if target is None:
+                new = new + sign * amount
+            else:  # g + (g - target) expm1(amount rate): exactly g where amount is 0
+                new = new + (g - target) * torch.expm1(amount * rate)
+        return new
+    mid, half = (lo + hi) / 2, (hi - lo) / 2
+    z = (g - mid) / half
+    if r == "exponential":
         new = z + (up_amount - down_amount) / half
         if cfg.gamma_up > 0:
             gu = cfg.gamma_up
@@ -105,26 +141,10 @@ def advance(cfg: DeviceConfig, g: torch.Tensor, up_amount: torch.Tensor, down_am
         if cfg.gamma_down > 0:
             gd = cfg.gamma_down
             new = torch.where(down_amount > 0, -torch.log(torch.exp(-gd * z) + gd * down_amount / half) / gd, new)
-        new = mid + half * new
-    else:
-        z = (g - mid) / half
-        zu = interp(interp(z, table.z, table.p_up) + up_amount / half, table.p_up, table.z)
-        zd = interp(interp(z, table.z, table.p_down) - down_amount / half, table.p_down, table.z)
-        new = mid + half * torch.where(up_amount > 0, zu, torch.where(down_amount > 0, zd, z))
-    return torch.minimum(torch.maximum(new, lo if torch.is_tensor(lo) else new.new_tensor(lo)),
-                         hi if torch.is_tensor(hi) else new.new_tensor(hi))
-
-
-def _decay(amount: torch.Tensor, step, rate: torch.Tensor) -> torch.Tensor:
-    """``(1 - step rate)^(amount / step)``: the soft-bounds contraction after pulses adding up to ``amount``.
-
-    Tends to ``exp(-amount rate)`` as the step tends to 0 (continuous writes).
-    """
-    x = step * rate
-    if not torch.is_tensor(x):
-        x = torch.as_tensor(x, dtype=amount.dtype, device=amount.device)
-    per_unit = torch.where(x > 0, torch.log1p(-x.clamp(max=1 - 1e-7)) / x.clamp(min=1e-30), -torch.ones_like(x))
-    return torch.exp(amount * rate * per_unit)
+        return mid + half * new
+    zu = interp(interp(z, table.z, table.p_up) + up_amount / half, table.p_up, table.z)
+    zd = interp(interp(z, table.z, table.p_down) - down_amount / half, table.p_down, table.z)
+    return mid + half * torch.where(up_amount > 0, zu, torch.where(down_amount > 0, zd, z))
 
 
 def symmetry_point(cfg: DeviceConfig, down_ratio, lo, hi, table: Table | None = None):
