@@ -128,15 +128,12 @@ class CrossbarTarget(Target):
         per_step = self.config.read_noise == "step"
         with torch.no_grad():
             if per_step or steps == 1:
-                self._reads.noisy = True
                 drive = self._phase_drive(x, noisy=True)
                 self._last = dynamics.relax(self.spec, params, x, steps, beta, y, states, drive, stop_tolerance,
                                             self._reads.reads())
             else:  # settle without read noise, then read the equilibrium with it
-                self._reads.noisy = False
                 quiet = dynamics.relax(self.spec, params, x, steps - 1, beta, y, states,
                                        self._phase_drive(x, noisy=False), stop_tolerance, self._reads.reads())
-                self._reads.noisy = True
                 end = dynamics.step(self.spec, params, self._phase_drive(x, noisy=True)(), quiet.states, beta, y,
                                     self._reads.reads())
                 self._last = Relaxation(tuple(end), dynamics.logits(self.spec, params, end[-1]), quiet.steps + 1,
@@ -144,8 +141,11 @@ class CrossbarTarget(Target):
         return self._last
 
     def _phase_drive(self, x: torch.Tensor, noisy: bool):
-        """The input drive: its array product is computed once per input and weights (inputs compared by value);
-        a noisy drive draws fresh read noise on it at each call."""
+        """The input drive, and read noise on or off for the phase's other reads too.
+
+        The drive's array product is computed once per input and weights (inputs compared by value);
+        a noisy drive draws fresh read noise on it at each call.
+        """
         self._reads.noisy = noisy
         key = (self._version, tuple(x.shape))
         if self._drive_key != key or not torch.equal(self._drive_input, x):
