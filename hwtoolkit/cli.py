@@ -36,7 +36,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from hwtoolkit.training.loop import evaluate_run
 
-    evaluate_run(args.run_dir)
+    evaluate_run(args.run_dir, wait=args.wait)
     return 0
 
 
@@ -137,6 +137,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("evaluate", help="evaluate a run's best weights on its validation and test splits")
     p.add_argument("run_dir")
+    p.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
+                   help="simulated seconds between programming and reading the weights (drift, decay; crossbar)")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("gdu", help="compare per-step EP updates with BPTT gradients (GDU property)")

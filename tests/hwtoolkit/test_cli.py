@@ -122,3 +122,20 @@ def test_training_into_an_existing_run_without_resume_fails_cleanly(idx_dataset,
 def test_targets_lists_the_crossbar(capsys):
     assert main(["targets"]) == 0
     assert "crossbar" in capsys.readouterr().out
+
+
+def test_evaluate_after_simulated_drift(idx_dataset, tmp_path, capsys):
+    """--wait lets drift act before the read: a strongly drifting device reads worse, an ideal one the same."""
+    extra = '[target]\nname = "crossbar"\n[crossbar]\ndrift_nu = 0.3\n'
+    cfg = tmp_path / "tiny.toml"
+    cfg.write_text(tiny_config_text(idx_dataset, epochs=2, extra=extra))
+    run = tmp_path / "run"
+    assert main(["train", str(cfg), "--out", str(run), "--no-progress"]) == 0
+    capsys.readouterr()
+    results = {}
+    for wait in ("0", "1e8"):
+        assert main(["evaluate", str(run), "--wait", wait]) == 0
+        results[wait] = json.loads(capsys.readouterr().out)
+    assert results["1e8"]["test_loss"] > results["0"]["test_loss"] + 0.01
+    assert main(["evaluate", str(run), "--wait", "-1"]) == 2
+    assert "wait = -1.0 is invalid" in capsys.readouterr().err
