@@ -177,14 +177,19 @@ class PairArray:
         if dw == 0:
             idx, n, signed, total = None, None, d, 0.0
         else:
-            n = self._pulses(d, gen)
-            flat = n.view(-1)
-            idx = flat.nonzero().squeeze(1)
-            if self.cfg.pulse_mode == "exact" or 2 * idx.numel() > flat.numel():  # dense: gathering costs more
-                idx = None
+            sparse = self._sparse_stochastic(d, gen) if self.cfg.pulse_mode == "stochastic" else None
+            if sparse is not None:
+                idx, n = sparse
+                d = d.view(-1).index_select(0, idx)
             else:
-                n = flat[idx]
-                d = d.view(-1)[idx]
+                n = self._pulses(d, gen)
+                flat = n.view(-1)
+                idx = flat.nonzero().squeeze(1)
+                if self.cfg.pulse_mode == "exact" or 2 * idx.numel() > flat.numel():  # dense: gathering costs more
+                    idx = None
+                else:
+                    n = flat[idx]
+                    d = d.view(-1)[idx]
             signed = n.copysign(d).mul_(dw)
             total = float(n.sum()) * (2 if differential else 1)
         if differential:
@@ -198,6 +203,39 @@ class PairArray:
             stats.refreshed = self._refresh(gen, now)
         stats.pulses = total
         return stats
+
+    def _sparse_stochastic(self, request: torch.Tensor, gen: torch.Generator,
+                           rate: float = 1 / 16) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Stochastic rounding without a random number per device, when most requests are far below a pulse.
+
+        Devices asking for more than ``rate`` pulses are rounded one by one. The others form a Bernoulli(rate)
+        candidate set (geometric gaps), and a candidate asking for x pulses gets one with probability x / rate:
+        each device still gets a pulse with probability x. Returns the flat indices of the pulsed devices and
+        their pulse counts, or None when too many devices ask for more than ``rate`` (round densely then).
+        """
+        x = request.abs().view(-1).mul_(1 / self.cfg.dw_min)
+        size = x.numel()
+        big = (x > rate).nonzero().squeeze(1)
+        if 4 * big.numel() > size or size < 4096:
+            return None
+        kw = {"device": self.device, "dtype": self.dtype}
+        n_big = x.index_select(0, big).add_(torch.rand(big.numel(), generator=gen, **kw)).floor_()
+        if self.cfg.max_pulses:
+            n_big.clamp_max_(self.cfg.max_pulses)
+        expected = size * rate
+        log_miss = math.log1p(-rate)
+
+        def gaps(count: int) -> torch.Tensor:  # Geometric(rate) >= 1 from uniforms (faster than geometric_)
+            return torch.rand(count, generator=gen, **kw).log_().div_(log_miss).floor_().add_(1)
+
+        positions = gaps(int(expected + 8 * expected ** 0.5 + 16)).cumsum(0).sub_(1)
+        while positions[-1] < size - 1:  # the candidate process must cover every device (rarely needs a top-up)
+            positions = torch.cat([positions, gaps(positions.numel() // 4 + 16).cumsum(0).add_(positions[-1])])
+        candidates = positions[positions < size].long()
+        xc = x.index_select(0, candidates)
+        accept = (xc <= rate) & (torch.rand(candidates.numel(), generator=gen, **kw) * rate < xc)
+        pulsed = n_big > 0
+        return torch.cat([big[pulsed], candidates[accept]]), torch.cat([n_big[pulsed], torch.ones_like(xc[accept])])
 
     def _pulses(self, request: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         """How many pulses (a real number in exact mode) the controller sends for each requested change."""
@@ -217,7 +255,7 @@ class PairArray:
         cfg = self.cfg
 
         def take(t):
-            return t.view(-1)[idx] if idx is not None and torch.is_tensor(t) else t
+            return t.reshape(-1).index_select(0, idx) if idx is not None and torch.is_tensor(t) and t.dim() else t
 
         g, lo, hi, gain_up, gain_down = (take(t) for t in (dev.g, dev.lo, dev.hi, dev.gain_up, dev.gain_down))
         linear = cfg.response == "constant" or (cfg.response == "soft_bounds" and not (cfg.slope_up or cfg.slope_down))

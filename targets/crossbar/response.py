@@ -105,7 +105,7 @@ class SoftBounds:
         """The constants of the devices at flat indices ``idx`` (all if None)."""
         if idx is None:
             return self
-        pick = [v.view(-1)[idx] if torch.is_tensor(v) and v.dim() else v for v in vars(self).values()]
+        pick = [v.reshape(-1).index_select(0, idx) if torch.is_tensor(v) and v.dim() else v for v in vars(self).values()]
         return SoftBounds(*pick)
 
 

@@ -376,6 +376,28 @@ def test_stochastic_rounding_is_unbiased(request_pulses: float) -> None:
     check_mean(moved, request_pulses, f"stochastic mean change / dw_min for r = {request_pulses}", sigma=sd)
 
 
+def test_sparse_stochastic_rounding_is_unbiased_per_device() -> None:
+    """Requests far below one pulse take the candidate-thinning path; every device still pulses with probability r.
+
+    Four groups of 100,000 devices ask for r = 0.002, 0.03, 0.0625 (below the thinning rate 1/16) and 0.4 (rounded
+    one by one); per group the pulse fraction lies in a 99.9% Wilson interval around r. Power: halving or
+    doubling the thinning acceptance moves the small groups far outside their intervals.
+    """
+    dw, group = 0.01, 100_000
+    rates = torch.tensor([0.002, 0.03, 0.0625, 0.4], dtype=F64)
+    shape = (4, group)
+    a = pair_array(shape, dw_min=dw, pulse_mode="stochastic")
+    request = (rates.view(4, 1) * dw * 2 * torch.ones(shape, dtype=F64))  # a pair splits a change in halves
+    assert a._sparse_stochastic(request / 2, gen(0)) is not None  # the sparse path is the one exercised
+    a.write(request, gen(7), 0.0)
+    for i, r in enumerate(rates.tolist()):
+        k = int((a.pos.pulses[i] > 0).sum())
+        assert set(a.pos.pulses[i].unique().tolist()) <= {0.0, 1.0}
+        lo, hi = wilson(k, group)
+        assert lo <= r <= hi, f"r = {r}: pulse fraction {k / group:.5f} outside [{lo:.5f}, {hi:.5f}]"
+    torch.testing.assert_close(a.neg.pulses, a.pos.pulses)  # one pulse count per pair
+
+
 @pytest.mark.parametrize("mode", ["count", "stochastic", "exact"])
 def test_pulse_count_rounding_and_cap(mode: str) -> None:
     """Count mode rounds to the nearest pulse; count and stochastic modes cap at max_pulses; exact mode sends the
