@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -27,12 +29,12 @@ from hwtoolkit.training.optimizer import SGD  # noqa: E402
 from targets.crossbar import PRESETS  # noqa: E402
 
 
-def batch_seconds(cfg: config_mod.Config, name: str, options: dict, batch: int, warmup: int, repeats: int) -> float:
+def batch_step(cfg: config_mod.Config, name: str, options: dict, batch: int) -> Callable[[], None]:
+    """One training batch on a freshly programmed target, as the learning loop runs it."""
     spec = cfg.network
     target = targets.open(name, spec, **options)
     target.program(init_parameters(spec, cfg.seed))
-    trains = target.capabilities.update_trains
-    estimator = make_estimator(cfg.estimator, cfg.ep, trains)
+    estimator = make_estimator(cfg.estimator, cfg.ep, target.capabilities.update_trains)
     lrs = cfg.layer_lrs()
     optimizer = SGD({n: lrs[i] for n, i in spec.parameter_layers().items()}, cfg.optim.momentum)
     gen = torch.Generator().manual_seed(0)
@@ -43,7 +45,7 @@ def batch_seconds(cfg: config_mod.Config, name: str, options: dict, batch: int, 
         result = estimator(target, x, y, gen)
         target.apply_update(optimizer.step(result.direction, None))
 
-    return timed(one_batch, torch.device("cpu"), warmup, repeats)
+    return one_batch
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -52,7 +54,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--presets", default=",".join(PRESETS), help="comma-separated preset names")
     parser.add_argument("--batch", type=int, help="batch size (default: the config's)")
     parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--repeats", type=int, default=15, help="timed batches per round (median taken)")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="rounds over all targets, interleaved so that machine noise hits all alike (median)")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--out", default="benchmarks/results/crossbar_speed.json")
     args = parser.parse_args(argv)
@@ -60,22 +64,26 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     cfg = config_mod.load(args.config)
     batch = args.batch or cfg.train.batch_size
-    reference = batch_seconds(cfg, "reference", {}, batch, args.warmup, args.repeats)
-    rows = [{"target": "reference", "preset": "", "ms_per_batch": 1e3 * reference, "vs_reference": 1.0}]
-    for preset in args.presets.split(","):
-        seconds = batch_seconds(cfg, "crossbar", {"preset": preset, "seed": cfg.seed}, batch, args.warmup,
-                                args.repeats)
-        rows.append({"target": "crossbar", "preset": preset, "ms_per_batch": 1e3 * seconds,
-                     "vs_reference": seconds / reference})
+    cases = [("reference", "", {})] + [("crossbar", p, {"preset": p, "seed": cfg.seed})
+                                         for p in args.presets.split(",")]
+    steps = [batch_step(cfg, name, options, batch) for name, _, options in cases]
+    seconds = [[] for _ in cases]
+    for _ in range(args.rounds):
+        for times, step in zip(seconds, steps):
+            times.append(timed(step, torch.device("cpu"), args.warmup, args.repeats))
+    medians = [statistics.median(t) for t in seconds]
+    rows = [{"target": name, "preset": preset, "ms_per_batch": 1e3 * m, "vs_reference": m / medians[0],
+             "rounds_ms": [1e3 * v for v in t]}
+            for (name, preset, _), m, t in zip(cases, medians, seconds)]
     print(f"{cfg.name}, batch {batch}, {cfg.estimator} EP, T1 = {cfg.ep.free_steps}, T2 = {cfg.ep.nudged_steps}; "
-          f"{machine().get('cpu', 'cpu')}, {torch.get_num_threads()} threads")
+          f"{machine().get('cpu', 'cpu')}, {torch.get_num_threads()} threads; median of {args.rounds} rounds")
     print(f"{'target':10} {'preset':12} {'ms/batch':>9} {'x reference':>12}")
     for r in rows:
         print(f"{r['target']:10} {r['preset']:12} {r['ms_per_batch']:9.2f} {r['vs_reference']:12.2f}")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"config": args.config, "batch": batch, "machine": machine(), "rows": rows}, indent=2)
-                   + "\n")
+    out.write_text(json.dumps({"config": args.config, "batch": batch, "rounds": args.rounds, "repeats": args.repeats,
+                               "machine": machine(), "rows": rows}, indent=2) + "\n")
     print(f"wrote {out}")
     return 0
 

@@ -112,6 +112,7 @@ class PairArray:
         self.shape = shape
         self.device, self.dtype = device, dtype
         self.pos, self.neg = (self._place(draw_devices(cfg, shape, gen)) for _ in range(2))
+        self._sparse_skips = 0
 
     def _place(self, d: Devices) -> Devices:
         moved = Devices(**{k: _move(v, self.device, self.dtype) for k, v in vars(d).items()})
@@ -177,7 +178,13 @@ class PairArray:
         if dw == 0:
             idx, n, signed, total = None, None, d, 0.0
         else:
-            sparse = self._sparse_stochastic(d, gen) if self.cfg.pulse_mode == "stochastic" else None
+            sparse = None
+            if self.cfg.pulse_mode == "stochastic":
+                if self._sparse_skips:  # writes were dense lately: try the sparse path again every 16th write
+                    self._sparse_skips -= 1
+                else:
+                    sparse = self._sparse_stochastic(d, gen)
+                    self._sparse_skips = 15 if sparse is None else 0
             if sparse is not None:
                 idx, n = sparse
                 d = d.view(-1).index_select(0, idx)
