@@ -17,6 +17,9 @@ from . import response
 from .config import DeviceConfig
 
 
+_CONSTANTS = ("lo", "hi", "gain_up", "gain_down", "stuck", "stuck_value")
+
+
 @dataclass
 class Devices:
     """One polarity of an array: conductances and the per-device constants drawn for them."""
@@ -33,6 +36,30 @@ class Devices:
     written_at: torch.Tensor | None = None  # simulated time of each device's last write (drift)
     pulses: torch.Tensor | None = None  # pulses received, per device
     soft: response.SoftBounds | None = None  # soft-bounds constants, fixed with the device
+    packed: torch.Tensor | None = None  # the per-device constants above stacked [fields, devices], for one gather
+    packed_rows: dict[str, int] | None = None
+
+    def constants_at(self, idx: torch.Tensor | None) -> dict[str, object]:
+        """The fixed per-device values (bounds, gains, stuck, soft-bounds constants) of the flat indices ``idx``."""
+        values: dict[str, object] = {name: getattr(self, name) for name in _CONSTANTS}
+        if self.soft is not None:
+            values.update({f"soft.{k}": v for k, v in vars(self.soft).items()})
+        if idx is None or not self.packed_rows:
+            return values
+        rows = self.packed.index_select(1, idx)
+        values.update({name: rows[i] for name, i in self.packed_rows.items()})
+        if self.stuck is not None:
+            values["stuck"] = values["stuck"] > 0.5
+        return values
+
+    def pack(self) -> None:
+        """Stack the tensor-valued constants so that a sparse write gathers them in one call."""
+        values = self.constants_at(None)
+        names = [k for k, v in values.items() if torch.is_tensor(v) and v.dim()]
+        if names:
+            self.packed_rows = {k: i for i, k in enumerate(names)}
+            self.packed = torch.stack([values[k].reshape(-1).to(self.g.dtype) for k in names])
+
 
     def visible(self, now: float, t0: float) -> torch.Tensor:
         """The conductance a read sees: hidden value, write noise and drift since the last write."""
@@ -125,6 +152,7 @@ class PairArray:
             soft = response.SoftBounds.build(self.cfg, d.lo, d.hi, self.cfg.dw_min * d.gain_up,
                                              self.cfg.dw_min * d.gain_down)
             moved.soft = response.SoftBounds(*(_move(v, self.device, self.dtype) for v in vars(soft).values()))
+        moved.pack()
         return moved
 
     @property
@@ -261,10 +289,9 @@ class PairArray:
         """The devices' answer to a nominal change ``signed`` (all devices, or the flat indices ``idx``)."""
         cfg = self.cfg
 
-        def take(t):
-            return t.reshape(-1).index_select(0, idx) if idx is not None and torch.is_tensor(t) and t.dim() else t
-
-        g, lo, hi, gain_up, gain_down = (take(t) for t in (dev.g, dev.lo, dev.hi, dev.gain_up, dev.gain_down))
+        c = dev.constants_at(idx)
+        g = dev.g if idx is None else dev.g.view(-1).index_select(0, idx)
+        lo, hi, gain_up, gain_down = c["lo"], c["hi"], c["gain_up"], c["gain_down"]
         linear = cfg.response == "constant" or (cfg.response == "soft_bounds" and not (cfg.slope_up or cfg.slope_down))
         if linear and not torch.is_tensor(gain_up) and gain_up == gain_down:
             new = g + signed * gain_up if gain_up != 1 else g + signed
@@ -274,9 +301,10 @@ class PairArray:
             if linear:
                 new = g + up_amount - down_amount
             else:
+                soft = None if dev.soft is None else response.SoftBounds(
+                    *(c[f"soft.{k}"] for k in vars(dev.soft)))
                 new = response.advance(cfg, g, up_amount, down_amount, lo, hi, cfg.dw_min * gain_up,
-                                       cfg.dw_min * gain_down, self.table,
-                                       None if dev.soft is None else dev.soft.take(idx))
+                                       cfg.dw_min * gain_down, self.table, soft)
         if cfg.dw_min_std:  # c2c: n independent relative step errors add up to std * |change| / sqrt(n)
             new = new + (new - g).abs_().mul_(torch.rsqrt(n.clamp_min(1e-12))).mul_(
                 cfg.dw_min_std * self._randn(gen, new.shape))
@@ -285,8 +313,8 @@ class PairArray:
         pulsed = signed != 0
         clipped = (unclipped != new) & pulsed
         if dev.stuck is not None:
-            stuck = take(dev.stuck)
-            new = torch.where(stuck, take(dev.stuck_value), new)
+            stuck = c["stuck"]
+            new = torch.where(stuck, c["stuck_value"], new)
             clipped &= ~stuck
         saturated = int(torch.count_nonzero(clipped))
         noise = None

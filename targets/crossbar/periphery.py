@@ -20,12 +20,16 @@ from hwtoolkit.network.spec import LayerGeometry
 from .config import DeviceConfig, Periphery
 
 
-def quantize(x: torch.Tensor, bits: int, bound: float | torch.Tensor) -> torch.Tensor:
-    """A symmetric ``bits``-bit converter on ``[-bound, bound]``: ``2^bits - 1`` levels, zero included."""
+def quantize(x: torch.Tensor, bits: int, bound: float | torch.Tensor, in_place: bool = False) -> torch.Tensor:
+    """A symmetric ``bits``-bit converter on ``[-bound, bound]``: ``2^bits - 1`` levels, zero included.
+
+    ``in_place`` overwrites ``x`` (for a fresh array output nobody else holds).
+    """
     if bits == 0:
         return x
     res = 2 * bound / (2 ** bits - 2)
-    return x.clamp(-bound, bound).mul_(1 / res).round_().mul_(res)
+    clipped = x.clamp_(-bound, bound) if in_place else x.clamp(-bound, bound)
+    return clipped.mul_(1 / res).round_().mul_(res)
 
 
 class ArrayReads:
@@ -79,21 +83,22 @@ class ArrayReads:
         p = self.cfg.forward
         x_in = quantize(x.flatten(1), p.dac_bits, p.in_bound)
         exact = x_in @ (self.ir_weight("w1", False) if self.cfg.ir_drop else w.t())
-        return lambda: L.add_bias(geo, self._dense_reads(p, exact, x_in, "w1"), bias)
+        return lambda: L.add_bias(geo, self._dense_reads(p, exact, x_in, "w1", exact_is_fresh=False), bias)
 
     def unit(self, p: Periphery, name: str) -> float:
         """One output unit of array ``name``: a full-range weight times a full-range input."""
         return self.scale_of(name) * p.in_bound
 
-    def _dense_reads(self, p: Periphery, exact: torch.Tensor, s_in: torch.Tensor, name: str) -> torch.Tensor:
+    def _dense_reads(self, p: Periphery, exact: torch.Tensor, s_in: torch.Tensor, name: str,
+                     exact_is_fresh: bool = True) -> torch.Tensor:
         std = self._noise_std(p, s_in, name)
         bound = p.out_bound * self.unit(p, name)
         if std is None:
-            return quantize(exact, p.adc_bits, bound)
+            return quantize(exact, p.adc_bits, bound, in_place=exact_is_fresh)
         k = self.cfg.read_averages
         if p.adc_bits == 0:  # averaging k Gaussian reads is one read with std / sqrt(k)
             return exact + std * self._randn(exact) / math.sqrt(k)
-        return sum(quantize(exact + std * self._randn(exact), p.adc_bits, bound) for _ in range(k)) / k
+        return sum(quantize(exact + std * self._randn(exact), p.adc_bits, bound, in_place=True) for _ in range(k)) / k
 
     def _noise_std(self, p: Periphery, s_in: torch.Tensor, name: str) -> torch.Tensor | float | None:
         if not self.noisy:
@@ -115,7 +120,7 @@ class ArrayReads:
     def _out(self, p: Periphery, y: torch.Tensor, unit: float) -> torch.Tensor:
         if self.noisy and p.out_noise:
             y = y + p.out_noise * unit * self._randn(y)
-        return quantize(y, p.adc_bits, p.out_bound * unit)
+        return quantize(y, p.adc_bits, p.out_bound * unit, in_place=True)
 
     def _noisy_kernel(self, w: torch.Tensor, name: str) -> torch.Tensor:
         if not (self.noisy and self.cfg.w_read_noise):

@@ -101,13 +101,6 @@ class SoftBounds:
         down = (mid - half / cfg.slope_down, rate(cfg.slope_down, step_down)) if cfg.slope_down else (None, None)
         return SoftBounds(up[0], up[1], down[0], down[1])
 
-    def take(self, idx: torch.Tensor | None) -> "SoftBounds":
-        """The constants of the devices at flat indices ``idx`` (all if None)."""
-        if idx is None:
-            return self
-        pick = [v.reshape(-1).index_select(0, idx) if torch.is_tensor(v) and v.dim() else v for v in vars(self).values()]
-        return SoftBounds(*pick)
-
 
 def advance(cfg: DeviceConfig, g: torch.Tensor, up_amount: torch.Tensor, down_amount: torch.Tensor,
             lo, hi, step_up, step_down, table: Table | None = None, soft: SoftBounds | None = None) -> torch.Tensor:

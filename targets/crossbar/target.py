@@ -125,6 +125,7 @@ class CrossbarTarget(Target):
         y = None if y is None else y.to(self.device)
         states = initial_states(self.spec, init, self._last, x.shape[0], self.device, self.dtype)
         params = self.weights
+        self._check_drive_cache(x)
         per_step = self.config.read_noise == "step"
         with torch.no_grad():
             if per_step or steps == 1:
@@ -143,20 +144,25 @@ class CrossbarTarget(Target):
     def _phase_drive(self, x: torch.Tensor, noisy: bool):
         """The input drive, and read noise on or off for the phase's other reads too.
 
-        The drive's array product is computed once per input and weights (inputs compared by value);
-        a noisy drive draws fresh read noise on it at each call.
+        The drive's array product is computed once per input and weights; a noisy drive draws fresh
+        read noise on it at each call. ``relax`` has checked the cache against ``x`` already.
         """
         self._reads.noisy = noisy
-        key = (self._version, tuple(x.shape))
-        if self._drive_key != key or not torch.equal(self._drive_input, x):
-            self._drives = {}
-            self._drive_key, self._drive_input = key, x.clone()
         noisy = noisy and self._reads.has_noise
         if noisy not in self._drives:
             normalized = dynamics.normalize_input(self.spec, x)
             self._drives[noisy] = self._reads.drive(self.spec.layers[0], self.weights["w1"], self.weights["b1"],
                                                     normalized)
         return self._drives[noisy]
+
+    def _check_drive_cache(self, x: torch.Tensor) -> None:
+        """Forget the cached drives unless ``x`` and the weights are those they were computed for (by value)."""
+        key = (self._version, tuple(x.shape))
+        if self._drive_key != key or not torch.equal(self._drive_input, x):
+            self._drives = {}
+            self._drive_key, self._drive_input = key, x.clone()
+
+    # ---- updates ---------------------------------------------------------------------------------------------
 
     def apply_update(self, delta: Mapping[str, torch.Tensor], trains: Trains | None = None) -> UpdateReport:
         """Write ``delta``; with ``update = 'two_trains'`` write ``trains[0]`` then ``-trains[1]`` instead.
