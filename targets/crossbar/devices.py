@@ -36,7 +36,7 @@ class Devices:
     written_at: torch.Tensor | None = None  # simulated time of each device's last write (drift)
     pulses: torch.Tensor | None = None  # pulses received, per device
     soft: response.SoftBounds | None = None  # soft-bounds constants, fixed with the device
-    packed: torch.Tensor | None = None  # the per-device constants above stacked [fields, devices], for one gather
+    packed: torch.Tensor | None = None  # the per-device constants above stacked [devices, fields], for one gather
     packed_rows: dict[str, int] | None = None
 
     def constants_at(self, idx: torch.Tensor | None) -> dict[str, object]:
@@ -46,8 +46,8 @@ class Devices:
             values.update({f"soft.{k}": v for k, v in vars(self.soft).items()})
         if idx is None or not self.packed_rows:
             return values
-        rows = self.packed.index_select(1, idx)
-        values.update({name: rows[i] for name, i in self.packed_rows.items()})
+        rows = self.packed.index_select(0, idx)
+        values.update({name: rows[:, i] for name, i in self.packed_rows.items()})
         if self.stuck is not None:
             values["stuck"] = values["stuck"] > 0.5
         return values
@@ -58,7 +58,7 @@ class Devices:
         names = [k for k, v in values.items() if torch.is_tensor(v) and v.dim()]
         if names:
             self.packed_rows = {k: i for i, k in enumerate(names)}
-            self.packed = torch.stack([values[k].reshape(-1).to(self.g.dtype) for k in names])
+            self.packed = torch.stack([values[k].reshape(-1).to(self.g.dtype) for k in names], dim=1)
 
 
     def visible(self, now: float, t0: float) -> torch.Tensor:
@@ -240,7 +240,7 @@ class PairArray:
         return stats
 
     def _sparse_stochastic(self, request: torch.Tensor, gen: torch.Generator,
-                           rate: float = 1 / 16) -> tuple[torch.Tensor, torch.Tensor] | None:
+                           rate: float = 1 / 32) -> tuple[torch.Tensor, torch.Tensor] | None:
         """Stochastic rounding without a random number per device, when most requests are far below a pulse.
 
         Devices asking for more than ``rate`` pulses are rounded one by one. The others form a Bernoulli(rate)
@@ -266,11 +266,12 @@ class PairArray:
         positions = gaps(int(expected + 8 * expected ** 0.5 + 16)).cumsum(0).sub_(1)
         while positions[-1] < size - 1:  # the candidate process must cover every device (rarely needs a top-up)
             positions = torch.cat([positions, gaps(positions.numel() // 4 + 16).cumsum(0).add_(positions[-1])])
-        candidates = positions[positions < size].long()
+        candidates = positions[:int(torch.searchsorted(positions, float(size)))].long()  # positions are increasing
         xc = x.index_select(0, candidates)
         accept = (xc <= rate) & (torch.rand(candidates.numel(), generator=gen, **kw) * rate < xc)
         pulsed = n_big > 0
-        return torch.cat([big[pulsed], candidates[accept]]), torch.cat([n_big[pulsed], torch.ones_like(xc[accept])])
+        chosen = candidates[accept]
+        return torch.cat([big[pulsed], chosen]), torch.cat([n_big[pulsed], x.new_ones(chosen.numel())])
 
     def _pulses(self, request: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         """How many pulses (a real number in exact mode) the controller sends for each requested change."""

@@ -379,12 +379,12 @@ def test_stochastic_rounding_is_unbiased(request_pulses: float) -> None:
 def test_sparse_stochastic_rounding_is_unbiased_per_device() -> None:
     """Requests far below one pulse take the candidate-thinning path; every device still pulses with probability r.
 
-    Four groups of 100,000 devices ask for r = 0.002, 0.03, 0.0625 (below the thinning rate 1/16) and 0.4 (rounded
+    Four groups of 100,000 devices ask for r = 0.002, 0.01, 0.03 (below the thinning rate 1/32) and 0.4 (rounded
     one by one); per group the pulse fraction lies in a 99.9% Wilson interval around r. Power: halving or
     doubling the thinning acceptance moves the small groups far outside their intervals.
     """
     dw, group = 0.01, 100_000
-    rates = torch.tensor([0.002, 0.03, 0.0625, 0.4], dtype=F64)
+    rates = torch.tensor([0.002, 0.01, 0.03, 0.4], dtype=F64)
     shape = (4, group)
     a = pair_array(shape, dw_min=dw, pulse_mode="stochastic")
     request = (rates.view(4, 1) * dw * 2 * torch.ones(shape, dtype=F64))  # a pair splits a change in halves
