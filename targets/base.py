@@ -99,6 +99,24 @@ class Target(ABC):
         self.close()
 
 
+class InputMemo:
+    """Remembers the last input (by value, never by identity) and the weights version it came with.
+
+    A target keeps what it computes once per input and weights (the input drive) until either changes.
+    """
+
+    def __init__(self) -> None:
+        self._x: torch.Tensor | None = None
+        self._version = -1
+
+    def changed(self, x: torch.Tensor, version: int) -> bool:
+        """Whether ``x`` or ``version`` differ from the last call's (one pass over ``x``); remembers them."""
+        if self._version == version and self._x is not None and self._x.shape == x.shape and torch.equal(self._x, x):
+            return False
+        self._x, self._version = x.clone(), version
+        return True
+
+
 def initial_states(spec: NetworkSpec, init: Init, last: Relaxation | None, batch: int, device: torch.device,
                    dtype: torch.dtype) -> list[torch.Tensor] | None:
     """Resolve a phase's ``init`` to states on ``device`` (``None`` = zeros), checking their shapes."""

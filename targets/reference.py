@@ -11,7 +11,7 @@ from hwtoolkit.network.dynamics import Relaxation
 from hwtoolkit.network.parameters import check_parameters
 from hwtoolkit.network.spec import NetworkSpec
 
-from .base import Capabilities, Init, Target, TargetError, Trains, UpdateReport, initial_states
+from .base import Capabilities, Init, InputMemo, Target, TargetError, Trains, UpdateReport, initial_states
 from .options import parse_device, parse_dtype
 from .registry import register
 
@@ -28,8 +28,7 @@ class ReferenceTarget(Target):
         self.dtype = parse_dtype(dtype)
         self._params: dict[str, torch.Tensor] | None = None
         self._version = 0
-        self._drive_input: torch.Tensor | None = None
-        self._drive_version = -1
+        self._drive_memo = InputMemo()
         self._drive: torch.Tensor | None = None
         self._last: Relaxation | None = None
 
@@ -54,14 +53,10 @@ class ReferenceTarget(Target):
         return {n: t.detach().cpu().clone() for n, t in self.params.items()}
 
     def _input_drive(self, x: torch.Tensor) -> torch.Tensor:
-        # The drive P(W_1 x) + b_1 is the same for every phase on the same input and weights. The input is
-        # compared by value (one pass over x, far cheaper than the layer-1 product), never by identity.
-        cached = self._drive_input
-        if (self._drive_version != self._version or cached is None or cached.shape != x.shape
-                or not torch.equal(cached, x)):
+        # The drive P(W_1 x) + b_1 is the same for every phase on the same input and weights; comparing the
+        # input by value is one pass over x, far cheaper than the layer-1 product.
+        if self._drive_memo.changed(x, self._version):
             self._drive = dynamics.input_drive(self.spec, self.params, x)
-            self._drive_input = x.clone()
-            self._drive_version = self._version
         return self._drive
 
     def relax(self, x: torch.Tensor, steps: int, beta: float = 0.0, y: torch.Tensor | None = None,

@@ -80,13 +80,12 @@ def _update(target: Target, x: torch.Tensor, y: torch.Tensor, free: Relaxation, 
     like = free.logits
     weights = _weights_for_update(target, target.spec, like)
     x, y = x.to(like.device, like.dtype), y.to(like.device)
-    direction = ep_update(target.spec, weights, x, y, a, b)
-    parts = None
-    if trains:
-        span = a[1] - b[1]
-        parts = tuple({n: g / span for n, g in phase_grads(target.spec, weights, x, y, *phase).items()}
-                      for phase in (a, b))
-    return BatchResult(direction, free, parts)
+    if not trains:
+        return BatchResult(ep_update(target.spec, weights, x, y, a, b), free)
+    span = a[1] - b[1]
+    parts = tuple({n: g / span for n, g in phase_grads(target.spec, weights, x, y, *phase).items()}
+                  for phase in (a, b))
+    return BatchResult({n: parts[0][n] - parts[1][n] for n in parts[0]}, free, parts)
 
 
 def bptt(ep: EPConfig, trains: bool = False) -> Estimator:

@@ -118,6 +118,11 @@ class DeviceConfig:
         return self.backward or self.forward
 
     @property
+    def linear_response(self) -> bool:
+        """Whether a step does not depend on the conductance (constant, or soft bounds without slopes)."""
+        return self.response == "constant" or (self.response == "soft_bounds" and not (self.slope_up or self.slope_down))
+
+    @property
     def has_time_effects(self) -> bool:
         return self.drift_nu > 0 or self.lifetime > 0 or self.diffusion > 0
 

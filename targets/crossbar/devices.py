@@ -293,7 +293,7 @@ class PairArray:
         c = dev.constants_at(idx)
         g = dev.g if idx is None else dev.g.view(-1).index_select(0, idx)
         lo, hi, gain_up, gain_down = c["lo"], c["hi"], c["gain_up"], c["gain_down"]
-        linear = cfg.response == "constant" or (cfg.response == "soft_bounds" and not (cfg.slope_up or cfg.slope_down))
+        linear = cfg.linear_response
         if linear and not torch.is_tensor(gain_up) and gain_up == gain_down:
             new = g + signed * gain_up if gain_up != 1 else g + signed
         else:

@@ -112,7 +112,7 @@ def advance(cfg: DeviceConfig, g: torch.Tensor, up_amount: torch.Tensor, down_am
     clipped: the caller applies the bounds (and stuck devices).
     """
     r = cfg.response
-    if r == "constant" or (r == "soft_bounds" and cfg.slope_up == 0 and cfg.slope_down == 0):
+    if cfg.linear_response:
         return g + up_amount - down_amount
     if r == "soft_bounds":
         soft = soft or SoftBounds.build(cfg, lo, hi, step_up, step_down)

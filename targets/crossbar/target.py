@@ -16,7 +16,7 @@ from hwtoolkit.network.dynamics import Relaxation
 from hwtoolkit.network.parameters import check_parameters
 from hwtoolkit.network.spec import NetworkSpec
 
-from ..base import Capabilities, Init, Target, TargetError, Trains, UpdateReport, initial_states
+from ..base import Capabilities, Init, InputMemo, Target, TargetError, Trains, UpdateReport, initial_states
 from ..options import parse_device, parse_dtype
 from ..registry import register
 from . import response
@@ -55,8 +55,7 @@ class CrossbarTarget(Target):
         self._weights: dict[str, torch.Tensor] | None = None
         self._ir_weights: dict[tuple[str, bool], torch.Tensor] = {}
         self._last: Relaxation | None = None
-        self._drive_key: tuple | None = None
-        self._drive_input: torch.Tensor | None = None
+        self._drive_memo = InputMemo()
         self._drives: dict[bool, object] = {}
         self._version = 0
         self._reads = ArrayReads(self.config, spec.tied, lambda n: self.arrays[n].scale, self._ir_weight,
@@ -125,7 +124,8 @@ class CrossbarTarget(Target):
         y = None if y is None else y.to(self.device)
         states = initial_states(self.spec, init, self._last, x.shape[0], self.device, self.dtype)
         params = self.weights
-        self._check_drive_cache(x)
+        if self._drive_memo.changed(x, self._version):
+            self._drives = {}  # drives of another input or other weights
         per_step = self.config.read_noise == "step"
         with torch.no_grad():
             if per_step or steps == 1:
@@ -154,13 +154,6 @@ class CrossbarTarget(Target):
             self._drives[noisy] = self._reads.drive(self.spec.layers[0], self.weights["w1"], self.weights["b1"],
                                                     normalized)
         return self._drives[noisy]
-
-    def _check_drive_cache(self, x: torch.Tensor) -> None:
-        """Forget the cached drives unless ``x`` and the weights are those they were computed for (by value)."""
-        key = (self._version, tuple(x.shape))
-        if self._drive_key != key or not torch.equal(self._drive_input, x):
-            self._drives = {}
-            self._drive_key, self._drive_input = key, x.clone()
 
     # ---- updates ---------------------------------------------------------------------------------------------
 

@@ -275,3 +275,16 @@ def test_ir_drop_reads_use_the_analytic_model_of_each_device_array() -> None:
 def test_ir_drop_refuses_convolutions() -> None:
     with pytest.raises(TargetError, match="dense layers only"):
         targets.open("crossbar", CONV, ir_drop=1e-3)
+
+
+@pytest.mark.parametrize("name", ["symmetric", "one_sided"])
+def test_two_phase_terms_add_up_to_the_ep_direction(name: str) -> None:
+    """With trains the estimator returns the two phase terms; their difference is the usual EP direction."""
+    ref, _ = _pair(MLP)
+    x, y = _batch(MLP)
+    plain = make_estimator(name, EP)(ref, x, y, torch.Generator())
+    split = make_estimator(name, EP, trains=True)(ref, x, y, torch.Generator())
+    assert plain.parts is None and split.parts is not None
+    for n, d in plain.direction.items():
+        torch.testing.assert_close(split.direction[n], d, atol=1e-12, rtol=1e-9)
+        torch.testing.assert_close(split.parts[0][n] - split.parts[1][n], d, atol=1e-12, rtol=1e-9)
