@@ -60,7 +60,7 @@ class CrossbarTarget(Target):
         self._version = 0
         self._reads = ArrayReads(self.config, spec.tied, lambda n: self.arrays[n].scale, self._ir_weight,
                                  lambda: self._gen)
-        self.totals = {"pulses": 0.0, "saturated": 0, "refreshed": 0, "clipped_on_program": 0, "writes": 0}
+        self.totals = {"saturated": 0, "refreshed": 0, "clipped_on_program": 0, "writes": 0}
 
     @property
     def capabilities(self) -> Capabilities:
@@ -169,6 +169,8 @@ class CrossbarTarget(Target):
             if trains is None:
                 raise TargetError("crossbar.update = 'two_trains' needs the update as two pulse trains; the "
                                   "learning loop passes them for EP estimators without momentum or weight decay")
+            for train in trains:  # both checked before either is written: a bad train writes nothing
+                check_parameters(self.spec, train, complete=False)
             writes = [dict(trains[0]), {n: -t for n, t in trains[1].items()}]
         else:
             writes = [dict(delta)]
@@ -180,7 +182,6 @@ class CrossbarTarget(Target):
                 pulses += stats.pulses
                 report.saturated += stats.saturated
                 self.totals["refreshed"] += stats.refreshed
-        self.totals["pulses"] += pulses
         self.totals["saturated"] += report.saturated
         self.totals["writes"] += 1
         report.details = {"pulses": pulses}

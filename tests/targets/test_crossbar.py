@@ -185,6 +185,16 @@ def test_two_trains_mode_needs_trains() -> None:
         xb.apply_update({"w1": torch.zeros(12, 36, dtype=torch.float64)})
 
 
+def test_a_bad_second_train_writes_nothing() -> None:
+    _, xb = _pair(MLP, update="two_trains")
+    before = xb.read_weights()
+    good = {"w1": torch.full((12, 36), 1e-3, dtype=torch.float64)}
+    with pytest.raises(ValueError, match="w1"):
+        xb.apply_update({}, (good, {"w1": torch.full((12, 36), float("nan"), dtype=torch.float64)}))
+    for n, w in before.items():
+        assert torch.equal(xb.read_weights()[n], w)
+
+
 def test_equilibrium_read_noise_only_on_the_last_step() -> None:
     """With read noise at equilibrium only, a phase settles like a noiseless one and only its reading is noisy."""
     _, quiet = _pair(MLP, preset="ideal")
