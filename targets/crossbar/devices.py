@@ -254,9 +254,7 @@ class PairArray:
         if 4 * big.numel() > size or size < 4096:
             return None
         kw = {"device": self.device, "dtype": self.dtype}
-        n_big = x.index_select(0, big).add_(torch.rand(big.numel(), generator=gen, **kw)).floor_()
-        if self.cfg.max_pulses:
-            n_big.clamp_max_(self.cfg.max_pulses)
+        n_big = self._round(x.index_select(0, big), gen)
         expected = size * rate
         log_miss = math.log1p(-rate)
 
@@ -275,15 +273,17 @@ class PairArray:
 
     def _pulses(self, request: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         """How many pulses (a real number in exact mode) the controller sends for each requested change."""
-        cfg = self.cfg
-        n = request.abs().mul_(1 / cfg.dw_min)
-        if cfg.pulse_mode == "count":
-            n = n.round_()
-        elif cfg.pulse_mode == "stochastic":  # floor(x + u), u ~ U[0, 1): floor(x) plus a Bernoulli(frac(x)) pulse
-            n = n.add_(torch.rand(self.shape, generator=gen, device=self.device, dtype=self.dtype)).floor_()
-        if cfg.max_pulses and cfg.pulse_mode != "exact":
-            n = n.clamp_max_(cfg.max_pulses)
-        return n
+        n = request.abs().mul_(1 / self.cfg.dw_min)
+        return n if self.cfg.pulse_mode == "exact" else self._round(n, gen)
+
+    def _round(self, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        """Requests in pulses (overwritten) to whole pulses, capped at ``max_pulses``: rounded in count mode,
+        ``floor(x + u)`` with u ~ U[0, 1) in stochastic mode (floor(x) plus a Bernoulli(frac(x)) pulse)."""
+        if self.cfg.pulse_mode == "count":
+            n = x.round_()
+        else:
+            n = x.add_(torch.rand(x.shape, generator=gen, device=self.device, dtype=self.dtype)).floor_()
+        return n.clamp_max_(self.cfg.max_pulses) if self.cfg.max_pulses else n
 
     def _respond(self, dev: Devices, idx: torch.Tensor | None, signed: torch.Tensor, n: torch.Tensor | None,
                  gen: torch.Generator, now: float) -> WriteStats:
