@@ -61,17 +61,6 @@ class Table:
         return Table(z.to(**cast), up.to(**cast), down.to(**cast), p_up.to(**cast), p_down.to(**cast))
 
 
-def step_factor(cfg: DeviceConfig, z: torch.Tensor, up: bool, table: Table | None = None) -> torch.Tensor:
-    """The relative size of one up (or down) pulse at normalized position ``z`` (1 at mid-range)."""
-    if cfg.response == "soft_bounds":
-        return 1 - cfg.slope_up * z if up else 1 + cfg.slope_down * z
-    if cfg.response == "exponential":
-        return torch.exp(-cfg.gamma_up * z) if up else torch.exp(cfg.gamma_down * z)
-    if cfg.response == "table":
-        return interp(z, table.z, table.up if up else table.down)
-    return torch.ones_like(z)
-
-
 @dataclass
 class SoftBounds:
     """Per-device constants of the soft-bounds closed form: where each direction saturates and how fast.
