@@ -1,4 +1,4 @@
-"""Command line: ``hwtoolkit train | evaluate | gdu | sweep | targets``."""
+"""Command line: ``hwtoolkit train | evaluate | gdu | sweep | export | targets``."""
 
 from __future__ import annotations
 
@@ -106,6 +106,19 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from quantize.export import ExportCheckError, export_run
+
+    try:
+        export_run(args.run_dir, args.format, args.out, steps=args.steps, samples=args.check_samples,
+                   check=not args.no_check, report_json=args.json)
+    except ExportCheckError as e:
+        print(f"hwtoolkit export: check failed: {e}", file=sys.stderr)
+        return 1
+    print(f"wrote {args.out}")
+    return 0
+
+
 def cmd_targets(args: argparse.Namespace) -> int:
     for name in targets.available():
         try:
@@ -170,6 +183,20 @@ def build_parser() -> argparse.ArgumentParser:
                    help="training batches for the gradient-fidelity cosines of each point (default 4; 0 = none)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_sweep)
+
+    p = sub.add_parser("export", help="export a run's network: the unrolled free phase as ONNX/QCDQ/QONNX, or its "
+                                      "integer weights for a board (fixed); checked against PyTorch")
+    p.add_argument("run_dir")
+    p.add_argument("--format", required=True, choices=["onnx", "qcdq", "qonnx", "fixed"],
+                   help="onnx: float graph (quantization as round/clip ops); qcdq: QuantizeLinear/Clip/"
+                        "DequantizeLinear graph; qonnx: QONNX Quant nodes; fixed: the .epqw integer weight file")
+    p.add_argument("--out", required=True, help="the file to write (written only if the check passes)")
+    p.add_argument("--steps", type=int, help="T, free-phase steps unrolled (default: the run's ep.free_steps)")
+    p.add_argument("--check-samples", type=int, default=1000, metavar="N",
+                   help="test images the check runs (default 1000; 0 = the whole test split)")
+    p.add_argument("--no-check", action="store_true", help="write the file without running the check")
+    p.add_argument("--json", metavar="FILE", help="write the check's figures (differences, agreement, accuracy) here")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("targets", help="list the available targets")
     p.set_defaults(func=cmd_targets)

@@ -19,6 +19,8 @@ from typing import Any
 
 import tomli_w
 
+from quantize.config import QuantConfig, QuantConfigError
+
 from .network.spec import NetworkSpec, SpecError
 
 ESTIMATORS = ("symmetric", "one_sided", "random_sign", "bptt")
@@ -123,6 +125,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     target: TargetConfig = field(default_factory=TargetConfig)
     crossbar: dict[str, Any] = field(default_factory=dict)  # device parameters of the crossbar target
+    quant: QuantConfig = field(default_factory=QuantConfig)  # a quantized network (reference target only)
 
     def validate(self) -> None:
         _check(self.estimator in ESTIMATORS, "estimator", self.estimator, f"one of {ESTIMATORS}")
@@ -130,6 +133,11 @@ class Config:
             part.validate()
         if self.crossbar:
             self._validate_crossbar()
+        if self.quant.enabled:
+            _check(self.target.name == "reference", "target.name", self.target.name,
+                   "'reference' with a [quant] table (the quantized network runs on the reference target)")
+            _check(self.estimator != "bptt", "estimator", self.estimator,
+                   "an EP estimator with a [quant] table (rounding has no gradient for BPTT)")
         layers = self.network.num_weight_layers
         _check(len(self.optim.lr) in (1, layers), "optim.lr", list(self.optim.lr),
                f"1 value or {layers} (one per weight layer of {self.network.describe()})")
@@ -163,6 +171,8 @@ class Config:
         d["target"] = {"name": target["name"], **target["options"]}
         if not d["crossbar"]:
             del d["crossbar"]
+        if not self.quant.enabled:
+            del d["quant"]
         return d
 
     def to_toml(self) -> str:
@@ -224,7 +234,7 @@ def _build(cls: type, table: dict[str, Any], prefix: str) -> Any:
     kwargs = {k: _convert(v, hints[k], f"{prefix}.{k}" if prefix else k) for k, v in table.items()}
     try:
         return cls(**kwargs)
-    except SpecError as e:
+    except (SpecError, QuantConfigError) as e:
         raise ConfigError(str(e)) from None
 
 

@@ -1,4 +1,8 @@
-"""The reference target: the exact EP dynamics in PyTorch, on CPU or CUDA, in float32 or float64."""
+"""The reference target: the exact EP dynamics in PyTorch, on CPU or CUDA, in float32 or float64.
+
+With a ``quant`` option it runs a quantized network built from Brevitas (``quantize.network``): the phases
+relax through the quantized weights, input and states, and updates go to the float shadow weights.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,7 @@ import torch
 
 from hwtoolkit.network import dynamics
 from hwtoolkit.network.dynamics import Relaxation
+from hwtoolkit.network.layers import EXACT
 from hwtoolkit.network.parameters import check_parameters
 from hwtoolkit.network.spec import NetworkSpec
 
@@ -20,22 +25,45 @@ from .registry import register
 class ReferenceTarget(Target):
     """Holds the parameters as torch tensors and relaxes with the analytic step of ``hwtoolkit.network``."""
 
-    description = "exact float dynamics in PyTorch (options: device = 'cpu' | 'cuda[:N]', dtype = 'float32' | 'float64')"
+    description = ("exact float dynamics in PyTorch, or a Brevitas-quantized network (options: device = 'cpu' | "
+                   "'cuda[:N]', dtype = 'float32' | 'float64', quant = a [quant] table)")
 
-    def __init__(self, spec: NetworkSpec, device: str = "cpu", dtype: str = "float32") -> None:
+    def __init__(self, spec: NetworkSpec, device: str = "cpu", dtype: str = "float32",
+                 quant: Mapping[str, object] | None = None) -> None:
         super().__init__(spec)
         self.device = parse_device(device)
         self.dtype = parse_dtype(dtype)
         self._params: dict[str, torch.Tensor] | None = None
         self._version = 0
+        self.quant = self._open_quant(quant)
+        self._reads = self.quant.reads() if self.quant is not None else EXACT
+        self._effective: tuple[int, dict[str, torch.Tensor]] | None = None
         self._drive_memo = InputMemo()
         self._drive: torch.Tensor | None = None
         self._last: Relaxation | None = None
 
+    def _open_quant(self, quant: Mapping[str, object] | None):
+        if not quant:
+            return None
+        from quantize.config import QuantConfig, QuantConfigError
+
+        try:
+            cfg = QuantConfig(**quant)
+        except TypeError as e:
+            raise TargetError(f"target option quant = {dict(quant)!r} is invalid: {e}") from None
+        except QuantConfigError as e:
+            raise TargetError(str(e)) from None
+        if not cfg.enabled:
+            return None
+        from quantize.network import QuantEPNetwork
+
+        return QuantEPNetwork(self.spec, cfg).to(self.device, self.dtype)
+
     @property
     def capabilities(self) -> Capabilities:
+        quantized = self.quant is not None
         return Capabilities(name=self.name, device=str(self.device), dtype=str(self.dtype).removeprefix("torch."),
-                            exact=True)
+                            exact=not quantized, notes=f"quantized: {self.quant.cfg.describe()}" if quantized else "")
 
     @property
     def params(self) -> dict[str, torch.Tensor]:
@@ -46,8 +74,21 @@ class ReferenceTarget(Target):
 
     def program(self, weights: Mapping[str, torch.Tensor]) -> None:
         check_parameters(self.spec, weights)
-        self._params = {n: t.detach().to(self.device, self.dtype).clone() for n, t in weights.items()}
+        if self.quant is not None:
+            self.quant.load_shadow(weights)
+            self._params = self.quant.shadow()
+        else:
+            self._params = {n: t.detach().to(self.device, self.dtype).clone() for n, t in weights.items()}
         self._version += 1
+
+    def effective_params(self) -> dict[str, torch.Tensor]:
+        """The parameters the dynamics use: the weights themselves, or their quantized values."""
+        if self.quant is None:
+            return self.params
+        if self._effective is None or self._effective[0] != self._version:
+            self.params  # raises if nothing is programmed yet
+            self._effective = (self._version, self.quant.effective_params())
+        return self._effective[1]
 
     def read_weights(self) -> dict[str, torch.Tensor]:
         return {n: t.detach().cpu().clone() for n, t in self.params.items()}
@@ -56,7 +97,7 @@ class ReferenceTarget(Target):
         # The drive P(W_1 x) + b_1 is the same for every phase on the same input and weights; comparing the
         # input by value is one pass over x, far cheaper than the layer-1 product.
         if self._drive_memo.changed(x, self._version):
-            self._drive = dynamics.input_drive(self.spec, self.params, x)
+            self._drive = dynamics.input_drive(self.spec, self.effective_params(), x, self._reads)
         return self._drive
 
     def relax(self, x: torch.Tensor, steps: int, beta: float = 0.0, y: torch.Tensor | None = None,
@@ -66,7 +107,8 @@ class ReferenceTarget(Target):
         drive = self._input_drive(x)
         states = initial_states(self.spec, init, self._last, x.shape[0], self.device, self.dtype)
         with torch.no_grad():
-            self._last = dynamics.relax(self.spec, self.params, x, steps, beta, y, states, drive, stop_tolerance)
+            self._last = dynamics.relax(self.spec, self.effective_params(), x, steps, beta, y, states, drive,
+                                        stop_tolerance, self._reads)
         return self._last
 
     def apply_update(self, delta: Mapping[str, torch.Tensor], trains: Trains | None = None) -> UpdateReport:

@@ -50,10 +50,11 @@ def normalize_input(spec: NetworkSpec, x: torch.Tensor) -> torch.Tensor:
     return (x - mean) / std
 
 
-def input_drive(spec: NetworkSpec, params: Mapping[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+def input_drive(spec: NetworkSpec, params: Mapping[str, torch.Tensor], x: torch.Tensor,
+                reads: L.Reads = L.EXACT) -> torch.Tensor:
     """``P(W_1 x) + b_1``: the constant part of layer 1's pre-activation during a phase."""
     geo = spec.layers[0]
-    term, _ = L.forward(geo, params["w1"], normalize_input(spec, x))
+    term, _ = L.forward(geo, params["w1"], reads.input(normalize_input(spec, x)))
     return L.add_bias(geo, term, params["b1"])
 
 
@@ -96,14 +97,15 @@ def layer_pre_activation(spec: NetworkSpec, params: Mapping[str, torch.Tensor], 
 
 
 def _settle(spec: NetworkSpec, params: Mapping[str, torch.Tensor], old: torch.Tensor, u: torch.Tensor,
-            last: bool, beta: float, y: torch.Tensor | None, s_last: torch.Tensor) -> torch.Tensor:
-    """The new state of one layer from its pre-activation (plus the nudge, for the last layer)."""
+            i: int, last: bool, beta: float, y: torch.Tensor | None, s_last: torch.Tensor,
+            reads: L.Reads) -> torch.Tensor:
+    """The new state of layer ``i`` from its pre-activation (plus the nudge, for the last layer)."""
     rho = get_activation(spec.activation)
     if last and beta != 0.0:
         u = u + nudge_force(spec, params, s_last, logits(spec, params, s_last), y, beta)
     if spec.dynamics == "prototypical":
-        return rho(u)
-    return ((1 - spec.eps) * old + spec.eps * rho(u)).clamp(rho.low, rho.high)
+        return reads.store(i, rho(u))
+    return reads.store(i, ((1 - spec.eps) * old + spec.eps * rho(u)).clamp(rho.low, rho.high))
 
 
 def step(spec: NetworkSpec, params: Mapping[str, torch.Tensor], drive: torch.Tensor,
@@ -120,10 +122,11 @@ def step(spec: NetworkSpec, params: Mapping[str, torch.Tensor], drive: torch.Ten
         for parity in (0, 1):
             for i in range(parity, len(states), 2):
                 new[i] = _settle(spec, params, states[i], layer_pre_activation(spec, params, drive, new, i, reads),
-                                 i == last, beta, y, new[last])
+                                 i, i == last, beta, y, new[last], reads)
         return new
     u = pre_activations(spec, params, drive, states, reads)
-    return [_settle(spec, params, s, ul, i == last, beta, y, states[last]) for i, (s, ul) in enumerate(zip(states, u))]
+    return [_settle(spec, params, s, ul, i, i == last, beta, y, states[last], reads)
+            for i, (s, ul) in enumerate(zip(states, u))]
 
 
 def _check_phase(spec: NetworkSpec, steps: int, beta: float, y: torch.Tensor | None) -> None:
@@ -142,7 +145,7 @@ def iterate(spec: NetworkSpec, params: Mapping[str, torch.Tensor], x: torch.Tens
             drive: Drive | None = None, reads: L.Reads = L.EXACT) -> Iterator[States]:
     """Yield the states after each of ``steps`` steps (for diagnostics that need the trajectory)."""
     _check_phase(spec, steps, beta, y)
-    drive = input_drive(spec, params, x) if drive is None else drive
+    drive = input_drive(spec, params, x, reads) if drive is None else drive
     read_drive = drive if callable(drive) else (lambda: drive)
     states = list(init) if init is not None else zero_states(spec, x.shape[0], x)
     for _ in range(steps):
@@ -160,7 +163,7 @@ def relax(spec: NetworkSpec, params: Mapping[str, torch.Tensor], x: torch.Tensor
     """
     if stop_tolerance < 0:
         raise ValueError(f"stop_tolerance = {stop_tolerance} is invalid: expected >= 0 (0 runs every step)")
-    drive = input_drive(spec, params, x) if drive is None else drive
+    drive = input_drive(spec, params, x, reads) if drive is None else drive
     states = list(init) if init is not None else zero_states(spec, x.shape[0], x)
     previous, done = states, 0
     for new in iterate(spec, params, x, steps, beta, y, states, drive, reads):

@@ -88,16 +88,28 @@ def add_bias(geo: LayerGeometry, u: torch.Tensor, b: torch.Tensor) -> torch.Tens
     return u + (b if geo.kind == "dense" else b.view(1, -1, 1, 1))
 
 
+def _as_is(x: torch.Tensor) -> torch.Tensor:
+    return x
+
+
+def _stored_as_is(index: int, s: torch.Tensor) -> torch.Tensor:
+    return s
+
+
 @dataclass(frozen=True)
 class Reads:
-    """How the dynamics read a weight array: exactly (the default) or through a device's periphery.
+    """How the dynamics read weights and inputs and store states: exactly (the default) or through a device.
 
     ``forward`` and ``transpose`` have the signatures of this module's functions of the same names;
     a device target swaps in its own to add converters, noise and parasitics to every read.
+    ``input`` maps the normalised input before layer 1 reads it, and ``store(i, s)`` maps the new state
+    of the 0-based layer ``i`` as the layer keeps it: a quantized network rounds both to its formats.
     """
 
     forward: Callable[..., tuple[torch.Tensor, Any]] = forward
     transpose: Callable[..., torch.Tensor] = transpose
+    input: Callable[[torch.Tensor], torch.Tensor] = _as_is
+    store: Callable[[int, torch.Tensor], torch.Tensor] = _stored_as_is
 
 
 EXACT = Reads()

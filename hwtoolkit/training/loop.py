@@ -9,6 +9,7 @@ exactly what an uninterrupted run would have done.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 import time
@@ -70,12 +71,15 @@ def load_splits(cfg: Config) -> Splits:
 
 
 def open_target(cfg: Config) -> targets.Target:
-    """Open the configured target; the crossbar also gets the [crossbar] table and, unless set, the run's seed."""
+    """Open the configured target with its options; the crossbar also gets the [crossbar] table and, unless
+    set, the run's seed; a quantized network's reference target gets the [quant] table."""
     options = dict(cfg.target.options)
     if isinstance(options.get("device"), str):
         options["device"] = local_device(options["device"])
     if cfg.target.name == "crossbar":
         options = {"seed": cfg.seed, **options, **cfg.crossbar}
+    if cfg.quant.enabled:
+        options["quant"] = dataclasses.asdict(cfg.quant)
     return targets.open(cfg.target.name, cfg.network, **options)
 
 

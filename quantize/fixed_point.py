@@ -1,0 +1,330 @@
+"""The fixed-point model: EP relaxation in integers only, the golden model a board's firmware matches bit for bit.
+
+Every number is an integer ``q`` standing for ``q * 2^-f`` (``f`` its fractional bits):
+
+* input ``x``: ``input_bits``, unsigned (signed if the spec normalises), ``f_x`` from the input quantizer;
+* states ``s_l``: ``state_bits`` unsigned, ``f_s`` (``2^-f_s`` = the state scale; 8 bits -> Q0.8);
+* weights ``W_l``: ``weight_bits`` signed, narrow range, ``f_w`` per tensor or per output row;
+* biases ``b_l``: ``bias_bits`` signed, in the scale of the products they join (``f_w + f_in``).
+
+A step of layer ``l`` sums, in a signed accumulator with ``F_l`` fractional bits (the largest of its terms'),
+every term shifted left to ``F_l`` (exact, no rounding):
+
+    acc = sum_j W_l[c,j] s_{l-1}[j] << (F_l - f_w[c] - f_in) + b_l[c] << (F_l - f_w[c] - f_in)
+        + sum_k W_{l+1}[k,c] s_{l+1}[k] << (F_l - f_w'[k] - f_s)  [+ nudge, last layer]
+
+and the new state is ``clamp(round_half_even(acc / 2^(F_l - f_s + a)), 0, 2^state_bits - 1)`` with ``a = 0``
+for ``hard_sigmoid`` (``clip(u, 0, 1)``) and ``a = 1`` for ``hard_sigmoid_half`` (``clip(u/2, 0, 1)``).
+Round half to even is torch's and Brevitas's rounding. The nudge of an MSE output is
+``beta_q * (onehot - s_L)`` with ``beta_q = round(beta * 2^beta_frac)``. Class scores are integers with
+``F_out`` fractional bits. Here the arithmetic runs in int64; ``accumulator_bits`` says how wide a board's
+accumulator must be.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from hwtoolkit.network.spec import ConvLayer, NetworkSpec
+
+from . import weight_file
+from .network import QuantEPNetwork
+
+FILE_FORMAT = "hwtoolkit-fixed-point/1"
+
+ACTIVATION_SHIFT = {"hard_sigmoid": 0, "hard_sigmoid_half": 1}
+BETA_FRAC = 16
+
+
+class FixedPointError(ValueError):
+    """The network or quantization cannot be run by the fixed-point model."""
+
+
+@dataclass(frozen=True)
+class FixedTensor:
+    """Integers with their fractional bits: one for the tensor, or one per output row (dim 0)."""
+
+    data: torch.Tensor  # int64
+    frac: torch.Tensor  # int64, shape () or (rows,)
+    bits: int
+    signed: bool
+
+    def values(self) -> torch.Tensor:
+        """The real values (float64): ``data * 2^-frac``."""
+        frac = self.frac.view(-1, *([1] * (self.data.dim() - 1))) if self.frac.dim() else self.frac
+        return self.data.double() * torch.pow(2.0, -frac.double())
+
+
+def round_shift(a: torch.Tensor, k: int) -> torch.Tensor:
+    """``round_half_even(a / 2^k)`` in integers (a left shift for ``k < 0``)."""
+    if k <= 0:
+        return a << -k
+    q = a >> k  # floor division by 2^k (arithmetic shift)
+    r = a - (q << k)
+    half = 1 << (k - 1)
+    return q + ((r > half) | ((r == half) & (q & 1).bool())).long()
+
+
+def _frac_of(scale: torch.Tensor, what: str) -> torch.Tensor:
+    """Fractional bits ``f`` of power-of-two scales ``2^-f``; an error if a scale is not a power of two."""
+    f = -torch.log2(scale.detach().double().flatten())
+    if not torch.allclose(f, f.round(), atol=1e-9):
+        raise FixedPointError(f"{what} has scales {scale.flatten()[:4].tolist()}, not powers of two; set "
+                              f"quant.scale = \"pow2\" for the fixed-point model")
+    f = f.round().long()
+    return f[0] if f.numel() == 1 else f
+
+
+def _fixed(qt: object, what: str) -> FixedTensor:
+    """A Brevitas quant tensor as a ``FixedTensor``."""
+    frac = _frac_of(qt.scale, what)
+    return FixedTensor(qt.int().long().detach().cpu(), frac.cpu(), int(qt.bit_width), bool(qt.signed))
+
+
+def _rows(frac: torch.Tensor, rows: int) -> torch.Tensor:
+    return frac.expand(rows).clone() if frac.dim() == 0 else frac
+
+
+@dataclass
+class LayerPlan:
+    """One state layer's integer step: aligned weights and bias in the accumulator's fractional bits."""
+
+    acc_frac: int
+    forward: torch.Tensor  # (units, fan_in) = W_l[c, :] << shift_c, or () for layer 1's precomputed drive
+    bias: torch.Tensor  # (units,)
+    feedback: torch.Tensor | None  # (units_above, units) = W_{l+1}[k, :] << shift_k, or None for the last
+    state_shift: int  # acc -> state: round_shift by this many bits
+    bound: int  # the largest |acc| any input can give (sizes the accumulator)
+
+
+@dataclass
+class FixedRelaxation:
+    """States (integers in the state format) and class scores (integers, ``score_frac`` bits) of a phase."""
+
+    states: tuple[torch.Tensor, ...]
+    scores: torch.Tensor
+    steps: int
+
+
+@dataclass
+class FixedPointNetwork:
+    """The integer network: formats, integer parameters and the per-layer plans that relax it."""
+
+    spec: NetworkSpec
+    input_format: FixedTensor  # data unused: carries bits, frac and signedness of the input
+    state_bits: int
+    state_frac: int
+    params: dict[str, FixedTensor]
+    plans: list[LayerPlan] = field(default_factory=list)
+    score_frac: int = 0
+    readout: tuple[torch.Tensor, torch.Tensor] | None = None  # aligned (W_out, b_out) for a CE readout
+
+    # -- construction ------------------------------------------------------------------------------------
+
+    @classmethod
+    def from_quant(cls, net: QuantEPNetwork) -> "FixedPointNetwork":
+        """The integers of a Brevitas power-of-two network (weights, biases, input and state formats)."""
+        spec, cfg = net.spec, net.cfg
+        if not cfg.fixed_point:
+            raise FixedPointError(f"the fixed-point model needs quantized weights and states with power-of-two "
+                                  f"scales; this network is {cfg.describe()}")
+        if any(g.kind != "dense" for g in spec.layers):
+            raise FixedPointError(f"the fixed-point model covers dense layers; {spec.describe()} has conv layers")
+        if spec.activation not in ACTIVATION_SHIFT:
+            raise FixedPointError(f"network.activation = {spec.activation!r} has no fixed-point form; valid: "
+                                  f"{sorted(ACTIVATION_SHIFT)}")
+        if spec.dynamics != "prototypical":
+            raise FixedPointError("the fixed-point model runs prototypical dynamics (network.dynamics = "
+                                  "\"prototypical\")")
+        with torch.no_grad():
+            probe = net.input_quant(torch.zeros(1, *spec.input_shape, device=_device(net)))
+            state = net.state_quant[0](torch.zeros(1, device=_device(net)))
+            params: dict[str, FixedTensor] = {}
+            for name, layer in net.weights.items():
+                qw = layer.quant_weight()
+                params[name] = _fixed(qw, f"weight {name}")
+                if layer.bias is not None:
+                    index = 0 if name == "w_out" else int(name[1:])
+                    qb = layer.bias_quant(layer.bias, net._input_probe(index, layer.weight), qw)
+                    params["b" + name[1:]] = _fixed(qb, f"bias b{name[1:]}")
+        fmt = FixedTensor(torch.zeros(0, dtype=torch.long), _frac_of(probe.scale, "the input quantizer").cpu(),
+                          int(probe.bit_width), bool(probe.signed))
+        model = cls(spec, fmt, int(state.bit_width), int(_frac_of(state.scale, "the state quantizer")), params)
+        model._plan()
+        return model
+
+    def _feedback_name(self, index: int) -> str:
+        return f"w{index}" if self.spec.tied else f"fb{index}"
+
+    def _plan(self) -> None:
+        spec, p, fs = self.spec, self.params, self.state_frac
+        fx = int(self.input_format.frac)
+        smax = (1 << self.state_bits) - 1
+        xmax = (1 << (self.input_format.bits - (1 if self.input_format.signed else 0))) - 1
+        n = spec.num_state_layers
+        self.plans = []
+        for i, g in enumerate(spec.layers):
+            w, b = p[f"w{g.index}"], p[f"b{g.index}"]
+            f_in = fx if i == 0 else fs
+            fw = _rows(w.frac, w.data.shape[0])
+            terms = [int((fw + f_in).max())]
+            above = p[self._feedback_name(g.index + 1)] if i + 1 < n else None
+            if above is not None:
+                fa = _rows(above.frac, above.data.shape[0])
+                terms.append(int((fa + fs).max()))
+            if i == n - 1 and spec.output == "mse":
+                terms.append(BETA_FRAC + fs)
+            acc = max(terms)
+            shift = acc - fw - f_in
+            forward = w.data << shift.view(-1, 1)
+            bias = b.data << shift
+            feedback = above.data << (acc - fa - fs).view(-1, 1) if above is not None else None
+            bound = int(forward.abs().sum(1).max()) * (xmax if i == 0 else smax) + int(bias.abs().max())
+            if feedback is not None:
+                bound += int(feedback.abs().sum(0).max()) * smax
+            if i == n - 1 and spec.output == "mse":
+                bound += (1 << BETA_FRAC) * 4 * (1 << fs)  # |beta| up to 4
+            self.plans.append(LayerPlan(acc, forward, bias, feedback, acc - fs + ACTIVATION_SHIFT[spec.activation],
+                                        bound))
+        if spec.output == "ce":
+            w, b = p["w_out"], p["b_out"]
+            fw = _rows(w.frac, w.data.shape[0])
+            self.score_frac = int((fw + fs).max())
+            shift = self.score_frac - fw - fs
+            self.readout = (w.data << shift.view(-1, 1), b.data << shift)
+        else:
+            self.score_frac = fs
+
+    # -- formats ---------------------------------------------------------------------------------------
+
+    @property
+    def accumulator_bits(self) -> int:
+        """Signed accumulator width that no input, state or |beta| <= 4 can overflow (readout included)."""
+        bound = max(plan.bound for plan in self.plans)
+        if self.readout is not None:
+            w, b = self.readout
+            bound = max(bound, int(w.abs().sum(1).max()) * ((1 << self.state_bits) - 1) + int(b.abs().max()))
+        return bound.bit_length() + 1
+
+    def formats(self) -> dict:
+        """Every format, as the docs and the weight file state them."""
+        out = {"input": {"bits": self.input_format.bits, "frac": int(self.input_format.frac),
+                         "signed": self.input_format.signed},
+               "state": {"bits": self.state_bits, "frac": self.state_frac, "signed": False},
+               "accumulator_bits": self.accumulator_bits, "score_frac": self.score_frac, "beta_frac": BETA_FRAC,
+               "layers": [{"acc_frac": p.acc_frac, "state_shift": p.state_shift} for p in self.plans],
+               "parameters": {}}
+        for name, t in self.params.items():
+            frac = t.frac.tolist()
+            out["parameters"][name] = {"bits": t.bits, "signed": t.signed, "frac": frac,
+                                       "shape": list(t.data.shape)}
+        return out
+
+    # -- the weight file --------------------------------------------------------------------------------
+
+    def save(self, path: str | Path, extra: dict | None = None) -> None:
+        """Write the integer weights and formats as an ``.epqw`` file (``quantize.weight_file``)."""
+        meta = {"format": FILE_FORMAT, "spec": spec_to_dict(self.spec), **self.formats(), **(extra or {})}
+        weight_file.write(path, {n: (t.data, t.frac, t.signed) for n, t in self.params.items()}, meta)
+
+    @classmethod
+    def load(cls, path: str | Path) -> "FixedPointNetwork":
+        """Read an ``.epqw`` file back into a runnable fixed-point network."""
+        tensors, meta = weight_file.read(path)
+        if meta.get("format") != FILE_FORMAT:
+            raise weight_file.WeightFileError(f"{path}: meta format {meta.get('format')!r}, expected {FILE_FORMAT!r}")
+        spec = spec_from_dict(meta["spec"])
+        expected = set(meta["parameters"])
+        if set(tensors) != expected:
+            raise weight_file.WeightFileError(f"{path}: records {sorted(tensors)} do not match the parameters "
+                                              f"{sorted(expected)} the meta record lists")
+        params = {n: FixedTensor(d, f, int(meta["parameters"][n]["bits"]), bool(meta["parameters"][n]["signed"]))
+                  for n, (d, f) in tensors.items()}
+        fmt = meta["input"]
+        model = cls(spec, FixedTensor(torch.zeros(0, dtype=torch.long), torch.tensor(fmt["frac"]), int(fmt["bits"]),
+                                      bool(fmt["signed"])), int(meta["state"]["bits"]), int(meta["state"]["frac"]),
+                    params)
+        model._plan()
+        return model
+
+    # -- running ---------------------------------------------------------------------------------------
+
+    def encode_input(self, x: torch.Tensor) -> torch.Tensor:
+        """Images in [0, 1] (NCHW, float) as the input integers, rounded as the Brevitas input quantizer rounds.
+
+        Normalisation runs in ``x``'s dtype: give it the dtype the Brevitas network runs in to match it exactly.
+        """
+        from hwtoolkit.network.dynamics import normalize_input
+
+        fmt = self.input_format
+        lo = -(1 << (fmt.bits - 1)) if fmt.signed else 0
+        hi = (1 << (fmt.bits - (1 if fmt.signed else 0))) - 1
+        scale = 2.0 ** -int(fmt.frac)
+        return torch.round(normalize_input(self.spec, x) / scale).clamp(lo, hi).long().flatten(1)
+
+    def relax(self, x_int: torch.Tensor, steps: int, beta: float = 0.0, y: torch.Tensor | None = None,
+              init: Sequence[torch.Tensor] | None = None) -> FixedRelaxation:
+        """Run one phase of ``steps`` integer steps from ``init`` (zeros if ``None``)."""
+        spec = self.spec
+        if steps < 1:
+            raise ValueError(f"steps = {steps} is invalid: a phase needs at least one step")
+        if beta != 0.0:
+            if spec.output != "mse":
+                raise FixedPointError("the fixed-point nudge needs network.output = \"mse\" (the CE nudge goes "
+                                      "through a softmax, which has no integer form here)")
+            if y is None:
+                raise ValueError("a nudged phase (beta != 0) needs targets y")
+        batch = x_int.shape[0]
+        states = [torch.zeros(batch, *shape, dtype=torch.long).flatten(1) for shape in spec.state_shapes] \
+            if init is None else [s.long().flatten(1).clone() for s in init]
+        first = self.plans[0]
+        drive = x_int.long() @ first.forward.t() + first.bias
+        beta_q = round(beta * (1 << BETA_FRAC))
+        onehot = (torch.nn.functional.one_hot(y, spec.classes).long() << self.state_frac) if beta else None
+        smax = (1 << self.state_bits) - 1
+        order = [[i] for i in range(len(states))] if spec.update == "synchronous" else None
+        for _ in range(steps):
+            if spec.update == "alternating":
+                for parity in (0, 1):
+                    for i in range(parity, len(states), 2):
+                        states[i] = self._settle(i, drive, states, beta_q, onehot, smax)
+            else:
+                states = [self._settle(i, drive, states, beta_q, onehot, smax) for i, in order]
+        return FixedRelaxation(tuple(states), self.scores(states[-1]), steps)
+
+    def _settle(self, i: int, drive: torch.Tensor, states: list[torch.Tensor], beta_q: int,
+                onehot: torch.Tensor | None, smax: int) -> torch.Tensor:
+        plan = self.plans[i]
+        acc = drive if i == 0 else states[i - 1] @ plan.forward.t() + plan.bias
+        if plan.feedback is not None:
+            acc = acc + states[i + 1] @ plan.feedback
+        if onehot is not None and i == len(self.plans) - 1:
+            acc = acc + ((beta_q * (onehot - states[i])) << (plan.acc_frac - BETA_FRAC - self.state_frac))
+        return round_shift(acc, plan.state_shift).clamp(0, smax)
+
+    def scores(self, s_last: torch.Tensor) -> torch.Tensor:
+        """Class scores of the last state layer: the CE readout in integers, or ``s_L`` itself."""
+        if self.readout is None:
+            return s_last.clone()
+        w, b = self.readout
+        return s_last @ w.t() + b
+
+
+def spec_to_dict(spec: NetworkSpec) -> dict:
+    """The spec as plain JSON values (the inverse of ``spec_from_dict``)."""
+    return dataclasses.asdict(spec)
+
+
+def spec_from_dict(d: dict) -> NetworkSpec:
+    """A ``NetworkSpec`` from ``spec_to_dict``'s output (lists back to tuples)."""
+    values = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items() if k != "conv"}
+    return NetworkSpec(conv=tuple(ConvLayer(**c) for c in d.get("conv", ())), **values)
+
+
+def _device(net: QuantEPNetwork) -> torch.device:
+    return next(net.parameters()).device

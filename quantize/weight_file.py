@@ -1,0 +1,144 @@
+"""The integer weight file (``.epqw``) a board loader reads: every parameter in its fixed-point format.
+
+Little-endian throughout; the tensor records use the payload encoding of the board protocol::
+
+    file    = magic "EPQW" | version u8 (=1) | reserved u8 (=0) | count u16 | record * count | crc32 u32
+    record  = name_len u8 | name (ASCII) | tensor
+    tensor  = dtype u8 (0 i8, 1 i16, 2 i32, 3 u8) | frac_bits i8 | ndim u8 | shape u16 * ndim | data, row-major
+
+``frac_bits`` gives ``value = int * 2^-frac_bits``. A tensor with one format per output row (per-channel
+weights, their biases) has ``frac_bits = -128`` and a companion record ``<name>.frac`` (i8, one per row).
+The record ``meta`` (u8) holds UTF-8 JSON: the network spec, every format, the accumulator width and the
+per-layer shifts. The CRC-32 (zlib) covers every byte before it.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from hwtoolkit.training.rundir import write_bytes_atomic
+
+MAGIC = b"EPQW"
+VERSION = 1
+PER_ROW = -128
+DTYPES = {0: ("i8", torch.int8, 1), 1: ("i16", torch.int16, 2), 2: ("i32", torch.int32, 4), 3: ("u8", torch.uint8, 1)}
+_NUMPY = {0: "<i1", 1: "<i2", 2: "<i4", 3: "u1"}
+
+
+class WeightFileError(ValueError):
+    """A weight file is malformed, truncated, corrupted or of another version."""
+
+
+def _dtype_for(t: torch.Tensor, signed: bool) -> int:
+    lo, hi = (int(t.min()), int(t.max())) if t.numel() else (0, 0)
+    if not signed and 0 <= lo and hi <= 255:
+        return 3
+    for code, bound in ((0, 127), (1, 32767), (2, 2**31 - 1)):
+        if -bound - 1 <= lo and hi <= bound:
+            return code
+    raise WeightFileError(f"values in [{lo}, {hi}] do not fit in 32 bits")
+
+
+def encode_tensor(data: torch.Tensor, frac: int, signed: bool = True) -> bytes:
+    """One tensor in the protocol's payload encoding (the smallest integer type that holds it)."""
+    if data.dim() > 255 or any(d > 0xFFFF for d in data.shape):
+        raise WeightFileError(f"shape {tuple(data.shape)} does not fit the encoding (at most 65535 per dimension)")
+    if not -128 <= frac <= 127:
+        raise WeightFileError(f"frac_bits {frac} does not fit in an i8")
+    code = _dtype_for(data, signed)
+    head = struct.pack("<BbB", code, frac, data.dim()) + struct.pack(f"<{data.dim()}H", *data.shape)
+    return head + data.to(DTYPES[code][1]).contiguous().numpy().astype(_NUMPY[code]).tobytes()
+
+
+def write(path: str | Path, tensors: dict[str, tuple[torch.Tensor, torch.Tensor, bool]], meta: dict) -> None:
+    """Write ``name -> (integers, frac bits (scalar or per row), signed)`` and ``meta``, atomically."""
+    records: list[bytes] = [_record("meta", encode_tensor(torch.tensor(list(json.dumps(meta).encode()),
+                                                                       dtype=torch.uint8), 0, False))]
+    for name, (data, frac, signed) in tensors.items():
+        if frac.dim() == 0:
+            records.append(_record(name, encode_tensor(data, int(frac), signed)))
+        else:
+            records.append(_record(name, encode_tensor(data, PER_ROW, signed)))
+            records.append(_record(f"{name}.frac", encode_tensor(frac.to(torch.int8), 0)))
+    if len(records) > 0xFFFF:
+        raise WeightFileError(f"{len(records)} records do not fit the u16 count")
+    body = MAGIC + struct.pack("<BBH", VERSION, 0, len(records)) + b"".join(records)
+    blob = body + struct.pack("<I", zlib.crc32(body))
+    write_bytes_atomic(Path(path), blob)
+
+
+def _record(name: str, tensor: bytes) -> bytes:
+    raw = name.encode("ascii")
+    if not 1 <= len(raw) <= 255:
+        raise WeightFileError(f"record name {name!r} must be 1 to 255 ASCII bytes")
+    return struct.pack("<B", len(raw)) + raw + tensor
+
+
+class _Reader:
+    def __init__(self, blob: bytes, where: str) -> None:
+        self.blob, self.pos, self.where = blob, 0, where
+
+    def take(self, n: int, what: str) -> bytes:
+        if self.pos + n > len(self.blob):
+            raise WeightFileError(f"{self.where}: truncated while reading {what} at byte {self.pos}")
+        out = self.blob[self.pos:self.pos + n]
+        self.pos += n
+        return out
+
+
+def read(path: str | Path) -> tuple[dict[str, tuple[torch.Tensor, torch.Tensor]], dict]:
+    """Read a weight file: ``name -> (integers (int64), frac bits)`` and the meta table; checks CRC and bounds."""
+    path = Path(path)
+    try:
+        blob = path.read_bytes()
+    except OSError as e:
+        raise WeightFileError(f"cannot read weight file {str(path)!r}: {e}") from None
+    where = str(path)
+    if len(blob) < 12 or blob[:4] != MAGIC:
+        raise WeightFileError(f"{where}: not an EPQW weight file (bad magic)")
+    body, (crc,) = blob[:-4], struct.unpack("<I", blob[-4:])
+    if zlib.crc32(body) != crc:
+        raise WeightFileError(f"{where}: CRC mismatch (file corrupted or truncated)")
+    r = _Reader(body, where)
+    r.take(4, "magic")
+    version, _, count = struct.unpack("<BBH", r.take(4, "header"))
+    if version != VERSION:
+        raise WeightFileError(f"{where}: version {version}, this reader understands {VERSION}")
+    raw: dict[str, tuple[torch.Tensor, int]] = {}
+    for _ in range(count):
+        (n,) = struct.unpack("<B", r.take(1, "name length"))
+        name = r.take(n, "name").decode("ascii", errors="replace")
+        code, frac, ndim = struct.unpack("<BbB", r.take(3, f"header of {name!r}"))
+        if code not in DTYPES:
+            raise WeightFileError(f"{where}: record {name!r} has unknown dtype code {code}")
+        shape = struct.unpack(f"<{ndim}H", r.take(2 * ndim, f"shape of {name!r}"))
+        size = DTYPES[code][2] * int(torch.tensor(shape, dtype=torch.long).prod()) if ndim else DTYPES[code][2]
+        data = np.frombuffer(r.take(size, f"data of {name!r}"), dtype=_NUMPY[code]).reshape(shape)
+        if name in raw:
+            raise WeightFileError(f"{where}: record {name!r} appears twice")
+        raw[name] = (torch.from_numpy(data.astype("int64")), frac)
+    if r.pos != len(body):
+        raise WeightFileError(f"{where}: {len(body) - r.pos} unexpected bytes after the last record")
+    if "meta" not in raw:
+        raise WeightFileError(f"{where}: no meta record")
+    meta = json.loads(bytes(raw.pop("meta")[0].to(torch.uint8).tolist()).decode())
+    out: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    for name, (data, frac) in raw.items():
+        if name.endswith(".frac"):
+            continue
+        if frac == PER_ROW:
+            if f"{name}.frac" not in raw:
+                raise WeightFileError(f"{where}: {name!r} has per-row formats but no {name}.frac record")
+            rows = raw[f"{name}.frac"][0]
+            if rows.shape != (data.shape[0],):
+                raise WeightFileError(f"{where}: {name}.frac has shape {tuple(rows.shape)}, expected ({data.shape[0]},)")
+            out[name] = (data, rows)
+        else:
+            out[name] = (data, torch.tensor(frac))
+    return out, meta

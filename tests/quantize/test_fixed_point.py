@@ -1,0 +1,197 @@
+"""The integer fixed-point model against the Brevitas power-of-two network, and the .epqw weight file."""
+
+import itertools
+import struct
+
+import pytest
+import torch
+
+from hwtoolkit.network.parameters import init_parameters
+from hwtoolkit.network.spec import ConvLayer, NetworkSpec
+from quantize.fixed_point import FixedPointError, FixedPointNetwork, round_shift
+from quantize.weight_file import WeightFileError
+from targets.reference import ReferenceTarget
+
+
+def pair(spec, seed=0, dtype="float64", **quant):
+    """A Brevitas pow2 network on the reference target and the fixed-point model of the same weights."""
+    t = ReferenceTarget(spec, dtype=dtype, quant={"weight_bits": 6, "state_bits": 5, **quant})
+    params = init_parameters(spec, seed)
+    params = {n: 1.5 * p for n, p in params.items()}  # larger weights: more units away from 0 and 1
+    t.program(params)
+    return t, FixedPointNetwork.from_quant(t.quant)
+
+
+def lsb_gap(states, fixed, frac):
+    return max(int((s.flatten(1) * 2.0 ** frac - f.double()).abs().max()) for s, f in zip(states, fixed))
+
+
+def test_round_shift_is_round_half_to_even():
+    a = torch.arange(-600, 600)
+    for k in range(0, 7):
+        assert torch.equal(round_shift(a, k), torch.round(a.double() / 2 ** k).long())
+    assert torch.equal(round_shift(a, -3), a * 8)
+
+
+CASES = list(itertools.product(["ce", "mse"], ["per_tensor", "per_channel"], ["synchronous", "alternating"],
+                               [True, False], ["hard_sigmoid", "hard_sigmoid_half"]))
+
+
+@pytest.mark.parametrize("output, granularity, update, tied, activation", CASES)
+def test_free_phase_is_bit_exact_against_the_brevitas_network(output, granularity, update, tied, activation):
+    """In float64 the Brevitas pow2 network's sums are exact, so the integer model must match it exactly."""
+    spec = NetworkSpec(input_shape=(1, 6, 6), hidden=(20, 12), classes=4, output=output, update=update, tied=tied,
+                       activation=activation)
+    t, fp = pair(spec, granularity=granularity)
+    x = torch.rand(300, 1, 6, 6, generator=torch.Generator().manual_seed(1))
+    r = t.relax(x, 25)
+    xi = fp.encode_input(x)
+    assert torch.equal(xi, t.quant.input_quant(x).int().long().flatten(1))
+    f = fp.relax(xi, 25)
+    assert lsb_gap(r.states, f.states, fp.state_frac) == 0
+    assert torch.equal(r.logits.double(), f.scores.double() * 2.0 ** -fp.score_frac)
+    levels = torch.unique(torch.cat([s.flatten() for s in f.states]))
+    assert len(levels) > 8  # the states use the format, not just its ends
+
+
+def test_normalised_input_uses_a_signed_format():
+    spec = NetworkSpec(input_shape=(1, 6, 6), hidden=(16,), classes=4, input_mean=(0.3,), input_std=(0.2,))
+    t, fp = pair(spec)
+    assert fp.input_format.signed
+    x = torch.rand(200, 1, 6, 6, dtype=torch.float64)  # the dtype the network runs in: the same rounding
+    xi = fp.encode_input(x)
+    assert xi.min() < 0 < xi.max()
+    assert lsb_gap(t.relax(x, 20).states, fp.relax(xi, 20).states, fp.state_frac) == 0
+
+
+@pytest.mark.parametrize("beta", [0.5, -0.25, 1.0])
+def test_mse_nudged_phase_is_bit_exact(beta):
+    spec = NetworkSpec(input_shape=(1, 6, 6), hidden=(16,), classes=4, output="mse")
+    t, fp = pair(spec)
+    x, y = torch.rand(200, 1, 6, 6), torch.randint(0, 4, (200,))
+    xi = fp.encode_input(x)
+    free, ffree = t.relax(x, 20), fp.relax(xi, 20)
+    nudged = t.relax(x, 10, beta=beta, y=y, init=free)
+    fnudged = fp.relax(xi, 10, beta=beta, y=y, init=ffree.states)
+    assert lsb_gap(nudged.states, fnudged.states, fp.state_frac) == 0
+    assert lsb_gap(nudged.states, ffree.states, fp.state_frac) > 0  # the nudge moved something
+
+
+def test_float32_brevitas_network_is_within_one_lsb():
+    spec = NetworkSpec(input_shape=(1, 8, 8), hidden=(64, 32), classes=5)
+    t, fp = pair(spec, dtype="float32", weight_bits=8, state_bits=8)
+    x = torch.rand(500, 1, 8, 8)
+    r, f = t.relax(x, 30), fp.relax(fp.encode_input(x), 30)
+    assert lsb_gap(r.states, f.states, fp.state_frac) <= 1
+    assert (r.logits.argmax(1) == f.scores.argmax(1)).float().mean() >= 0.99
+
+
+def test_accumulator_width_bounds_every_accumulator():
+    spec = NetworkSpec(input_shape=(1, 6, 6), hidden=(16, 8), classes=4, output="mse")
+    _, fp = pair(spec)
+    bits = fp.accumulator_bits
+    xi = fp.encode_input(torch.ones(4, 1, 6, 6))  # the largest inputs
+    worst = 0
+    states = [torch.full((4, n), (1 << fp.state_bits) - 1) for n in (16, 8, 4)]
+    for i, plan in enumerate(fp.plans):
+        acc = (xi @ plan.forward.t() if i == 0 else states[i - 1] @ plan.forward.t()) + plan.bias
+        if plan.feedback is not None:
+            acc = acc + states[i + 1] @ plan.feedback
+        worst = max(worst, int(acc.abs().max()))
+    assert worst < 2 ** (bits - 1)
+    assert 8 < bits <= 40
+
+
+@pytest.mark.parametrize("spec, quant, message", [
+    (NetworkSpec(input_shape=(1, 6, 6), hidden=(8,), classes=4), {"scale": "float"}, "power-of-two scales; this network is w6 s5 in8 float"),
+    (NetworkSpec(input_shape=(1, 6, 6), conv=(ConvLayer(2, 3),), classes=4, output="mse"), {}, "dense layers"),
+    (NetworkSpec(input_shape=(1, 6, 6), hidden=(8,), classes=4, activation="sigmoid_2019"), {}, "no fixed-point form"),
+    (NetworkSpec(input_shape=(1, 6, 6), hidden=(8,), classes=4), {"state_bits": 0}, "needs quantized weights"),
+])
+def test_networks_without_a_fixed_point_form_are_refused(spec, quant, message):
+    t = ReferenceTarget(spec, quant={"weight_bits": 6, "state_bits": 5, **quant})
+    t.program(init_parameters(spec, 0))
+    with pytest.raises(FixedPointError, match=message):
+        FixedPointNetwork.from_quant(t.quant)
+
+
+def test_ce_nudge_is_refused_with_a_reason():
+    _, fp = pair(NetworkSpec(input_shape=(1, 6, 6), hidden=(8,), classes=4, output="ce"))
+    xi = fp.encode_input(torch.rand(2, 1, 6, 6))
+    with pytest.raises(FixedPointError, match="output = \"mse\""):
+        fp.relax(xi, 3, beta=0.5, y=torch.tensor([0, 1]))
+
+
+# -- the weight file -------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("granularity", ["per_tensor", "per_channel"])
+def test_weight_file_round_trip_relaxes_identically(tmp_path, granularity):
+    spec = NetworkSpec(input_shape=(1, 6, 6), hidden=(12, 8), classes=4, tied=False)
+    _, fp = pair(spec, granularity=granularity)
+    path = tmp_path / "net.epqw"
+    fp.save(path, {"steps": 20})
+    back = FixedPointNetwork.load(path)
+    assert back.spec == spec and back.formats() == fp.formats()
+    for name, t in fp.params.items():
+        assert torch.equal(back.params[name].data, t.data) and torch.equal(back.params[name].frac, t.frac)
+    xi = fp.encode_input(torch.rand(50, 1, 6, 6))
+    assert all(torch.equal(a, b) for a, b in zip(fp.relax(xi, 20).states, back.relax(xi, 20).states))
+    blob = path.read_bytes()
+    assert blob[:4] == b"EPQW" and struct.unpack("<BBH", blob[4:8])[0] == 1
+
+
+def test_weight_file_layout_matches_the_docs(tmp_path):
+    """The first record after the header is ``meta``; then w1 as i8 with its frac bits and shape."""
+    spec = NetworkSpec(input_shape=(1, 6, 6), hidden=(12,), classes=4)
+    _, fp = pair(spec)
+    path = tmp_path / "net.epqw"
+    fp.save(path)
+    blob = path.read_bytes()
+    pos = 8
+    name_len = blob[pos]
+    assert blob[pos + 1:pos + 1 + name_len] == b"meta"
+    pos += 1 + name_len
+    code, frac, ndim = struct.unpack("<BbB", blob[pos:pos + 3])
+    (length,) = struct.unpack("<H", blob[pos + 3:pos + 5])
+    assert (code, frac, ndim) == (3, 0, 1)
+    pos += 5 + length
+    name_len = blob[pos]
+    assert blob[pos + 1:pos + 1 + name_len] == b"w1"
+    pos += 1 + name_len
+    code, frac, ndim = struct.unpack("<BbB", blob[pos:pos + 3])
+    shape = struct.unpack("<2H", blob[pos + 3:pos + 7])
+    assert (code, frac, ndim, shape) == (0, int(fp.params["w1"].frac), 2, (12, 36))
+    data = torch.frombuffer(bytearray(blob[pos + 7:pos + 7 + 12 * 36]), dtype=torch.int8).view(12, 36)
+    assert torch.equal(data.long(), fp.params["w1"].data)
+
+
+def test_corrupt_or_truncated_weight_files_are_rejected(tmp_path):
+    _, fp = pair(NetworkSpec(input_shape=(1, 6, 6), hidden=(12,), classes=4))
+    good = tmp_path / "good.epqw"
+    fp.save(good)
+    blob = good.read_bytes()
+    cases = {
+        "flip.epqw": blob[:40] + bytes([blob[40] ^ 0x10]) + blob[41:],
+        "short.epqw": blob[:-9],
+        "magic.epqw": b"XXXX" + blob[4:],
+    }
+    messages = {"flip.epqw": "CRC mismatch", "short.epqw": "CRC mismatch", "magic.epqw": "bad magic"}
+    for name, data in cases.items():
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(WeightFileError, match=messages[name]):
+            FixedPointNetwork.load(tmp_path / name)
+    with pytest.raises(WeightFileError, match="cannot read"):
+        FixedPointNetwork.load(tmp_path / "missing.epqw")
+
+
+def test_weight_file_of_another_version_is_refused(tmp_path):
+    import zlib
+
+    _, fp = pair(NetworkSpec(input_shape=(1, 6, 6), hidden=(12,), classes=4))
+    path = tmp_path / "v.epqw"
+    fp.save(path)
+    body = bytearray(path.read_bytes()[:-4])
+    body[4] = 2
+    path.write_bytes(bytes(body) + struct.pack("<I", zlib.crc32(bytes(body))))
+    with pytest.raises(WeightFileError, match="version 2"):
+        FixedPointNetwork.load(path)
