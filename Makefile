@@ -41,6 +41,7 @@ test: install data
 bench: install data
 	$(PY) benchmarks/step_speed.py
 	$(PY) benchmarks/crossbar_speed.py
+	$(PY) benchmarks/quant_accuracy.py --runs runs/bench-quant-accuracy
 
 clean:
 	rm -rf $(VENV) runs build *.egg-info
