@@ -7,3 +7,8 @@
 * ``unrolled``: the free phase unrolled over T steps; ``export``: ONNX, QCDQ, QONNX and ``fixed`` exports,
   each checked against PyTorch before it is kept.
 """
+
+import warnings
+
+# Brevitas warns at import that an optional CUDA kernel package is missing; it is not used here.
+warnings.filterwarnings("ignore", message="fast_hadamard_transform package not found")

@@ -19,6 +19,8 @@ from typing import Callable
 import numpy as np
 import torch
 
+from hwtoolkit.config import Config
+
 FORMATS = ("onnx", "qcdq", "qonnx", "fixed")
 INPUT_NAME, OUTPUT_NAME = "images", "scores"
 OPSET = 17
@@ -84,7 +86,7 @@ class CheckReport:
                 f"class agreement {100 * self.agreement:.3f}%{states}{accuracy}: {verdict}")
 
 
-def metadata(cfg, steps: int, fmt: str) -> dict[str, str]:
+def metadata(cfg: Config, steps: int, fmt: str) -> dict[str, str]:
     """What the ONNX file records about the network it computes."""
     from .fixed_point import spec_to_dict
 
@@ -148,7 +150,7 @@ def _qonnx_scores(path: Path, x: torch.Tensor) -> np.ndarray:
     return np.concatenate([execute_onnx(model, {name_in: x[i:i + 1].numpy()})[name_out] for i in range(x.shape[0])])
 
 
-def reference_target(cfg):
+def reference_target(cfg: Config):
     """The PyTorch network the export must match: the reference target (quantized as the run is), whatever
     device trained the weights: an export deploys the weights, not the device that learned them."""
     import targets
@@ -160,7 +162,7 @@ def reference_target(cfg):
 
 
 def reference_scores(target, x: torch.Tensor, steps: int, batch: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """Class scores and states of the run's own target after ``steps`` free steps from zero (PyTorch)."""
+    """Class scores and states of ``target`` after ``steps`` free steps from zero, in batches of ``batch``."""
     scores, states = [], []
     for i in range(0, x.shape[0], batch):
         r = target.relax(x[i:i + batch], steps)
@@ -169,7 +171,7 @@ def reference_scores(target, x: torch.Tensor, steps: int, batch: int) -> tuple[t
     return torch.cat(scores), [torch.cat(layer) for layer in zip(*states)]
 
 
-def export(cfg, weights: dict[str, torch.Tensor], fmt: str, out: str | Path, sample: torch.Tensor,
+def export(cfg: Config, weights: dict[str, torch.Tensor], fmt: str, out: str | Path, sample: torch.Tensor,
            steps: int | None = None, check: bool = True, batch: int = 1000, labels: torch.Tensor | None = None,
            log: Callable[[str], None] = print) -> CheckReport | None:
     """Export the network of ``cfg`` with ``weights`` as ``fmt`` into ``out``, checked on ``sample`` (images).
@@ -214,7 +216,7 @@ def export(cfg, weights: dict[str, torch.Tensor], fmt: str, out: str | Path, sam
     return report
 
 
-def _module(cfg, weights: dict[str, torch.Tensor], fmt: str, steps: int) -> torch.nn.Module:
+def _module(cfg: Config, weights: dict[str, torch.Tensor], fmt: str, steps: int) -> torch.nn.Module:
     """The unrolled free phase in float32 on the CPU, built afresh from the weights (the target is left alone)."""
     from .network import QuantEPNetwork
     from .unrolled import BrevitasFreePhase, FloatFreePhase
@@ -229,7 +231,7 @@ def _module(cfg, weights: dict[str, torch.Tensor], fmt: str, steps: int) -> torc
     return BrevitasFreePhase(net, steps).eval()
 
 
-def _export_graph(cfg, weights: dict[str, torch.Tensor], target, fmt: str, path: Path, sample: torch.Tensor,
+def _export_graph(cfg: Config, weights: dict[str, torch.Tensor], target, fmt: str, path: Path, sample: torch.Tensor,
                   steps: int, batch: int, check: bool) -> CheckReport | None:
     module = _module(cfg, weights, fmt, steps)
     _export_onnx(module, fmt, sample[:1].float(), path)
@@ -252,7 +254,7 @@ def _compare(fmt: str, expected: torch.Tensor, got: torch.Tensor, state_lsb: int
                        _expected=expected, _got=got)
 
 
-def _export_fixed(cfg, target, path: Path, sample: torch.Tensor, steps: int, batch: int,
+def _export_fixed(cfg: Config, target, path: Path, sample: torch.Tensor, steps: int, batch: int,
                   check: bool) -> CheckReport | None:
     from .fixed_point import FixedPointNetwork
 
@@ -274,17 +276,12 @@ def export_run(run_dir: str | Path, fmt: str, out: str | Path, steps: int | None
                check: bool = True, report_json: str | Path | None = None,
                log: Callable[[str], None] = print) -> CheckReport | None:
     """Export a run's best weights; the check sample is the first ``samples`` images of its test split (0 = all)."""
-    from hwtoolkit.config import loads
     from hwtoolkit.training import checkpoint
-    from hwtoolkit.training.loop import load_splits
-    from hwtoolkit.training.rundir import RunDir
+    from hwtoolkit.training.loop import load_splits, read_run
 
-    run = RunDir(Path(run_dir))
-    if not run.config.exists():
-        raise FileNotFoundError(f"{str(run.root)!r} is not a run directory (no config.toml)")
     if samples < 0:
         raise ExportError(f"--check-samples {samples} is invalid: expected >= 0 (0 = the whole test split)")
-    cfg = loads(run.config.read_text())
+    run, cfg = read_run(run_dir)
     weights = checkpoint.load(run.best_checkpoint)["weights"]
     splits = load_splits(cfg)
     n = splits.test_x.shape[0] if samples == 0 else min(samples, splits.test_x.shape[0])

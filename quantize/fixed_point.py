@@ -287,14 +287,13 @@ class FixedPointNetwork:
         beta_q = round(beta * (1 << BETA_FRAC))
         onehot = (torch.nn.functional.one_hot(y, spec.classes).long() << self.state_frac) if beta else None
         smax = (1 << self.state_bits) - 1
-        order = [[i] for i in range(len(states))] if spec.update == "synchronous" else None
         for _ in range(steps):
             if spec.update == "alternating":
                 for parity in (0, 1):
                     for i in range(parity, len(states), 2):
                         states[i] = self._settle(i, drive, states, beta_q, onehot, smax)
             else:
-                states = [self._settle(i, drive, states, beta_q, onehot, smax) for i, in order]
+                states = [self._settle(i, drive, states, beta_q, onehot, smax) for i in range(len(states))]
         return FixedRelaxation(tuple(states), self.scores(states[-1]), steps)
 
     def _settle(self, i: int, drive: torch.Tensor, states: list[torch.Tensor], beta_q: int,

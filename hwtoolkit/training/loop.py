@@ -260,18 +260,23 @@ def _finish(cfg: Config, run: RunDir, target: targets.Target, splits: Splits, be
     return summary
 
 
+def read_run(run_dir: str | Path) -> tuple[RunDir, Config]:
+    """A run directory and its stored config; an error if the directory holds no run."""
+    run = RunDir(Path(run_dir))
+    if not run.config.exists():
+        raise FileNotFoundError(f"{str(run.root)!r} is not a run directory (no config.toml)")
+    return run, loads(run.config.read_text())
+
+
 def evaluate_run(run_dir: str | Path, log: Callable[[str], None] = print, wait: float = 0.0) -> dict:
     """Re-evaluate a finished run's best weights on its validation and test splits.
 
     ``wait``: simulated seconds that pass between programming the weights and reading them (drift,
     decay and diffusion act), for targets that model time.
     """
-    run = RunDir(Path(run_dir))
-    if not run.config.exists():
-        raise FileNotFoundError(f"{str(run.root)!r} is not a run directory (no config.toml)")
     if wait < 0:
         raise ValueError(f"wait = {wait} is invalid: expected simulated seconds >= 0")
-    cfg = loads(run.config.read_text())
+    run, cfg = read_run(run_dir)
     splits = load_splits(cfg)
     with open_target(cfg) as target:
         target.program(checkpoint.load(run.best_checkpoint)["weights"])

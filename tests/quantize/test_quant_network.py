@@ -163,3 +163,15 @@ def test_quantized_training_learns_and_records_its_quantization(idx_dataset, tmp
     assert stored.quant == QuantConfig(weight_bits=8, state_bits=8)
     assert "quant" not in config.loads((tmp_path / "float" / "config.toml").read_text()).to_dict()
     assert math.isfinite(results["q8"])
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_quantized_network_on_cuda_matches_the_cpu():
+    """In float64 the quantized sums are exact on both devices: the states must be identical."""
+    x = torch.rand(128, 1, 8, 8)
+    cpu = quant_target(dtype="float64", weight_bits=6, state_bits=6)
+    gpu = ReferenceTarget(SPEC, device="cuda", dtype="float64", quant={"weight_bits": 6, "state_bits": 6})
+    gpu.program(cpu.read_weights())
+    for a, b in zip(cpu.relax(x, 20).states, gpu.relax(x, 20).states):
+        assert torch.equal(a, b.cpu())
