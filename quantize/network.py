@@ -9,7 +9,7 @@ exported graphs (``quantize.unrolled``) and give the fixed-point model its integ
 from __future__ import annotations
 
 import math
-from typing import Mapping
+from typing import Callable, Mapping
 
 import brevitas.nn as qnn
 import torch
@@ -29,6 +29,28 @@ def input_range(spec: NetworkSpec) -> tuple[bool, float]:
         return False, 1.0
     ends = [abs((v - m) / s) for m, s in zip(spec.input_mean, spec.input_std) for v in (0.0, 1.0)]
     return True, max(ends)
+
+
+def constant_rounding(quantizer: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+    """A constant-scale Brevitas quantizer as plain arithmetic: ``clamp(round(v / scale), lo, hi) * scale``.
+
+    Brevitas computes the same expression; in plain ops it costs a fraction of a module call (the state
+    quantizer runs once per layer and step) and exports to standard ONNX (``Div``, ``Round``, ``Clip``, ``Mul``).
+    """
+    with torch.no_grad():
+        qt = quantizer(torch.zeros(1, device=_device_of(quantizer)))
+    bits, signed, scale = int(qt.bit_width), bool(qt.signed), float(qt.scale)
+    low, high = (-(2.0 ** (bits - 1)), 2.0 ** (bits - 1) - 1) if signed else (0.0, 2.0 ** bits - 1)
+
+    def quantize(v: torch.Tensor) -> torch.Tensor:
+        return torch.clamp(torch.round(v / scale), low, high) * scale
+    return quantize
+
+
+def _device_of(module: nn.Module) -> torch.device:
+    for t in list(module.parameters()) + list(module.buffers()):
+        return t.device
+    return torch.device("cpu")
 
 
 def _value(t: object) -> torch.Tensor:
@@ -61,6 +83,7 @@ class QuantEPNetwork(nn.Module):
             self.weights["w_out"] = self._linear(units, classes, bias=True)
         self.eval()  # constant scales: train and eval mode quantize alike; eval skips Brevitas's training paths
         self.requires_grad_(False)
+        self.state_rounding = [constant_rounding(q) if cfg.state_bits else None for q in self.state_quant]
 
     def _linear(self, fan_in: int, out: int, bias: bool) -> nn.Module:
         cfg = self.cfg
@@ -135,8 +158,10 @@ class QuantEPNetwork(nn.Module):
         return _value(self.input_quant(x))
 
     def store(self, index: int, s: torch.Tensor) -> torch.Tensor:
-        """State layer ``index`` (0-based) as it is kept: rounded to the state format."""
-        return _value(self.state_quant[index](s))
+        """State layer ``index`` (0-based) as it is kept: rounded to the state format (by the state
+        quantizer's constants, see ``constant_rounding``)."""
+        rounding = self.state_rounding[index]
+        return s if rounding is None else rounding(s)
 
     def reads(self) -> L.Reads:
         """The engine hooks that make ``hwtoolkit.network.dynamics`` run this quantized network."""

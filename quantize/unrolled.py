@@ -22,19 +22,12 @@ from hwtoolkit.network.activations import get_activation
 from hwtoolkit.network.output import logits
 from hwtoolkit.network.spec import NetworkSpec
 
-from .network import QuantEPNetwork, _value
+from .network import QuantEPNetwork, _value, constant_rounding
 
 
 def _check_steps(steps: int) -> None:
     if steps < 1:
         raise ValueError(f"steps = {steps} is invalid: the unrolled free phase needs at least one step")
-
-
-def _rounding(scale: float, low: float, high: float):
-    """``round(v / scale)`` clipped to ``[low, high]`` integers, times ``scale``: a quantizer in plain ops."""
-    def quantize(v: torch.Tensor) -> torch.Tensor:
-        return torch.clamp(torch.round(v / scale), low, high) * scale
-    return quantize
 
 
 class FloatFreePhase(nn.Module):
@@ -48,38 +41,17 @@ class FloatFreePhase(nn.Module):
         self.names = list(params)
         for name, t in params.items():
             self.register_buffer(name, t.detach().clone())
-        self.input_map = L.EXACT.input
-        self.state_maps = None
-        if quant is not None:
-            self.input_map = self._plain(quant.input_quant, quant.spec.input_shape)
-            if quant.cfg.state_bits:
-                self.state_maps = [self._plain(q, (1,)) for q in quant.state_quant]
-
-    @staticmethod
-    def _plain(quantizer: nn.Module, shape: tuple[int, ...]):
-        with torch.no_grad():
-            qt = quantizer(torch.zeros(1, *shape, device=quantizer_device(quantizer)))
-        bits, signed = int(qt.bit_width), bool(qt.signed)
-        low, high = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2 ** bits - 1)
-        return _rounding(float(qt.scale), float(low), float(high))
-
-    def _store(self, i: int, s: torch.Tensor) -> torch.Tensor:
-        return s if self.state_maps is None else self.state_maps[i](s)
+        self.input_map = L.EXACT.input if quant is None else constant_rounding(quant.input_quant)
+        self.store = L.EXACT.store if quant is None else quant.store
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         params = {n: getattr(self, n) for n in self.names}
-        reads = L.Reads(input=self.input_map, store=self._store)
+        reads = L.Reads(input=self.input_map, store=self.store)
         drive = dynamics.input_drive(self.spec, params, x, reads)
         states = dynamics.zero_states(self.spec, x.shape[0], x)
         for _ in range(self.steps):
             states = dynamics.step(self.spec, params, drive, states, reads=reads)
         return logits(self.spec, params, states[-1])
-
-
-def quantizer_device(module: nn.Module) -> torch.device:
-    for t in list(module.parameters()) + list(module.buffers()):
-        return t.device
-    return torch.device("cpu")
 
 
 class BrevitasFreePhase(nn.Module):

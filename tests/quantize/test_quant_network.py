@@ -175,3 +175,15 @@ def test_quantized_network_on_cuda_matches_the_cpu():
     gpu.program(cpu.read_weights())
     for a, b in zip(cpu.relax(x, 20).states, gpu.relax(x, 20).states):
         assert torch.equal(a, b.cpu())
+
+
+@pytest.mark.parametrize("scale", ["pow2", "float"])
+@pytest.mark.parametrize("bits", [1, 3, 8])
+def test_state_rounding_is_the_brevitas_state_quantizer(scale, bits):
+    """The states are rounded by the quantizer's constants in plain ops: it must equal the Brevitas module."""
+    t = quant_target(state_bits=bits, scale=scale)
+    q = t.quant.state_quant[0]
+    lsb = float(q(torch.zeros(1)).scale)
+    ties = (torch.arange(-4, 2 ** bits + 4) + 0.5) * lsb  # exact half-steps, and values beyond both ends
+    v = torch.cat([torch.rand(10000) * 1.4 - 0.2, ties])
+    assert torch.equal(t.quant.store(0, v), q(v).value)
