@@ -65,17 +65,8 @@ class CheckReport:
     accuracy_pytorch: float | None = None  # on the sample's labels, when given
     accuracy_export: float | None = None
 
-    _expected: torch.Tensor | None = dataclasses.field(default=None, repr=False)
-    _got: torch.Tensor | None = dataclasses.field(default=None, repr=False)
-
-    def accuracies(self, labels: torch.Tensor) -> tuple[float, float]:
-        """Accuracy of PyTorch's and of the export's predictions against ``labels``."""
-        labels = labels[:self.samples]
-        return (float((self._expected.argmax(1) == labels).double().mean()),
-                float((self._got.argmax(1) == labels).double().mean()))
-
     def as_dict(self) -> dict:
-        return {k: v for k, v in dataclasses.asdict(self).items() if not k.startswith("_")}
+        return dataclasses.asdict(self)
 
     def line(self) -> str:
         states = f", states within {self.max_state_lsb} LSB" if self.max_state_lsb is not None else ""
@@ -200,12 +191,10 @@ def export(cfg: Config, weights: dict[str, torch.Tensor], fmt: str, out: str | P
         tmp = temp_file_next_to(out)
         try:
             if fmt == "fixed":
-                report = _export_fixed(cfg, target, tmp, sample, steps, batch, check)
+                report = _export_fixed(cfg, target, tmp, sample, steps, batch, check, labels)
             else:
-                report = _export_graph(cfg, weights, target, fmt, tmp, sample, steps, batch, check)
+                report = _export_graph(cfg, weights, target, fmt, tmp, sample, steps, batch, check, labels)
             if report is not None:
-                if labels is not None:
-                    report.accuracy_pytorch, report.accuracy_export = report.accuracies(labels)
                 log(report.line())
                 if not report.passed:
                     raise ExportCheckError(f"{report.line()}; tolerance {report.tolerance}. Nothing was written "
@@ -232,7 +221,7 @@ def _module(cfg: Config, weights: dict[str, torch.Tensor], fmt: str, steps: int)
 
 
 def _export_graph(cfg: Config, weights: dict[str, torch.Tensor], target, fmt: str, path: Path, sample: torch.Tensor,
-                  steps: int, batch: int, check: bool) -> CheckReport | None:
+                  steps: int, batch: int, check: bool, labels: torch.Tensor | None) -> CheckReport | None:
     module = _module(cfg, weights, fmt, steps)
     _export_onnx(module, fmt, sample[:1].float(), path)
     _add_metadata(path, metadata(cfg, steps, fmt))
@@ -241,21 +230,25 @@ def _export_graph(cfg: Config, weights: dict[str, torch.Tensor], target, fmt: st
     x = sample.float()
     expected, _ = reference_scores(target, x, steps, batch)
     got = torch.from_numpy(_qonnx_scores(path, x) if fmt == "qonnx" else _onnxruntime_scores(path, x, batch))
-    return _compare(fmt, expected, got, None)
+    return _compare(fmt, expected, got, None, labels)
 
 
-def _compare(fmt: str, expected: torch.Tensor, got: torch.Tensor, state_lsb: int | None) -> CheckReport:
+def _compare(fmt: str, expected: torch.Tensor, got: torch.Tensor, state_lsb: int | None,
+             labels: torch.Tensor | None) -> CheckReport:
     tol = TOLERANCES[fmt]
     diff = float((expected.double() - got.double()).abs().max())
     agreement = float((expected.argmax(1) == got.argmax(1)).double().mean())
     passed = agreement >= tol.agreement and (tol.max_abs is None or diff <= tol.max_abs) and \
         (tol.state_lsb is None or (state_lsb is not None and state_lsb <= tol.state_lsb))
-    return CheckReport(fmt, int(expected.shape[0]), diff, agreement, state_lsb, tol, passed,
-                       _expected=expected, _got=got)
+    report = CheckReport(fmt, int(expected.shape[0]), diff, agreement, state_lsb, tol, passed)
+    if labels is not None:
+        report.accuracy_pytorch = float((expected.argmax(1) == labels).double().mean())
+        report.accuracy_export = float((got.argmax(1) == labels).double().mean())
+    return report
 
 
 def _export_fixed(cfg: Config, target, path: Path, sample: torch.Tensor, steps: int, batch: int,
-                  check: bool) -> CheckReport | None:
+                  check: bool, labels: torch.Tensor | None) -> CheckReport | None:
     from .fixed_point import FixedPointNetwork
 
     fixed = FixedPointNetwork.from_quant(target.quant)
@@ -269,7 +262,7 @@ def _export_fixed(cfg: Config, target, path: Path, sample: torch.Tensor, steps: 
     lsb = 2.0 ** loaded.state_frac
     worst = max(int((s.double() * lsb - f.double()).abs().max()) for s, f in zip(states, result.states))
     scores = result.scores.double() * 2.0 ** -loaded.score_frac
-    return _compare("fixed", expected, scores, worst)
+    return _compare("fixed", expected, scores, worst, labels)
 
 
 def export_run(run_dir: str | Path, fmt: str, out: str | Path, steps: int | None = None, samples: int = 1000,

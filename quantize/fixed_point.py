@@ -54,11 +54,6 @@ class FixedTensor:
     bits: int
     signed: bool
 
-    def values(self) -> torch.Tensor:
-        """The real values (float64): ``data * 2^-frac``."""
-        frac = self.frac.view(-1, *([1] * (self.data.dim() - 1))) if self.frac.dim() else self.frac
-        return self.data.double() * torch.pow(2.0, -frac.double())
-
 
 def round_shift(a: torch.Tensor, k: int) -> torch.Tensor:
     """``round_half_even(a / 2^k)`` in integers (a left shift for ``k < 0``)."""
@@ -142,16 +137,10 @@ class FixedPointNetwork:
             raise FixedPointError("the fixed-point model runs prototypical dynamics (network.dynamics = "
                                   "\"prototypical\")")
         with torch.no_grad():
-            probe = net.input_quant(torch.zeros(1, *spec.input_shape, device=_device(net)))
-            state = net.state_quant[0](torch.zeros(1, device=_device(net)))
-            params: dict[str, FixedTensor] = {}
-            for name, layer in net.weights.items():
-                qw = layer.quant_weight()
-                params[name] = _fixed(qw, f"weight {name}")
-                if layer.bias is not None:
-                    index = 0 if name == "w_out" else int(name[1:])
-                    qb = layer.bias_quant(layer.bias, net._input_probe(index, layer.weight), qw)
-                    params["b" + name[1:]] = _fixed(qb, f"bias b{name[1:]}")
+            like = next(net.parameters())
+            probe = net._input_probe(1, like)
+            state = net.state_quant[0](like.new_zeros(1))
+            params = {name: _fixed(qt, f"parameter {name}") for name, qt in net.quant_tensors().items()}
         fmt = FixedTensor(torch.zeros(0, dtype=torch.long), _frac_of(probe.scale, "the input quantizer").cpu(),
                           int(probe.bit_width), bool(probe.signed))
         model = cls(spec, fmt, int(state.bit_width), int(_frac_of(state.scale, "the state quantizer")), params)
@@ -323,7 +312,3 @@ def spec_from_dict(d: dict) -> NetworkSpec:
     """A ``NetworkSpec`` from ``spec_to_dict``'s output (lists back to tuples)."""
     values = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items() if k != "conv"}
     return NetworkSpec(conv=tuple(ConvLayer(**c) for c in d.get("conv", ())), **values)
-
-
-def _device(net: QuantEPNetwork) -> torch.device:
-    return next(net.parameters()).device

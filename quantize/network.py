@@ -130,28 +130,29 @@ class QuantEPNetwork(nn.Module):
         shape = spec.layers[below - 1].out_shape
         return self.state_quant[below - 1](like.new_zeros((1, math.prod(shape)) if index == 0 else (1, *shape)))
 
+    def quant_tensors(self) -> dict[str, object]:
+        """Every parameter as the network uses it: Brevitas quant tensors where quantized, else the float tensor.
+
+        A quantized bias takes the scale of its products: the weight scale times that of what the layer reads.
+        """
+        out: dict[str, object] = {}
+        for name, layer in self.weights.items():
+            qw = layer.quant_weight() if self.cfg.weight_bits else layer.weight
+            out[name] = qw
+            if layer.bias is None:
+                continue
+            if self.cfg.quantized_bias:
+                index = 0 if name == "w_out" else int(name[1:])
+                out["b" + name[1:]] = layer.bias_quant(layer.bias, self._input_probe(index, layer.weight), qw)
+            else:
+                out["b" + name[1:]] = layer.bias  # w3 -> b3, w_out -> b_out
+        return out
+
     @torch.no_grad()
     def effective_params(self) -> dict[str, torch.Tensor]:
         """The parameters as the quantized network uses them: dequantized weights and biases."""
-        out: dict[str, torch.Tensor] = {}
-        for name, layer in self.weights.items():
-            if not self.cfg.weight_bits:
-                out[name] = layer.weight.detach().clone()
-                if layer.bias is not None:
-                    out["b" + name[1:]] = layer.bias.detach().clone()
-                continue
-            qw = layer.quant_weight()
-            out[name] = _value(qw).detach().clone()
-            if layer.bias is None:
-                continue
-            bias_name = "b" + name[1:]
-            if self.cfg.quantized_bias:
-                index = 0 if name == "w_out" else int(name[1:])
-                qb = layer.bias_quant(layer.bias, self._input_probe(index, layer.weight), qw)
-                out[bias_name] = _value(qb).detach().view(-1).clone()
-            else:
-                out[bias_name] = layer.bias.detach().clone()
-        return out
+        shapes = self.spec.parameter_shapes()
+        return {n: _value(t).detach().reshape(shapes[n]).clone() for n, t in self.quant_tensors().items()}
 
     def quantize_input(self, x: torch.Tensor) -> torch.Tensor:
         """The normalised input as layer 1 reads it."""

@@ -84,16 +84,28 @@ class BrevitasFreePhase(nn.Module):
             return F.avg_pool2d(z, c.pool_size), None
         return z, None
 
-    def _pre(self, i: int, drive: torch.Tensor, states: list[Any]) -> torch.Tensor:
+    def _feedback(self, i: int, states: list[Any], ctx: Any) -> torch.Tensor:
+        """``W_{i+1}^T P^T s_{i+1}`` (``B`` if untied) in the shape of state layer ``i``; ``ctx``: its pool indices."""
         spec = self.spec
+        above = spec.layers[i + 1]
+        fb = self._weight(f"w{above.index}" if spec.tied else f"fb{above.index}")
+        return L.transpose(above, fb, _value(states[i + 1]), ctx)
+
+    def _pre(self, i: int, drive: torch.Tensor, states: list[Any]) -> torch.Tensor:
+        """``u`` of state layer ``i`` alone (the alternating schedule)."""
         u = drive if i == 0 else self._forward_term(i, states[i - 1])[0]
-        if i + 1 < spec.num_state_layers:
-            above = spec.layers[i + 1]
-            _, ctx = self._forward_term(i + 1, states[i]) if above.kind == "conv" and above.conv.pool == "max" \
-                else (None, None)
-            fb = self._weight(f"w{above.index}" if spec.tied else f"fb{above.index}")
-            u = u + L.transpose(above, fb, _value(states[i + 1]), ctx)
+        if i + 1 < self.spec.num_state_layers:
+            above = self.spec.layers[i + 1]
+            needs_ctx = above.kind == "conv" and above.conv.pool == "max"
+            u = u + self._feedback(i, states, self._forward_term(i + 1, states[i])[1] if needs_ctx else None)
         return u
+
+    def _pre_all(self, drive: torch.Tensor, states: list[Any]) -> list[torch.Tensor]:
+        """``u`` of every layer from the same states, each forward term (and its pool indices) computed once."""
+        n = self.spec.num_state_layers
+        terms = [(drive, None)] + [self._forward_term(i, states[i - 1]) for i in range(1, n)]
+        return [terms[i][0] + self._feedback(i, states, terms[i + 1][1]) if i + 1 < n else terms[i][0]
+                for i in range(n)]
 
     def _settle(self, i: int, u: torch.Tensor) -> Any:
         return self.net.state_quant[i](self.rho(u))
@@ -111,7 +123,7 @@ class BrevitasFreePhase(nn.Module):
                     for i in range(parity, len(states), 2):
                         states[i] = self._settle(i, self._pre(i, drive, states))
             else:
-                states = [self._settle(i, self._pre(i, drive, states)) for i in range(len(states))]
+                states = [self._settle(i, u) for i, u in enumerate(self._pre_all(drive, states))]
         if spec.output == "ce":
             return _value(self.net.weights["w_out"](torch.flatten(states[-1], 1)))
         return torch.flatten(_value(states[-1]), 1)

@@ -15,6 +15,7 @@ per-layer shifts. The CRC-32 (zlib) covers every byte before it.
 from __future__ import annotations
 
 import json
+import math
 import struct
 import zlib
 from pathlib import Path
@@ -118,7 +119,7 @@ def read(path: str | Path) -> tuple[dict[str, tuple[torch.Tensor, torch.Tensor]]
         if code not in DTYPES:
             raise WeightFileError(f"{where}: record {name!r} has unknown dtype code {code}")
         shape = struct.unpack(f"<{ndim}H", r.take(2 * ndim, f"shape of {name!r}"))
-        size = DTYPES[code][2] * int(torch.tensor(shape, dtype=torch.long).prod()) if ndim else DTYPES[code][2]
+        size = DTYPES[code][2] * math.prod(shape)
         data = np.frombuffer(r.take(size, f"data of {name!r}"), dtype=_NUMPY[code]).reshape(shape)
         if name in raw:
             raise WeightFileError(f"{where}: record {name!r} appears twice")
