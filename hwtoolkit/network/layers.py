@@ -48,6 +48,11 @@ def _unpool(geo: LayerGeometry, s: torch.Tensor, ctx: Any) -> torch.Tensor:
     """``P^T s``: a state on the pooled grid spread back onto the conv output grid."""
     c = geo.conv
     if c.pool == "max":
+        if torch.onnx.is_in_onnx_export():
+            # max_unpool2d has no ONNX exporter; it is a scatter of s to its per-channel flat indices (the same
+            # values, as ScatterElements), kept for export only: on the CPU the scatter takes twice as long
+            n, channels, h, w = s.shape[0], s.shape[1], geo.conv_shape[1], geo.conv_shape[2]
+            return s.new_zeros((n, channels, h * w)).scatter(2, ctx.flatten(2), s.flatten(2)).view(n, channels, h, w)
         return F.max_unpool2d(s, ctx, c.pool_size, output_size=geo.conv_shape[1:])
     if c.pool == "avg":
         k = c.pool_size

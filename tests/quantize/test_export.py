@@ -20,6 +20,9 @@ NETWORKS = {
     "mlp": "[network]\ninput_shape = [1, 8, 8]\nhidden = [16, 12]\nclasses = 4\noutput = \"ce\"\n",
     "conv-alternating": ("[network]\ninput_shape = [1, 8, 8]\nhidden = [12]\nclasses = 4\noutput = \"mse\"\n"
                          "update = \"alternating\"\n[[network.conv]]\nchannels = 3\nkernel = 3\npool = \"max\"\n"),
+    "two-conv-synchronous": ("[network]\ninput_shape = [1, 8, 8]\nhidden = [10]\nclasses = 4\n"
+                             "[[network.conv]]\nchannels = 3\nkernel = 3\npool = \"max\"\n"
+                             "[[network.conv]]\nchannels = 4\nkernel = 2\npool = \"max\"\n"),
     "normalised-untied": ("[network]\ninput_shape = [1, 8, 8]\nhidden = [12]\nclasses = 4\ntied = false\n"
                           "input_mean = [0.4]\ninput_std = [0.3]\n"),
 }
