@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 DEMO_OUT ?= runs/demo
 
-.PHONY: install data demo test bench clean
+.PHONY: install data toolchain firmware demo test bench clean
 
 install: $(STAMP)
 
@@ -24,6 +24,23 @@ data:
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends dataset-fashion-mnist; \
 	fi
 
+# The board firmware's toolchains from Debian (without recommends): a C compiler for the host build, the Arm
+# cross-compiler and QEMU for the Cortex-M3 build, clang for the fuzzer. Skipped where they are present or
+# where apt is not available (the tests that need them then skip, saying why).
+TOOLCHAIN_PACKAGES := gcc make gcc-arm-none-eabi libnewlib-arm-none-eabi qemu-system-arm clang libclang-rt-14-dev
+toolchain:
+	@if ! command -v arm-none-eabi-gcc >/dev/null || ! command -v qemu-system-arm >/dev/null || \
+	    ! command -v clang >/dev/null; then \
+	  if command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+	      $(TOOLCHAIN_PACKAGES); \
+	  else echo "note: install $(TOOLCHAIN_PACKAGES) to build the board firmware"; fi; \
+	fi
+
+firmware: toolchain
+	$(MAKE) -C firmware_interface/firmware host
+	@if command -v arm-none-eabi-gcc >/dev/null; then $(MAKE) -C firmware_interface/firmware qemu; fi
+
 # The main job: F-MNIST trained in situ on the ideal crossbar and on a realistic device (metal-oxide ECRAM),
 # side by side: accuracy, gradient fidelity and a plot in $(DEMO_OUT)/sweep.*; then the GDU check of EP;
 # then the ideal-crossbar network exported to ONNX and checked with onnxruntime on the whole test set.
@@ -35,7 +52,7 @@ demo: install data
 	$(PY) -m hwtoolkit export "$(DEMO_OUT)/points/crossbar.preset=ideal/seed1" --format onnx \
 	  --out $(DEMO_OUT)/fmnist_mlp.onnx --check-samples 0
 
-test: install data
+test: install data firmware
 	$(PY) -m pytest -q
 
 bench: install data

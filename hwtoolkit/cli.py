@@ -1,4 +1,4 @@
-"""Command line: ``hwtoolkit train | evaluate | gdu | sweep | export | targets``."""
+"""Command line: ``hwtoolkit train | evaluate | gdu | sweep | export | targets | board``."""
 
 from __future__ import annotations
 
@@ -129,6 +129,38 @@ def cmd_targets(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_board(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from firmware_interface.client import BoardClient, BoardError, BoardTimeout, ProtocolError
+
+    try:
+        with BoardClient.open(args.url, baudrate=args.baudrate, timeout=args.timeout) as client:
+            info = client.info
+            report = {"url": args.url, "hello": {**asdict(info), "capabilities": [c.name for c in type(
+                info.capabilities) if c in info.capabilities]}}
+            if args.self_test:
+                passed, failed = client.self_test()
+                report["self_test"] = {"passed": f"0x{passed:08x}", "failed": f"0x{failed:08x}"}
+            report["status"] = asdict(client.get_status())
+    except (ConnectionError, BoardTimeout, BoardError, ProtocolError) as e:
+        raise TargetError(f"board at {args.url!r}: {e}") from None
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(f"{args.url}: {info.describe()}")
+        print(f"  capabilities: {', '.join(report['hello']['capabilities']) or 'none'}")
+        print(f"  limits: {info.max_layers} layers, {info.max_units} units, {info.max_steps} steps, weights <= "
+              f"{info.max_weight_bits} bits, states <= {info.max_state_bits} bits, inputs <= {info.max_input_bits} "
+              f"bits, {info.accumulator_bits}-bit accumulator")
+        if "self_test" in report:
+            print(f"  self-test: passed {report['self_test']['passed']}, failed {report['self_test']['failed']}")
+        status = report["status"]
+        print(f"  status: up {status['uptime_ms'] / 1000:.1f} s, {status['requests']} requests, "
+              f"{status['rx_bad_crc']} bad CRC, {status['rx_dropped']} dropped, {status['replays']} replays")
+    return 1 if args.self_test and report["self_test"]["failed"] != "0x00000000" else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hwtoolkit", description="Equilibrium Propagation on real and simulated "
                                                                    "hardware.")
@@ -200,6 +232,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("targets", help="list the available targets")
     p.set_defaults(func=cmd_targets)
+
+    p = sub.add_parser("board", help="greet a board on a serial link: its version, limits, self-test and counters")
+    p.add_argument("url", help="pyserial URL: /dev/ttyACM0, a pty path, or socket://127.0.0.1:PORT")
+    p.add_argument("--baudrate", type=int, default=115_200, help="baud rate of a real serial port (default 115200)")
+    p.add_argument("--timeout", type=float, default=0.5, help="seconds to wait for a small response (default 0.5)")
+    p.add_argument("--self-test", action="store_true", help="run the board's self-tests (exit status 1 if one fails)")
+    p.add_argument("--json", action="store_true", help="print everything as JSON")
+    p.set_defaults(func=cmd_board)
     return parser
 
 

@@ -25,6 +25,7 @@ from .network.spec import NetworkSpec, SpecError
 
 ESTIMATORS = ("symmetric", "one_sided", "random_sign", "bptt")
 SCHEDULES = ("cosine", "constant")
+QUANT_TARGETS = ("reference", "serial")  # targets that run a [quant] network
 
 
 class ConfigError(ValueError):
@@ -41,10 +42,12 @@ class DataConfig:
     val_size: int = 5000  # taken from the training set for model selection
     augment: bool = False  # CIFAR-10 crop + flip of the 2021 paper
     limit: int = 0  # keep only the first N train/test samples (0 = all), for quick runs
+    downsample: int = 1  # average k x k pixel blocks (28x28 -> 14x14 with 2), for boards with little memory
 
     def validate(self) -> None:
         _check(self.val_size >= 0, "data.val_size", self.val_size, "an integer >= 0")
         _check(self.limit >= 0, "data.limit", self.limit, "an integer >= 0 (0 = all)")
+        _check(self.downsample >= 1, "data.downsample", self.downsample, "an integer >= 1 (1 = full size)")
 
 
 @dataclass
@@ -134,10 +137,15 @@ class Config:
         if self.crossbar:
             self._validate_crossbar()
         if self.quant.enabled:
-            _check(self.target.name == "reference", "target.name", self.target.name,
-                   "'reference' with a [quant] table (the quantized network runs on the reference target)")
+            _check(self.target.name in QUANT_TARGETS, "target.name", self.target.name,
+                   f"one of {QUANT_TARGETS} with a [quant] table (the quantized network runs on the reference "
+                   f"target, its fixed-point form on a board)")
             _check(self.estimator != "bptt", "estimator", self.estimator,
                    "an EP estimator with a [quant] table (rounding has no gradient for BPTT)")
+        if self.target.name == "serial":
+            _check(self.quant.fixed_point, "quant", self.quant.describe(),
+                   "a fixed-point network for target.name = 'serial': quant.weight_bits and quant.state_bits > 0 "
+                   "and quant.scale = \"pow2\"")
         layers = self.network.num_weight_layers
         _check(len(self.optim.lr) in (1, layers), "optim.lr", list(self.optim.lr),
                f"1 value or {layers} (one per weight layer of {self.network.describe()})")

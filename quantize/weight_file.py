@@ -15,46 +15,31 @@ per-layer shifts. The CRC-32 (zlib) covers every byte before it.
 from __future__ import annotations
 
 import json
-import math
 import struct
 import zlib
 from pathlib import Path
 
-import numpy as np
 import torch
 
+from firmware_interface import tensor
 from hwtoolkit.training.rundir import write_bytes_atomic
 
 MAGIC = b"EPQW"
 VERSION = 1
 PER_ROW = -128
-DTYPES = {0: ("i8", torch.int8, 1), 1: ("i16", torch.int16, 2), 2: ("i32", torch.int32, 4), 3: ("u8", torch.uint8, 1)}
-_NUMPY = {0: "<i1", 1: "<i2", 2: "<i4", 3: "u1"}
 
 
 class WeightFileError(ValueError):
     """A weight file is malformed, truncated, corrupted or of another version."""
 
 
-def _dtype_for(t: torch.Tensor, signed: bool) -> int:
-    lo, hi = (int(t.min()), int(t.max())) if t.numel() else (0, 0)
-    if not signed and 0 <= lo and hi <= 255:
-        return 3
-    for code, bound in ((0, 127), (1, 32767), (2, 2**31 - 1)):
-        if -bound - 1 <= lo and hi <= bound:
-            return code
-    raise WeightFileError(f"values in [{lo}, {hi}] do not fit in 32 bits")
-
-
 def encode_tensor(data: torch.Tensor, frac: int, signed: bool = True) -> bytes:
     """One tensor in the protocol's payload encoding (the smallest integer type that holds it)."""
-    if data.dim() > 255 or any(d > 0xFFFF for d in data.shape):
-        raise WeightFileError(f"shape {tuple(data.shape)} does not fit the encoding (at most 65535 per dimension)")
-    if not -128 <= frac <= 127:
-        raise WeightFileError(f"frac_bits {frac} does not fit in an i8")
-    code = _dtype_for(data, signed)
-    head = struct.pack("<BbB", code, frac, data.dim()) + struct.pack(f"<{data.dim()}H", *data.shape)
-    return head + data.to(DTYPES[code][1]).contiguous().numpy().astype(_NUMPY[code]).tobytes()
+    values = data.detach().cpu().numpy()
+    try:
+        return tensor.encode(values, tensor.smallest_code(values, signed), frac)
+    except tensor.TensorError as e:
+        raise WeightFileError(str(e)) from None
 
 
 def write(path: str | Path, tensors: dict[str, tuple[torch.Tensor, torch.Tensor, bool]], meta: dict) -> None:
@@ -115,15 +100,15 @@ def read(path: str | Path) -> tuple[dict[str, tuple[torch.Tensor, torch.Tensor]]
     for _ in range(count):
         (n,) = struct.unpack("<B", r.take(1, "name length"))
         name = r.take(n, "name").decode("ascii", errors="replace")
-        code, frac, ndim = struct.unpack("<BbB", r.take(3, f"header of {name!r}"))
-        if code not in DTYPES:
-            raise WeightFileError(f"{where}: record {name!r} has unknown dtype code {code}")
-        shape = struct.unpack(f"<{ndim}H", r.take(2 * ndim, f"shape of {name!r}"))
-        size = DTYPES[code][2] * math.prod(shape)
-        data = np.frombuffer(r.take(size, f"data of {name!r}"), dtype=_NUMPY[code]).reshape(shape)
+        try:
+            t, r.pos = tensor.decode(body, r.pos, max_ndim=255, exact=False, what=f"{where}: record {name!r}")
+        except tensor.TensorError as e:
+            raise WeightFileError(str(e)) from None
+        if t.code == 4:
+            raise WeightFileError(f"{where}: record {name!r} has dtype u16, which weight files do not use")
         if name in raw:
             raise WeightFileError(f"{where}: record {name!r} appears twice")
-        raw[name] = (torch.from_numpy(data.astype("int64")), frac)
+        raw[name] = (torch.from_numpy(t.data.astype("int64")), t.frac)
     if r.pos != len(body):
         raise WeightFileError(f"{where}: {len(body) - r.pos} unexpected bytes after the last record")
     if "meta" not in raw:

@@ -62,3 +62,48 @@ checkpoint_every = 4
 @pytest.fixture
 def tiny_config(idx_dataset):
     return config.loads(tiny_config_text(idx_dataset))
+
+
+# -- boards: the host-built firmware, the QEMU Cortex-M3 build, and a real board given with --board-url ----------
+
+
+def pytest_addoption(parser):
+    parser.addoption("--board-url", default=None,
+                     help="pyserial URL of a real board running the reference firmware (enables hardware tests)")
+
+
+@pytest.fixture(scope="session")
+def host_board():
+    """The host build of the reference firmware, serving a pty for the whole session."""
+    from firmware_interface import launch
+
+    ok, why = launch.toolchain_available("host")
+    if not ok:
+        pytest.skip(f"host firmware cannot be built: {why}")
+    with launch.HostBoard() as board:
+        yield board
+
+
+@pytest.fixture(scope="session")
+def qemu_board():
+    """The Cortex-M3 build of the reference firmware on QEMU's mps2-an385, serving a pty."""
+    from firmware_interface import launch
+
+    ok, why = launch.toolchain_available("qemu")
+    if not ok:
+        pytest.skip(f"QEMU board unavailable: {why}")
+    with launch.QemuBoard() as board:
+        yield board
+
+
+@pytest.fixture(scope="session", params=["host", "qemu", pytest.param("hardware", marks=pytest.mark.hardware)])
+def board_url(request):
+    """The URL of each kind of board: host build, QEMU, and a real one (only with --board-url)."""
+    if request.param == "host":
+        return request.getfixturevalue("host_board").url
+    if request.param == "qemu":
+        return request.getfixturevalue("qemu_board").url
+    url = request.config.getoption("--board-url")
+    if not url:
+        pytest.skip("no real board: pass --board-url URL to run the hardware tests")
+    return url

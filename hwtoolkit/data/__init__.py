@@ -7,6 +7,7 @@ from .errors import ChecksumError, DatasetNotFoundError
 from .idx import read_idx, write_idx
 from .locate import search_paths
 from .registry import DATASETS, DatasetInfo, FileSpec, get_info
+from .resample import downsample, downsample_images
 from .splits import split_train_val
 
 __all__ = [
@@ -21,6 +22,8 @@ __all__ = [
     "FileSpec",
     "augment_cifar10",
     "derive_seed",
+    "downsample",
+    "downsample_images",
     "get_info",
     "load_dataset",
     "read_idx",

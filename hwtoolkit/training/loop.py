@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 import targets
 from hwtoolkit.config import Config, ConfigError, loads
-from hwtoolkit.data import BatchSampler, augment_cifar10, load_dataset, split_train_val
+from hwtoolkit.data import BatchSampler, augment_cifar10, downsample, load_dataset, split_train_val
 from hwtoolkit.network.parameters import init_parameters
 
 from . import checkpoint
@@ -60,9 +60,12 @@ def load_splits(cfg: Config) -> Splits:
     """Load the configured data set and carve the validation split out of its training set."""
     data = load_dataset(cfg.data.dataset, root=cfg.data.root or None, download=cfg.data.download,
                         limit=cfg.data.limit or None)
+    if cfg.data.downsample > 1:
+        data = downsample(data, cfg.data.downsample)
     if tuple(data.train_x.shape[1:]) != tuple(cfg.network.input_shape):
+        scaled = f" after data.downsample = {cfg.data.downsample}" if cfg.data.downsample > 1 else ""
         raise ConfigError(f"network.input_shape = {list(cfg.network.input_shape)} does not match the "
-                          f"{cfg.data.dataset} images, which are {list(data.train_x.shape[1:])}")
+                          f"{cfg.data.dataset} images{scaled}, which are {list(data.train_x.shape[1:])}")
     if data.classes != cfg.network.classes:
         raise ConfigError(f"network.classes = {cfg.network.classes}, but {cfg.data.dataset} has {data.classes}")
     train_idx, val_idx = split_train_val(data.train_x.shape[0], cfg.data.val_size, cfg.seed)

@@ -1,0 +1,408 @@
+"""The host side of the board protocol: one request in flight, timeouts, retries, and bounded parsing.
+
+``BoardClient`` talks to a board through any pyserial port (``serial.serial_for_url``: a device path, a pty
+path, ``socket://127.0.0.1:PORT``). A retry resends the identical frame (same sequence number), so the board's
+replay cache answers it without executing it twice. Every length and count the board sends is checked
+against what was asked before it is used; anything malformed raises ``ProtocolError``.
+"""
+
+from __future__ import annotations
+
+import logging
+import struct
+from collections import deque
+import time
+import zlib
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+
+from . import tensor as T
+from .frame import HOST_MAX_PAYLOAD, PROTOCOL_MAJOR, Frame, FrameError, FrameReceiver, Kind
+from .protocol import (NO_TOLERANCE, WARNINGS, BoardStatus, Command, HelloInfo, Status, command_name,
+                       hello_request, status_name)
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BYTE_RATE = 11_520  # 115200 baud, 8N1: the slowest link we plan for when the port does not say
+
+
+class Port(Protocol):
+    """What the client needs of a pyserial port (``serial.Serial`` and the fault-injecting wrapper)."""
+
+    timeout: float | None
+
+    def write(self, data: bytes) -> int | None: ...
+    def read(self, size: int = 1) -> bytes: ...
+    @property
+    def in_waiting(self) -> int: ...
+    def reset_input_buffer(self) -> None: ...
+    def close(self) -> None: ...
+
+
+class BoardError(RuntimeError):
+    """The board answered a request with an error status."""
+
+    def __init__(self, command: int, status: int, detail: str = "", payload: bytes = b"") -> None:
+        self.command, self.status, self.payload = command, status, payload
+        text = f"board refused {command_name(command)}: {status_name(status)}"
+        super().__init__(f"{text} ({detail})" if detail else text)
+
+
+class StaleVersionError(BoardError):
+    """APPLY_DELTA expected another weights version than the board holds; nothing was applied."""
+
+    @property
+    def board_version(self) -> int:
+        return struct.unpack("<I", self.payload)[0] if len(self.payload) == 4 else -1
+
+
+class BoardTimeout(TimeoutError):
+    """No valid response after every retry."""
+
+
+class BoardResetError(RuntimeError):
+    """The board has rebooted (a BOOT event, or BAD_VERSION after a HELLO): its weights and inputs are gone."""
+
+
+class ProtocolError(ValueError):
+    """The board sent something malformed or not what was asked for."""
+
+
+@dataclass
+class ClientStats:
+    """Traffic and faults seen by a client (for throughput figures and fault-injection reports)."""
+
+    requests: int = 0
+    retries: int = 0
+    timeouts: int = 0
+    naks: int = 0
+    discarded: int = 0  # frames that were not the awaited response (late duplicates, bad CRC, noise)
+    bytes_sent: int = 0
+    bytes_received: int = 0
+    payload_sent: int = 0
+    payload_received: int = 0
+    events: list[tuple[int, bytes]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class RelaxResult:
+    steps: int
+    converged: bool
+    max_delta: int  # largest state move of the last step, in LSBs
+    status: Status
+
+
+RELAX_REQUEST = struct.Struct("<BBHiI")
+RELAX_RESPONSE = struct.Struct("<HBBI")
+
+
+class BoardClient:
+    """A board behind a serial port. Call ``hello()`` first (``open`` does).
+
+    ``timeout``: seconds to wait for a response to a small request (the wire time of larger ones and the
+    board's compute time for RELAX are added); ``retries``: resends after a timeout or NAK before giving up.
+    """
+
+    def __init__(self, port: Port, timeout: float = 0.5, retries: int = 8, byte_rate: float | None = None,
+                 poll: float = 0.01) -> None:
+        if timeout <= 0 or retries < 0:
+            raise ValueError(f"timeout = {timeout} and retries = {retries} are invalid: expected > 0 and >= 0")
+        self.port = port
+        self.timeout, self.retries = timeout, retries
+        baud = getattr(port, "baudrate", None)
+        self.byte_rate = byte_rate or (baud / 10 if isinstance(baud, (int, float)) and baud > 0 else DEFAULT_BYTE_RATE)
+        self.port.timeout = poll
+        self.receiver = FrameReceiver(HOST_MAX_PAYLOAD)
+        self.stats = ClientStats()
+        self.info: HelloInfo | None = None
+        self._seq = 0
+        self._pending: deque[Frame | FrameError] = deque()  # frames read but not yet looked at
+
+    @classmethod
+    def open(cls, url: str, baudrate: int = 115_200, **options: object) -> "BoardClient":
+        """Open ``url`` with pyserial and greet the board; the port is closed again if that fails."""
+        import serial
+
+        try:
+            port = serial.serial_for_url(url, baudrate=baudrate, timeout=0.01)
+        except (serial.SerialException, ValueError) as e:
+            raise ConnectionError(f"cannot open board port {url!r}: {e}") from None
+        client = cls(port, **options)
+        try:
+            port.write(b"\x00")  # ends whatever partial frame an earlier host left in the board's receiver
+            client.hello()
+        except BaseException:
+            port.close()
+            raise
+        return client
+
+    def close(self) -> None:
+        self.port.close()
+
+    def __enter__(self) -> "BoardClient":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- the transaction ----------------------------------------------------------------------------------
+
+    @property
+    def max_payload(self) -> int:
+        """The largest payload either side accepts (the board's, once greeted)."""
+        return self.info.max_payload if self.info else 256
+
+    def _wire_time(self, nbytes: int) -> float:
+        return 4 * nbytes / self.byte_rate
+
+    def request(self, command: int, payload: bytes = b"", compute: float = 0.0, reply_bytes: int = 64,
+                expect_boot: bool = False) -> Frame:
+        """Send one request and return its response (status ``OK`` or a warning); retries on timeouts and NAKs.
+
+        ``compute``: seconds the board is expected to work on it; ``reply_bytes``: the expected response
+        payload (both lengthen the timeout).
+        """
+        if len(payload) > self.max_payload:
+            raise ValueError(f"{command_name(command)} payload of {len(payload)} bytes exceeds the board's "
+                             f"maximum of {self.max_payload}")
+        self._seq = (self._seq + 1) & 0xFFFF
+        wire = Frame(Kind.REQUEST, self._seq, command, 0, payload).encode()
+        base = self.info.base_latency_us * 1e-6 if self.info else 0.0
+        timeout = self.timeout + base + compute + self._wire_time(len(wire) + reply_bytes + 16)
+        self.stats.requests += 1
+        for attempt in range(self.retries + 1):
+            if attempt:
+                self.stats.retries += 1
+            self.port.write(wire)
+            self.stats.bytes_sent += len(wire)
+            reply = self._await(self._seq, command, timeout, expect_boot)
+            if reply is None:
+                self.stats.timeouts += 1
+                continue
+            if reply.kind == Kind.NAK:
+                self.stats.naks += 1
+                continue
+            self.stats.payload_sent += len(payload)
+            self.stats.payload_received += len(reply.payload)
+            return self._check(command, reply)
+        raise BoardTimeout(f"{command_name(command)} (seq {self._seq}): no valid response in "
+                           f"{self.retries + 1} attempts of {timeout:.3f} s each")
+
+    def _await(self, seq: int, command: int, timeout: float, expect_boot: bool) -> Frame | None:
+        deadline = time.monotonic() + timeout
+        while True:
+            if not self._pending:
+                if time.monotonic() >= deadline:
+                    return None
+                data = self.port.read(max(1, self.port.in_waiting))
+                self.stats.bytes_received += len(data)
+                self._pending.extend(self.receiver.feed(data))
+            while self._pending:
+                item = self._pending.popleft()
+                if isinstance(item, FrameError):
+                    self.stats.discarded += 1
+                    continue
+                if item.kind == Kind.EVENT:
+                    self.stats.events.append((item.command, item.payload))
+                    if item.command == Command.BOOT and not expect_boot:
+                        raise BoardResetError(f"the board rebooted (BOOT event) while waiting for "
+                                              f"{command_name(command)}")
+                    continue
+                if item.seq == seq and item.command == command and item.kind in (Kind.RESPONSE, Kind.NAK):
+                    return item
+                self.stats.discarded += 1
+
+    def _check(self, command: int, reply: Frame) -> Frame:
+        if reply.version != PROTOCOL_MAJOR:
+            raise ProtocolError(f"{command_name(command)} response has protocol version {reply.version}, "
+                                f"expected {PROTOCOL_MAJOR}")
+        status = reply.status
+        if status == Status.OK or status in WARNINGS:
+            return reply
+        if status == Status.BAD_VERSION and command != Command.HELLO:
+            raise BoardResetError(f"the board answered {command_name(command)} with BAD_VERSION: it has rebooted "
+                                  f"(or was never greeted) and waits for a HELLO")
+        detail = ""
+        if status == Status.BAD_ARGUMENT and len(reply.payload) == 1:
+            detail = f"field {reply.payload[0]}"
+        cls = StaleVersionError if status == Status.STALE_VERSION else BoardError
+        raise cls(command, status, detail, reply.payload)
+
+    # -- commands -----------------------------------------------------------------------------------------
+
+    def hello(self) -> HelloInfo:
+        """Greet the board and learn its limits; a changed ``boot_id`` means it rebooted since the last HELLO."""
+        reply = self.request(Command.HELLO, hello_request(), expect_boot=True)
+        info = HelloInfo.unpack(reply.payload)
+        if info.protocol_major != PROTOCOL_MAJOR:
+            raise ProtocolError(f"board speaks protocol {info.protocol_major}.{info.protocol_minor}, this host "
+                                f"{PROTOCOL_MAJOR}.x")
+        if not 64 <= info.max_payload <= HOST_MAX_PAYLOAD:
+            raise ProtocolError(f"board advertises a maximum payload of {info.max_payload} bytes; expected "
+                                f"64 to {HOST_MAX_PAYLOAD}")
+        self.info = info
+        self.receiver.max_payload = info.max_payload
+        return info
+
+    def ping(self, data: bytes = b"") -> bytes:
+        reply = self.request(Command.PING, data, reply_bytes=len(data))
+        if reply.payload != data:
+            raise ProtocolError(f"PING echoed {len(reply.payload)} bytes that differ from the {len(data)} sent")
+        return reply.payload
+
+    def reset(self, timeout: float = 5.0) -> int:
+        """Soft-reset the board and wait for its BOOT event; returns the new ``boot_id``. Greet it again after."""
+        self.request(Command.RESET, expect_boot=True)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for command, payload in self.stats.events:
+                if command == Command.BOOT and len(payload) == 4:
+                    self.stats.events.clear()
+                    return struct.unpack("<I", payload)[0]
+            self._await(-1, -1, min(0.05, deadline - time.monotonic()), expect_boot=True)
+        raise BoardTimeout(f"no BOOT event within {timeout} s of RESET")
+
+    def self_test(self, mask: int = 0xFFFFFFFF) -> tuple[int, int]:
+        """Run the board's self-tests; returns ``(passed, failed)`` bit masks."""
+        reply = self.request(Command.SELF_TEST, struct.pack("<I", mask), compute=1.0)
+        return struct.unpack("<II", self._exact(reply, 8))
+
+    def configure(self, record: bytes) -> tuple[int, int]:
+        """Send a CONFIGURE record (``NetworkRecord.pack()``); returns ``(arena_used, arena_size)``."""
+        reply = self.request(Command.CONFIGURE, record)
+        return struct.unpack("<II", self._exact(reply, 8))
+
+    def get_status(self) -> BoardStatus:
+        return BoardStatus.unpack(self.request(Command.GET_STATUS).payload)
+
+    def tensor_crc(self, tensor_id: int) -> tuple[int, int]:
+        """``(crc, version)`` of a tensor as the board holds it."""
+        reply = self.request(Command.TENSOR_CRC, struct.pack("<B", tensor_id))
+        return struct.unpack("<II", self._exact(reply, 8))
+
+    def _exact(self, reply: Frame, size: int) -> bytes:
+        if len(reply.payload) != size:
+            raise ProtocolError(f"{command_name(reply.command)} response has {len(reply.payload)} bytes, "
+                                f"expected {size}")
+        return reply.payload
+
+    def _chunk(self, header: int, row_bytes: int, what: str) -> int:
+        """How many rows of ``row_bytes`` fit in one payload after ``header`` bytes."""
+        rows = (self.max_payload - header) // row_bytes
+        if rows < 1:
+            raise ValueError(f"{what}: one row of {row_bytes} bytes does not fit the board's "
+                             f"{self.max_payload}-byte payload")
+        return rows
+
+    # weights
+
+    def write_tensor(self, tensor_id: int, values: np.ndarray, code: int) -> None:
+        """Write a whole tensor (flattened) with as few WRITE_WEIGHTS requests as the payload allows."""
+        flat = np.asarray(values).reshape(-1)
+        step = self._chunk(6 + 5, T.DTYPES[code].itemsize, f"tensor {tensor_id}")
+        for start in range(0, flat.size, step):
+            chunk = flat[start:start + step]
+            self.request(Command.WRITE_WEIGHTS, struct.pack("<BBI", tensor_id, 0, start) + T.encode(chunk, code))
+
+    def commit_tensor(self, tensor_id: int, values: np.ndarray, code: int, version: int) -> int:
+        """Commit a written tensor: the board checks its CRC against ``values`` and takes ``version``."""
+        crc = tensor_crc(values, code)
+        reply = self.request(Command.COMMIT_WEIGHTS, struct.pack("<BBII", tensor_id, 0, crc, version),
+                             compute=self._wire_time(np.asarray(values).size * T.DTYPES[code].itemsize))
+        (board,) = struct.unpack("<I", self._exact(reply, 4))
+        if board != crc:
+            raise ProtocolError(f"COMMIT_WEIGHTS of tensor {tensor_id} succeeded with CRC 0x{board:08x}, "
+                                f"the host's is 0x{crc:08x}")
+        return board
+
+    def read_tensor(self, tensor_id: int, count: int, code: int) -> np.ndarray:
+        """Read ``count`` elements of a tensor back (what the board really holds)."""
+        out = np.empty(count, T.DTYPES[code])
+        step = self._chunk(5, T.DTYPES[code].itemsize, f"tensor {tensor_id}")
+        for start in range(0, count, step):
+            n = min(step, count - start)
+            reply = self.request(Command.READ_WEIGHTS, struct.pack("<BBIH", tensor_id, 0, start, n),
+                                 reply_bytes=n * T.DTYPES[code].itemsize)
+            out[start:start + n] = self._tensor(reply, code, (n,))
+        return out
+
+    def apply_delta(self, tensor_id: int, increments: np.ndarray, code: int, version: int) -> tuple[int, int]:
+        """Add ``increments`` (flattened, the tensor's wire dtype) chunk by chunk, skipping all-zero chunks.
+
+        Each chunk carries the weights version it expects, so none is ever applied twice; returns
+        ``(saturated, version)`` after the last chunk.
+        """
+        flat = np.asarray(increments).reshape(-1)
+        step = self._chunk(10 + 5, T.DTYPES[code].itemsize, f"tensor {tensor_id}")
+        saturated = 0
+        for start in range(0, flat.size, step):
+            chunk = flat[start:start + step]
+            if not chunk.any():
+                continue
+            reply = self.request(Command.APPLY_DELTA, struct.pack("<BBII", tensor_id, 0, version, start)
+                                 + T.encode(chunk, code))
+            clipped, new = struct.unpack("<II", self._exact(reply, 8))
+            if new != (version + 1) & 0xFFFFFFFF:
+                raise ProtocolError(f"APPLY_DELTA moved the weights version from {version} to {new}, expected "
+                                    f"{version + 1}")
+            saturated, version = saturated + clipped, new
+        return saturated, version
+
+    # inputs, phases, states
+
+    def set_input(self, x: np.ndarray, code: int) -> None:
+        """The batch's input integers, ``(batch, input_size)``, row chunks per payload."""
+        batch = x.shape[0]
+        step = self._chunk(4 + 7, x.shape[1] * T.DTYPES[code].itemsize, "an input row")
+        for start in range(0, batch, step):
+            self.request(Command.SET_INPUT, struct.pack("<HH", batch, start) + T.encode(x[start:start + step], code))
+
+    def set_target(self, y: np.ndarray) -> None:
+        """The batch's class indices."""
+        step = self._chunk(2 + 5, 1, "targets")
+        for start in range(0, len(y), step):
+            self.request(Command.SET_TARGET, struct.pack("<H", start) + T.encode(y[start:start + step], 3))
+
+    def set_states(self, layer: int, states: np.ndarray, code: int) -> None:
+        """Host-given states of one layer, ``(batch, units)``, into the board's current states."""
+        step = self._chunk(4 + 7, states.shape[1] * T.DTYPES[code].itemsize, f"a row of layer {layer}")
+        for start in range(0, states.shape[0], step):
+            self.request(Command.SET_STATES, struct.pack("<BBH", layer, 0, start)
+                         + T.encode(states[start:start + step], code))
+
+    def relax(self, phase: int, init: int, steps: int, beta_q: int, tolerance: int | None = None,
+              compute: float = 0.0) -> RelaxResult:
+        """Run one phase on the board; ``tolerance`` in state LSBs (``None``: every step)."""
+        tol = NO_TOLERANCE if tolerance is None else tolerance
+        reply = self.request(Command.RELAX, RELAX_REQUEST.pack(phase, init, steps, beta_q, tol), compute=compute)
+        done, converged, _, max_delta = RELAX_RESPONSE.unpack(self._exact(reply, RELAX_RESPONSE.size))
+        if not 1 <= done <= steps:
+            raise ProtocolError(f"RELAX reports {done} steps, asked for at most {steps}")
+        return RelaxResult(done, bool(converged), max_delta, Status(reply.status))
+
+    def read_states(self, snapshot: int, layer: int, batch: int, units: int, code: int) -> np.ndarray:
+        """``(batch, units)`` integers of one layer (or scores / residuals) of a snapshot."""
+        out = np.empty((batch, units), T.DTYPES[code])
+        step = self._chunk(5, units * T.DTYPES[code].itemsize, f"a row of layer {layer}")
+        for start in range(0, batch, step):
+            n = min(step, batch - start)
+            reply = self.request(Command.READ_STATES, struct.pack("<BBHH", snapshot, layer, start, n),
+                                 reply_bytes=n * units * T.DTYPES[code].itemsize)
+            out[start:start + n] = self._tensor(reply, code, (n, units))
+        return out
+
+    def _tensor(self, reply: Frame, code: int, shape: tuple[int, ...]) -> np.ndarray:
+        try:
+            t, _ = T.decode(reply.payload, expect_code=code, what=f"{command_name(reply.command)} response")
+        except T.TensorError as e:
+            raise ProtocolError(str(e)) from None
+        if t.data.shape != shape:
+            raise ProtocolError(f"{command_name(reply.command)} returned shape {t.data.shape}, asked for {shape}")
+        return t.data
+
+
+def tensor_crc(values: np.ndarray, code: int) -> int:
+    """CRC-32 of a tensor's bytes as the board stores them (wire dtype, row-major, little-endian)."""
+    return zlib.crc32(np.ascontiguousarray(values).astype(T.DTYPES[code]).tobytes())

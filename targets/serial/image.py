@@ -1,0 +1,115 @@
+"""What a board holds for a fixed-point network: the CONFIGURE record and every tensor, by tensor id.
+
+Built from ``quantize.fixed_point.FixedPointNetwork``: raw integer weights and biases, and per-row shift tables
+that align each term to its layer's accumulator (docs/board_protocol.md, section 6).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from firmware_interface.protocol import BETA_FRAC, BIAS, FEEDBACK, MAX_SHIFT, SHIFTS, W, LayerRecord, NetworkRecord, \
+    tensor_id
+from quantize.fixed_point import FixedPointNetwork, FixedTensor
+
+I8, I16, I32, U8, U16 = 0, 1, 2, 3, 4
+
+
+class ImageError(ValueError):
+    """The fixed-point network cannot be held by the board protocol (a shift or width out of range)."""
+
+
+def _rows(frac: torch.Tensor, rows: int) -> np.ndarray:
+    f = frac.numpy().astype(np.int64)
+    return np.full(rows, int(f)) if f.ndim == 0 else f
+
+
+def _shifts(values: np.ndarray, what: str) -> np.ndarray:
+    if values.size and (values.min() < 0 or values.max() > MAX_SHIFT):
+        raise ImageError(f"{what} needs shifts in [{values.min()}, {values.max()}]; the protocol allows 0 to "
+                         f"{MAX_SHIFT}")
+    return values.astype(np.uint8)
+
+
+def state_code(bits: int) -> int:
+    return U8 if bits <= 8 else U16
+
+
+def input_code(bits: int, signed: bool) -> int:
+    if signed:
+        return I8 if bits <= 8 else I16
+    return U8 if bits <= 8 else U16
+
+
+@dataclass(frozen=True)
+class BoardImage:
+    """The CONFIGURE record and ``tensor id -> (flat integers, wire dtype code)`` of one network."""
+
+    record: NetworkRecord
+    tensors: dict[int, tuple[np.ndarray, int]]
+    state_frac: int
+    score_frac: int
+    input_code: int
+    state_code: int
+
+    def formats(self) -> tuple:
+        """Everything but the weight and bias values: when it changes the board is configured afresh."""
+        return (self.record, tuple((tid, t.tobytes()) for tid, (t, _) in sorted(self.tensors.items())
+                                   if tid % 4 == SHIFTS))
+
+    @property
+    def weight_ids(self) -> list[int]:
+        """Ids of the weight and bias tensors (the ones updates change)."""
+        return [tid for tid in sorted(self.tensors) if tid % 4 != SHIFTS]
+
+
+def board_image(fp: FixedPointNetwork, max_batch: int) -> BoardImage:
+    """The board's view of ``fp``; ``ImageError`` if a value does not fit the protocol."""
+    spec, p = fp.spec, fp.params
+    fs, fx = fp.state_frac, int(fp.input_format.frac)
+    if fs != fp.state_bits:
+        raise ImageError(f"the state format has {fs} fractional bits for {fp.state_bits}-bit states; the board "
+                         f"protocol needs them equal (states on [0, 1))")
+    weight_bits = max(p[f"w{g.index}"].bits for g in spec.layers)
+    wcode = I8 if weight_bits <= 8 else I16
+    n = spec.num_state_layers
+    tensors: dict[int, tuple[np.ndarray, int]] = {}
+    layers = []
+    for i, g in enumerate(spec.layers):
+        layer = g.index
+        plan = fp.plans[i]
+        w: FixedTensor = p[f"w{layer}"]
+        units = w.data.shape[0]
+        fwd = plan.acc_frac - _rows(w.frac, units) - (fx if i == 0 else fs)
+        table = np.zeros((3, units), np.int64)
+        table[0] = fwd
+        if i > 0:
+            feedback = p[f"w{layer}"] if spec.tied else p[f"fb{layer}"]
+            table[1] = fp.plans[i - 1].acc_frac - _rows(feedback.frac, units) - fs
+            if not spec.tied:
+                tensors[tensor_id(layer, FEEDBACK)] = (feedback.data.numpy().reshape(-1), wcode)
+        tensors[tensor_id(layer, W)] = (w.data.numpy().reshape(-1), wcode)
+        tensors[tensor_id(layer, BIAS)] = (p[f"b{layer}"].data.numpy().reshape(-1), I32)
+        tensors[tensor_id(layer, SHIFTS)] = (_shifts(table, f"layer {layer}").reshape(-1), U8)
+        layers.append(LayerRecord(units, plan.state_shift))
+    classes = 0
+    if spec.output == "ce":
+        w = p["w_out"]
+        classes = w.data.shape[0]
+        out = fp.score_frac - _rows(w.frac, classes) - fs
+        tensors[tensor_id(n + 1, W)] = (w.data.numpy().reshape(-1), wcode)
+        tensors[tensor_id(n + 1, BIAS)] = (p["b_out"].data.numpy().reshape(-1), I32)
+        tensors[tensor_id(n + 1, SHIFTS)] = (_shifts(out, "the readout").reshape(-1), U8)
+    nudge = fp.plans[-1].acc_frac - BETA_FRAC - fs if spec.output == "mse" else 0
+    if not 0 <= nudge <= MAX_SHIFT:
+        raise ImageError(f"the nudge needs a shift of {nudge}; the protocol allows 0 to {MAX_SHIFT}")
+    if not all(-128 <= g.state_shift <= 127 for g in layers):
+        raise ImageError("a state shift does not fit in an i8")
+    fmt = fp.input_format
+    record = NetworkRecord(tuple(layers), spec.layers[0].fan_in, weight_bits, fp.state_bits, fmt.bits, max_batch,
+                           alternating=spec.update == "alternating", untied=not spec.tied, signed_input=fmt.signed,
+                           classes=classes, nudge_shift=nudge)
+    return BoardImage(record, tensors, fs, fp.score_frac, input_code(fmt.bits, fmt.signed), state_code(fp.state_bits))

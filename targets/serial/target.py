@@ -1,0 +1,424 @@
+"""The serial target: EP with a board in the loop, over the board protocol (docs/board_protocol.md).
+
+The host keeps the float shadow weights of a Brevitas power-of-two network (as the quantized reference target
+does) and the board holds their integers. After every update the host quantizes the shadow weights again and
+writes only the integer differences (APPLY_DELTA, each guarded by the weights version); a change of any
+format configures the board afresh. Phases run on the board; the states it returns are the fixed-point
+model's, bit for bit. A board that reboots is programmed again from the host's copy and the interrupted
+operation is repeated, so no update is lost or applied twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import asdict, dataclass
+from typing import Callable, Mapping, TypeVar
+
+import numpy as np
+import torch
+
+from firmware_interface.client import BoardClient, BoardError, BoardResetError, BoardTimeout, ProtocolError, \
+    StaleVersionError
+from firmware_interface.protocol import RESIDUAL, SCORES, W, Capability, Init, Phase, Snapshot, tensor_id
+from hwtoolkit.network.dynamics import Relaxation
+from hwtoolkit.network.parameters import check_parameters
+from hwtoolkit.network.spec import NetworkSpec
+
+from ..base import Capabilities, Init as InitArg, Target, TargetError, Trains, UpdateReport
+from ..registry import register
+from .image import I32, U16, BoardImage, ImageError, board_image
+
+log = logging.getLogger(__name__)
+R = TypeVar("R")
+
+
+@dataclass
+class LinkReport:
+    """What the target did on the link (for the docs' throughput figures and for debugging)."""
+
+    uploads: int = 0  # full programs: CONFIGURE and every tensor
+    delta_requests: int = 0
+    updates: int = 0
+    resets_recovered: int = 0
+    repairs: int = 0  # weights found different from the host's (CRC or version) and written again
+    saturated: int = 0
+
+
+@register("serial")
+class SerialTarget(Target):
+    """A board that runs the fixed-point network, driven over a serial link (``target.url``)."""
+
+    description = ("a board over a serial link running the fixed-point network (options: url = a device path, "
+                   "pty path or socket://HOST:PORT; baudrate, timeout, retries, max_batch, verify_every; needs a "
+                   "[quant] table with weight_bits, state_bits and scale = \"pow2\")")
+
+    def __init__(self, spec: NetworkSpec, url: str = "", quant: Mapping[str, object] | None = None,
+                 baudrate: int = 115_200, timeout: float = 0.5, retries: int = 8, max_batch: int = 0,
+                 verify_every: int = 0, max_recoveries: int = 3, client: BoardClient | None = None) -> None:
+        super().__init__(spec)
+        if client is None and not url:
+            raise TargetError("target.url is required for the serial target: a device path (/dev/ttyACM0), a pty "
+                              "path, or socket://127.0.0.1:PORT")
+        for name, value, ok in (("max_batch", max_batch, max_batch >= 0), ("verify_every", verify_every,
+                                 verify_every >= 0), ("max_recoveries", max_recoveries, max_recoveries >= 0)):
+            if isinstance(value, bool) or not isinstance(value, int) or not ok:
+                raise TargetError(f"target.{name} = {value!r} is invalid: expected an integer >= 0")
+        self.quant, self._fp = self._open_quant(spec, quant)
+        self.url = url or "(given client)"
+        if client is None:
+            try:
+                client = BoardClient.open(url, baudrate=baudrate, timeout=timeout, retries=retries)
+            except (ConnectionError, BoardTimeout, BoardError, ProtocolError, ValueError) as e:
+                raise TargetError(f"target.url = {url!r}: no board answered HELLO: {e}") from None
+        elif client.info is None:
+            client.hello()
+        self.client = client
+        self.info = client.info
+        self.max_batch = min(self.info.max_batch, max_batch or self.info.max_batch)
+        self.verify_every, self.max_recoveries = verify_every, max_recoveries
+        self.report = LinkReport()
+        self._check_board()
+        self._image: BoardImage | None = None
+        self._version = 0
+        self._lost = False
+        self._input: np.ndarray | None = None  # the input integers on the board (one chunk)
+        self._labels: np.ndarray | None = None
+        self._free: Relaxation | None = None  # the phase whose states are the board's FREE snapshot
+        self._last: Relaxation | None = None
+        self._last_on_board = False  # the board's current states are self._last's
+
+    @staticmethod
+    def _open_quant(spec: NetworkSpec, quant: Mapping[str, object] | None):
+        from quantize.config import QuantConfig, QuantConfigError
+        from quantize.fixed_point import FixedPointError, FixedPointNetwork
+        from quantize.network import QuantEPNetwork
+
+        try:
+            cfg = QuantConfig(**(quant or {}))
+        except TypeError as e:
+            raise TargetError(f"target option quant = {dict(quant or {})!r} is invalid: {e}") from None
+        except QuantConfigError as e:
+            raise TargetError(str(e)) from None
+        if not cfg.fixed_point:
+            raise TargetError(f"the serial target runs the fixed-point network: set quant.weight_bits and "
+                              f"quant.state_bits (e.g. 8) and quant.scale = \"pow2\"; got {cfg.describe()}")
+        net = QuantEPNetwork(spec, cfg)
+        try:
+            fp = FixedPointNetwork.from_quant(net)
+            board_image(fp, 1)
+        except (FixedPointError, ImageError) as e:
+            raise TargetError(f"the serial target cannot hold {spec.describe()}: {e}") from None
+        return net, fp
+
+    def _check_board(self) -> None:
+        info, spec, cfg = self.info, self.spec, self.quant.cfg
+        caps = info.capabilities
+        needs = [(not spec.tied, Capability.UNTIED, "untied feedback weights"),
+                 (spec.update == "alternating", Capability.ALTERNATING, "the alternating schedule"),
+                 (spec.output == "ce", Capability.CE_READOUT, "a CE readout"),
+                 (spec.output == "mse", Capability.MSE_NUDGE, "the MSE nudge")]
+        for needed, bit, what in needs:
+            if needed and not caps & bit:
+                raise TargetError(f"the board at {self.url} does not support {what} ({info.describe()})")
+        limits = [(spec.num_state_layers, info.max_layers, "state layers"),
+                  (max(g.out_shape[0] for g in spec.layers), info.max_units, "units in a layer"),
+                  (cfg.weight_bits, info.max_weight_bits, "weight bits"),
+                  (cfg.state_bits, info.max_state_bits, "state bits"),
+                  (cfg.input_bits, info.max_input_bits, "input bits")]
+        for value, limit, what in limits:
+            if value > limit:
+                raise TargetError(f"the network needs {value} {what}; the board at {self.url} allows {limit}")
+
+    @property
+    def capabilities(self) -> Capabilities:
+        caps = self.info.capabilities
+        return Capabilities(name=self.name, device=self.url, dtype="float32", exact=False, conv=False,
+                            untied=bool(caps & Capability.UNTIED), max_steps=self.info.max_steps,
+                            notes=f"fixed point {self.quant.cfg.describe()}; board: {self.info.describe()}")
+
+    # -- the link, with recovery from board resets ----------------------------------------------------------
+
+    def _run(self, operation: Callable[[], R]) -> R:
+        """Run a board operation; after a reset, program the board again from the host's copy and repeat it."""
+        for attempt in range(self.max_recoveries + 1):
+            try:
+                if self._lost:
+                    self._restore()
+                return operation()
+            except BoardResetError as e:
+                self._lost = True
+                if attempt == self.max_recoveries:
+                    raise TargetError(f"the board at {self.url} kept resetting ({attempt + 1} times): {e}") from None
+                log.warning("board at %s reset (%s); programming it again from the host's weights", self.url, e)
+                self.report.resets_recovered += 1
+            except BoardTimeout as e:
+                raise TargetError(f"the board at {self.url} stopped answering: {e}. The host's weights are intact; "
+                                  f"resume the run with --resume once the board is back") from None
+            except (BoardError, ProtocolError) as e:
+                raise TargetError(f"board at {self.url}: {e}") from None
+        raise AssertionError("unreachable")
+
+    def _restore(self) -> None:
+        self.info = self.client.hello()
+        self._forget_board_state()
+        if self._image is not None:
+            self._upload(self._image)
+        self._lost = False
+
+    def _forget_board_state(self) -> None:
+        self._input = self._labels = None
+        self._free = None
+        self._last_on_board = False
+
+    # -- weights ------------------------------------------------------------------------------------------
+
+    def program(self, weights: Mapping[str, torch.Tensor]) -> None:
+        check_parameters(self.spec, weights)
+        self.quant.load_shadow(weights)
+        self._run(lambda: self._sync(full=True))
+
+    def read_weights(self) -> dict[str, torch.Tensor]:
+        """The host's float shadow weights (what checkpoints hold); ``board_weights`` reads the board's integers."""
+        return {n: t.detach().clone() for n, t in self.quant.shadow().items()}
+
+    def apply_update(self, delta: Mapping[str, torch.Tensor], trains: Trains | None = None) -> UpdateReport:
+        check_parameters(self.spec, delta, complete=False)
+        shadow = self.quant.shadow()
+        for n, d in delta.items():
+            shadow[n].add_(d.to(shadow[n].device, shadow[n].dtype))
+        before = self.report.saturated
+        self._run(lambda: self._sync(full=False))
+        self.report.updates += 1
+        if self.verify_every and self.report.updates % self.verify_every == 0:
+            self._run(self._verify_or_repair)
+        return UpdateReport(saturated=self.report.saturated - before, details={"version": self._version})
+
+    def _sync(self, full: bool) -> None:
+        """Bring the board to the shadow weights' integers: a full program, or the integer differences."""
+        from quantize.fixed_point import FixedPointNetwork
+
+        fp = FixedPointNetwork.from_quant(self.quant)
+        try:
+            image = board_image(fp, self.max_batch)
+        except ImageError as e:
+            raise TargetError(f"the updated weights no longer fit the board protocol: {e}") from None
+        if full or self._image is None or image.formats() != self._image.formats():
+            self._upload(image)
+        else:
+            try:
+                self._write_differences(image)
+            except StaleVersionError as e:
+                log.warning("board at %s holds weights version %d, the host expected %d; writing every weight",
+                            self.url, e.board_version, self._version)
+                self.report.repairs += 1
+                self._upload(image)
+        self._fp, self._image = fp, image
+
+    def _upload(self, image: BoardImage) -> None:
+        self._image = image  # a reset during the upload repeats it from here
+        try:
+            self.client.configure(image.record.pack())
+        except BoardError as e:
+            raise TargetError(f"the board at {self.url} refused the network {self.spec.describe()}: {e}") from None
+        for tid, (values, code) in sorted(image.tensors.items()):
+            self.client.write_tensor(tid, values, code)
+            self.client.commit_tensor(tid, values, code, 0)
+        self._version = 0
+        self._forget_board_state()
+        self.report.uploads += 1
+
+    def _write_differences(self, image: BoardImage) -> None:
+        old = self._image
+        for tid in image.weight_ids:
+            new, code = image.tensors[tid]
+            diff = new.astype(np.int64) - old.tensors[tid][0].astype(np.int64)
+            info = np.iinfo(_DTYPES[code])
+            while diff.any():  # an increment beyond the wire dtype goes in parts, each within the weight range
+                part = np.clip(diff, info.min, info.max)
+                saturated, self._version = self.client.apply_delta(tid, part, code, self._version)
+                self.report.delta_requests += 1
+                self.report.saturated += saturated
+                diff -= part
+            self._image = _with_tensor(self._image, tid, new)
+
+    def verify(self) -> list[int]:
+        """Ids of the tensors whose CRC on the board differs from the host's (empty when all agree)."""
+        return self._run(self._mismatches)
+
+    def _mismatches(self) -> list[int]:
+        from firmware_interface.client import tensor_crc
+
+        bad = []
+        for tid, (values, code) in sorted(self._image.tensors.items()):
+            crc, version = self.client.tensor_crc(tid)
+            if crc != tensor_crc(values, code) or version != self._version:
+                bad.append(tid)
+        return bad
+
+    def _verify_or_repair(self) -> None:
+        bad = self._mismatches()
+        if bad:
+            log.warning("board at %s: tensors %s differ from the host's; writing every weight", self.url, bad)
+            self.report.repairs += 1
+            self._upload(self._image)
+
+    def board_weights(self) -> dict[str, torch.Tensor]:
+        """The weights the board really holds, read back and dequantized (``value = int * 2^-frac``)."""
+        def read() -> dict[str, torch.Tensor]:
+            out = {}
+            for name, fixed in self._fp.params.items():
+                tid = _tensor_id_of(self.spec, name)
+                _, code = self._image.tensors[tid]
+                ints = torch.from_numpy(self.client.read_tensor(tid, fixed.data.numel(), code).astype(np.int64))
+                frac = fixed.frac if fixed.frac.dim() == 0 else fixed.frac.view(-1, *([1] * (fixed.data.dim() - 1)))
+                out[name] = (ints.view(fixed.data.shape).double() * torch.pow(2.0, -frac.double())).float()
+            return out
+        return self._run(read)
+
+    # -- phases -------------------------------------------------------------------------------------------
+
+    def relax(self, x: torch.Tensor, steps: int, beta: float = 0.0, y: torch.Tensor | None = None,
+              init: InitArg = None, stop_tolerance: float = 0.0) -> Relaxation:
+        if self._image is None:
+            raise TargetError("the target holds no weights yet: call program(weights) first")
+        if steps < 1 or steps > self.info.max_steps:
+            raise TargetError(f"steps = {steps} is invalid: the board runs 1 to {self.info.max_steps} steps a phase")
+        if beta != 0.0:
+            if self.spec.output != "mse":
+                raise TargetError("a nudged phase on the board needs network.output = \"mse\" (the CE nudge goes "
+                                  "through a softmax, which the fixed-point model has no integer form for)")
+            if y is None:
+                raise TargetError("a nudged phase (beta != 0) needs targets y")
+        if stop_tolerance < 0:
+            raise TargetError(f"stop_tolerance = {stop_tolerance} is invalid: expected >= 0")
+        x_int = self._fp.encode_input(x.detach().cpu().float()).numpy()
+        labels = None if y is None else y.detach().cpu().numpy().astype(np.uint8)
+        batch = x_int.shape[0]
+        single = batch <= self.max_batch
+        mode, source, states = self._initial_states(init, batch, single)
+        tolerance = math.floor(stop_tolerance * 2 ** self._image.state_frac) if stop_tolerance else None
+        parts = []
+        for start in range(0, batch, self.max_batch):
+            rows = slice(start, start + self.max_batch)
+            chunk_states = None if states is None else [s[rows] for s in states]
+            parts.append(self._run(lambda: self._relax_chunk(
+                x_int[rows], None if labels is None else labels[rows], steps, beta, mode, source, chunk_states,
+                tolerance)))
+        result = self._assemble(parts)
+        self._last, self._last_on_board = result, single
+        if beta == 0.0 and single:
+            self._free = result
+        return result
+
+    def _initial_states(self, init: InitArg, batch: int, single: bool
+                        ) -> tuple[Init, Relaxation | None, list[np.ndarray] | None]:
+        """Where a phase starts: ``(mode, the phase whose states the board may still hold, host states)``.
+
+        The board starts from its own snapshot when it holds the states asked for; otherwise (another chunk,
+        a reset since) the host writes them, quantized to the state format.
+        """
+        if init is None or (isinstance(init, str) and init == "zero"):
+            return Init.ZERO, None, None
+        mode = Init.KEEP
+        if isinstance(init, str):
+            if init != "keep":
+                raise TargetError(f"init = {init!r} is invalid; use None, 'zero', 'keep', or a list of states")
+            if self._last is None:
+                raise TargetError("init = 'keep' but the target has not relaxed yet")
+            init = self._last
+        elif isinstance(init, Relaxation) and init is self._free:
+            mode = Init.FREE
+        states = init.states if isinstance(init, Relaxation) else init
+        expected = [(batch, *shape) for shape in self.spec.state_shapes]
+        if [tuple(s.shape) for s in states] != expected:
+            raise TargetError(f"initial states have shapes {[tuple(s.shape) for s in states]}, expected {expected}")
+        smax = (1 << self._fp.state_bits) - 1
+        scale = 2 ** self._image.state_frac
+        host = [torch.round(s.detach().cpu().double() * scale).clamp(0, smax).long().flatten(1).numpy()
+                for s in states]
+        source = init if single and isinstance(init, Relaxation) else None
+        return mode, source, host
+
+    def _on_board(self, mode: Init, source: Relaxation | None) -> bool:
+        """Whether the board still holds the states ``source`` ended with, where ``mode`` finds them."""
+        if source is None:
+            return False
+        if mode == Init.FREE:
+            return self._free is source
+        return self._last is source and self._last_on_board
+
+    def _relax_chunk(self, x_int: np.ndarray, labels: np.ndarray | None, steps: int, beta: float, mode: Init,
+                     source: Relaxation | None, states: list[np.ndarray] | None, tolerance: int | None) -> tuple:
+        client, image = self.client, self._image
+        if self._input is None or self._input.shape != x_int.shape or not np.array_equal(self._input, x_int):
+            self._input = None
+            client.set_input(x_int, image.input_code)
+            self._input = x_int
+        if labels is not None and (self._labels is None or not np.array_equal(self._labels, labels)):
+            self._labels = None
+            client.set_target(labels)
+            self._labels = labels
+        if states is not None and not self._on_board(mode, source):
+            for layer, layer_states in enumerate(states, start=1):
+                client.set_states(layer, layer_states, image.state_code)
+            mode = Init.KEEP
+        self._last_on_board = False
+        phase = Phase.FREE if beta == 0 else (Phase.PLUS if beta > 0 else Phase.MINUS)
+        done = client.relax(phase, mode, steps, round(beta * (1 << 16)), tolerance,
+                            compute=self._relax_seconds(x_int.shape[0], steps))
+        n = x_int.shape[0]
+        states = [client.read_states(Snapshot.CURRENT, layer, n, record.units, image.state_code)
+                  for layer, record in enumerate(image.record.layers, start=1)]
+        scores = (client.read_states(Snapshot.CURRENT, SCORES, n, image.record.classes, I32)
+                  if image.record.classes else None)
+        residual = client.read_states(Snapshot.CURRENT, RESIDUAL, n, 1, U16)[:, 0]
+        return states, scores, residual, done.steps
+
+    def _relax_seconds(self, batch: int, steps: int) -> float:
+        """The board's expected compute time for a phase (from HELLO's ns per multiply-accumulate), x4."""
+        units = [g.out_shape[0] for g in self.spec.layers]
+        per_step = sum(2 * a * b for a, b in zip(units, units[1:])) + (self._image.record.classes * units[-1])
+        macs = batch * (steps * per_step + self.spec.layers[0].fan_in * units[0])
+        return 4 * macs * self.info.ns_per_mac * 1e-9
+
+    def _assemble(self, parts: list[tuple]) -> Relaxation:
+        scale = 2.0 ** -self._image.state_frac
+        states = tuple(
+            torch.from_numpy(np.concatenate([p[0][i] for p in parts]).astype(np.float32)).mul_(scale)
+            .view(-1, *shape) for i, shape in enumerate(self.spec.state_shapes))
+        if parts[0][1] is not None:
+            scores = np.concatenate([p[1] for p in parts]).astype(np.float64) * 2.0 ** -self._image.score_frac
+            logits = torch.from_numpy(scores).float()
+        else:
+            logits = states[-1].flatten(1).clone()
+        residual = torch.from_numpy(np.concatenate([p[2] for p in parts]).astype(np.float32)).mul_(scale)
+        return Relaxation(states, logits, max(p[3] for p in parts), residual)
+
+    def link_report(self) -> dict:
+        """Counts of uploads, updates, recoveries and the client's traffic."""
+        stats = asdict(self.client.stats)
+        stats.pop("events")
+        return {**asdict(self.report), **stats}
+
+    def close(self) -> None:
+        self.client.close()
+
+
+_DTYPES = {0: np.int8, 1: np.int16, 2: np.int32, 3: np.uint8, 4: np.uint16}
+
+
+def _with_tensor(image: BoardImage, tid: int, values: np.ndarray) -> BoardImage:
+    tensors = dict(image.tensors)
+    tensors[tid] = (values, tensors[tid][1])
+    return BoardImage(image.record, tensors, image.state_frac, image.score_frac, image.input_code, image.state_code)
+
+
+def _tensor_id_of(spec: NetworkSpec, name: str) -> int:
+    """The board's tensor id of parameter ``name`` (``w2``, ``b2``, ``fb2``, ``w_out``, ``b_out``)."""
+    from firmware_interface.protocol import BIAS, FEEDBACK
+
+    if name.endswith("_out"):
+        return tensor_id(spec.num_state_layers + 1, W if name[0] == "w" else BIAS)
+    slot = {"w": W, "b": BIAS, "fb": FEEDBACK}[name.rstrip("0123456789")]
+    return tensor_id(int(name.lstrip("wbf")), slot)

@@ -1,0 +1,310 @@
+"""The serial target against the reference firmware: bit-exact states, training with the board in the loop,
+recovery from board resets and killed hosts, and the errors a user meets."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from firmware_interface.client import BoardClient
+from firmware_interface.protocol import tensor_id
+from hwtoolkit import config
+from hwtoolkit.network.parameters import init_parameters
+from hwtoolkit.network.spec import ConvLayer, NetworkSpec
+from hwtoolkit.training import checkpoint
+from hwtoolkit.training.loop import train
+from quantize.fixed_point import FixedPointNetwork
+from targets import TargetError
+from targets.reference import ReferenceTarget
+from targets.serial.target import SerialTarget
+from tests.conftest import tiny_config_text
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def host_client(host_board):
+    with BoardClient.open(host_board.url, timeout=0.5) as client:
+        yield client
+
+
+def _states_ints(relaxation, frac):
+    return [torch.round(s.flatten(1).double() * 2.0 ** frac).long() for s in relaxation.states]
+
+
+networks = st.fixed_dictionaries({
+    "hidden": st.lists(st.integers(1, 24), min_size=1, max_size=3),
+    "classes": st.integers(2, 6),
+    "output": st.sampled_from(["ce", "mse"]),
+    "tied": st.booleans(),
+    "update": st.sampled_from(["synchronous", "alternating"]),
+    "activation": st.sampled_from(["hard_sigmoid", "hard_sigmoid_half"]),
+    "side": st.integers(2, 7),
+    "normalised": st.booleans(),
+})
+quants = st.fixed_dictionaries({
+    "weight_bits": st.integers(3, 12),
+    "state_bits": st.integers(3, 12),
+    "input_bits": st.integers(4, 10),
+    "granularity": st.sampled_from(["per_tensor", "per_channel"]),
+})
+
+
+def _random_case(net, quant, seed):
+    spec = NetworkSpec(input_shape=(1, net["side"], net["side"]), hidden=tuple(net["hidden"]), classes=net["classes"],
+                       output=net["output"], tied=net["tied"], update=net["update"], activation=net["activation"],
+                       input_mean=(0.4,) if net["normalised"] else (), input_std=(0.3,) if net["normalised"] else ())
+    gain = 1.0 + (seed % 3)  # larger weights drive more units away from 0 and 1
+    weights = {n: gain * p for n, p in init_parameters(spec, seed).items()}
+    return spec, weights
+
+
+def check_bit_exact(client, net, quant, seed, steps, beta):
+    """Free (and for MSE, nudged) phases on the board equal the Python fixed-point model bit for bit."""
+    spec, weights = _random_case(net, quant, seed)
+    target = SerialTarget(spec, client=client, quant=quant)
+    target.program(weights)
+    fp = FixedPointNetwork.from_quant(target.quant)
+    gen = torch.Generator().manual_seed(seed)
+    batch = int(torch.randint(1, 40, (), generator=gen))
+    x = torch.rand(batch, *spec.input_shape, generator=gen)
+    y = torch.randint(0, spec.classes, (batch,), generator=gen)
+    free = target.relax(x, steps)
+    golden = fp.relax(fp.encode_input(x), steps)
+    assert [torch.equal(a, b) for a, b in zip(_states_ints(free, fp.state_frac), golden.states)] == \
+        [True] * spec.num_state_layers
+    assert torch.equal(free.logits.double(), golden.scores.double() * 2.0 ** -fp.score_frac)
+    if spec.output == "mse":
+        nudged = target.relax(x, steps, beta, y, init=free)
+        golden_nudged = fp.relax(fp.encode_input(x), steps, beta, y, init=golden.states)
+        assert all(torch.equal(a, b) for a, b in zip(_states_ints(nudged, fp.state_frac), golden_nudged.states))
+    return fp
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(net=networks, quant=quants, seed=st.integers(0, 10_000), steps=st.integers(1, 30),
+       beta=st.sampled_from([0.5, -0.5, 0.25, 1.0, -0.0625, 0.1]))
+def test_host_board_states_equal_the_fixed_point_model(host_client, net, quant, seed, steps, beta):
+    check_bit_exact(host_client, net, quant, seed, steps, beta)
+
+
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(net=networks, quant=quants, seed=st.integers(0, 10_000), steps=st.integers(1, 12),
+       beta=st.sampled_from([0.5, -0.25]))
+def test_qemu_board_states_equal_the_fixed_point_model(qemu_board, net, quant, seed, steps, beta):
+    with BoardClient.open(qemu_board.url, timeout=2.0) as client:
+        check_bit_exact(client, net, quant, seed, steps, beta)
+
+
+def test_states_are_not_trivially_equal(host_client):
+    """The property above compares states that actually vary (not all 0 or all saturated)."""
+    net = {"hidden": [20, 12], "classes": 4, "output": "mse", "tied": True, "update": "synchronous",
+           "activation": "hard_sigmoid", "side": 6, "normalised": False}
+    fp = check_bit_exact(host_client, net, {"weight_bits": 6, "state_bits": 6}, 1, 20, 0.5)
+    assert fp.state_bits == 6
+
+
+# -- training with the board in the loop ---------------------------------------------------------------------
+
+
+def _board_config(root, url, epochs=2, extra=""):
+    text = tiny_config_text(root, "symmetric", epochs=epochs, extra=extra).replace('output = "ce"', 'output = "mse"')
+    text = text.replace("lr = [0.1, 0.05]", "lr = [0.1, 0.05]").replace("weight_decay = 1e-4", "weight_decay = 0.0")
+    text += "\n[quant]\nweight_bits = 8\nstate_bits = 8\n"
+    if url:
+        text += f'\n[target]\nname = "serial"\nurl = "{url}"\ntimeout = 0.5\n'
+    return text
+
+
+def _weights(run):
+    return checkpoint.load(Path(run) / "checkpoints" / "best.pt")["weights"]
+
+
+def test_training_on_the_board_equals_the_fixed_point_model_on_the_reference_target(host_board, idx_dataset,
+                                                                                     tmp_path):
+    """Same seed, same config: the board's states equal the quantized reference's, so the runs are identical."""
+    board = config.loads(_board_config(idx_dataset, host_board.url))
+    reference = config.loads(_board_config(idx_dataset, None))
+    a = train(board, tmp_path / "board", log=lambda s: None)
+    b = train(reference, tmp_path / "reference", log=lambda s: None)
+    assert a["test_accuracy"] == b["test_accuracy"] and a["test_accuracy"] > 0.5
+    wa, wb = _weights(tmp_path / "board"), _weights(tmp_path / "reference")
+    assert all(torch.equal(wa[n], wb[n]) for n in wa)
+
+
+def _trained_pair(client, spec, quant, batches=6, reset_at=None, seed=2):
+    """Train ``batches`` EP steps on the board and on the reference target with the same updates."""
+    from hwtoolkit.config import EPConfig
+    from hwtoolkit.training.estimators import symmetric
+
+    board = SerialTarget(spec, client=client, quant=quant)
+    ref = ReferenceTarget(spec, quant=quant)
+    weights = init_parameters(spec, seed)
+    board.program(weights)
+    ref.program(weights)
+    estimate = symmetric(EPConfig(beta=0.5, free_steps=10, nudged_steps=6))
+    gen = torch.Generator().manual_seed(seed)
+    for step in range(batches):
+        x = torch.rand(16, *spec.input_shape, generator=gen)
+        y = torch.randint(0, spec.classes, (16,), generator=gen)
+        for target in (board, ref):
+            result = estimate(target, x, y, gen)
+            if target is board and reset_at is not None and step == reset_at[0]:
+                reset_at[1](board)
+            target.apply_update({n: 0.2 * d for n, d in result.direction.items()})
+    return board, ref
+
+
+SMALL = NetworkSpec(input_shape=(1, 5, 5), hidden=(12,), classes=3, output="mse")
+W8 = {"weight_bits": 8, "state_bits": 8}
+
+
+def test_updates_write_only_integer_differences_and_the_board_holds_the_host_weights(host_client):
+    board, ref = _trained_pair(host_client, SMALL, W8)
+    assert board.report.uploads == 1 and board.report.delta_requests > 0 and board.report.saturated == 0
+    assert board.verify() == []
+    held = board.board_weights()
+    expected = ref.effective_params()
+    assert all(torch.equal(held[n], expected[n].float()) for n in expected)
+    shadow, ref_shadow = board.read_weights(), ref.read_weights()
+    assert all(torch.equal(shadow[n], ref_shadow[n]) for n in shadow)
+
+
+def _reset_between_chunks(board):
+    """A board reset in the middle of an update: after the first APPLY_DELTA of the next update."""
+    original = board.client.apply_delta
+    fired = []
+
+    def apply_then_reset(*args, **kw):
+        out = original(*args, **kw)
+        if not fired:
+            fired.append(True)
+            board.client.reset()
+        return out
+    board.client.apply_delta = apply_then_reset
+
+
+@pytest.mark.parametrize("when", ["before_update", "inside_update"])
+def test_a_board_reset_is_repaired_without_losing_or_repeating_updates(host_client, when):
+    reset = (lambda board: board.client.reset()) if when == "before_update" else _reset_between_chunks
+    board, ref = _trained_pair(host_client, SMALL, W8, reset_at=(2, reset))
+    assert board.report.resets_recovered == 1 and board.report.uploads == 2
+    held, expected = board.board_weights(), ref.effective_params()
+    assert all(torch.equal(held[n], expected[n].float()) for n in expected)
+
+
+def test_weights_changed_behind_the_hosts_back_are_found_and_repaired(host_client):
+    board, ref = _trained_pair(host_client, SMALL, W8, batches=2)
+    values, code = board._image.tensors[tensor_id(1, 0)]
+    tampered = values.copy()
+    tampered[0] = -tampered[0] if tampered[0] else 5
+    host_client.write_tensor(tensor_id(1, 0), tampered, code)
+    host_client.commit_tensor(tensor_id(1, 0), tampered, code, board._version)
+    assert board.verify() == [tensor_id(1, 0)]
+    board.verify_every = 1
+    board.apply_update({})
+    assert board.report.repairs == 1 and board.verify() == []
+
+
+def test_a_stale_weights_version_is_repaired_by_writing_every_weight(host_client):
+    board, _ = _trained_pair(host_client, SMALL, W8, batches=1)
+    values, code = board._image.tensors[tensor_id(1, 1)]
+    host_client.apply_delta(tensor_id(1, 1), np.ones_like(values), code, board._version)  # another writer
+    uploads = board.report.uploads
+    board.apply_update({"b1": torch.full((12,), 0.5)})
+    assert board.report.repairs == 1 and board.report.uploads == uploads + 1 and board.verify() == []
+
+
+# -- errors ----------------------------------------------------------------------------------------------------
+
+
+def test_configuration_errors_name_what_is_wrong(host_board, host_client, idx_dataset):
+    with pytest.raises(config.ConfigError, match="quant"):
+        config.loads(_board_config(idx_dataset, host_board.url).split("[quant]")[0]
+                     + f'\n[target]\nname = "serial"\nurl = "{host_board.url}"\n')
+    with pytest.raises(TargetError, match="target.url is required"):
+        SerialTarget(SMALL, quant=W8)
+    with pytest.raises(TargetError, match="no board answered"):
+        SerialTarget(SMALL, url="/dev/nonexistent-board", quant=W8)
+    with pytest.raises(TargetError, match="fixed-point network"):
+        SerialTarget(SMALL, client=host_client, quant={"weight_bits": 8, "state_bits": 8, "scale": "float"})
+    conv = NetworkSpec(input_shape=(1, 6, 6), conv=(ConvLayer(4, 3, pool="none"),), classes=3, output="mse")
+    with pytest.raises(TargetError, match="conv"):
+        SerialTarget(conv, client=host_client, quant=W8)
+    ce = NetworkSpec(input_shape=(1, 5, 5), hidden=(8,), classes=3, output="ce")
+    target = SerialTarget(ce, client=host_client, quant=W8)
+    with pytest.raises(TargetError, match="holds no weights"):
+        target.relax(torch.rand(2, 1, 5, 5), 5)
+    target.program(init_parameters(ce, 0))
+    with pytest.raises(TargetError, match="output = \"mse\""):
+        target.relax(torch.rand(2, 1, 5, 5), 5, 0.5, torch.tensor([0, 1]))
+    with pytest.raises(TargetError, match="steps"):
+        target.relax(torch.rand(2, 1, 5, 5), 0)
+    with pytest.raises(TargetError, match="max_batch"):
+        SerialTarget(ce, client=host_client, quant=W8, max_batch=-1)
+
+
+def test_batches_larger_than_the_board_holds_are_relaxed_in_chunks(host_client):
+    spec, quant = SMALL, W8
+    board = SerialTarget(spec, client=host_client, quant=quant, max_batch=7)
+    ref = ReferenceTarget(spec, quant=quant)
+    weights = init_parameters(spec, 5)
+    board.program(weights)
+    ref.program(weights)
+    x = torch.rand(30, 1, 5, 5, generator=torch.Generator().manual_seed(0))
+    y = torch.randint(0, 3, (30,), generator=torch.Generator().manual_seed(1))
+    a, b = board.relax(x, 12), ref.relax(x, 12)
+    assert all(torch.equal(s, t) for s, t in zip(a.states, b.states))
+    a2, b2 = board.relax(x, 6, 0.5, y, init=a), ref.relax(x, 6, 0.5, y, init=b)
+    assert all(torch.equal(s, t) for s, t in zip(a2.states, b2.states))
+    assert torch.equal(a.residual, b.residual)
+
+
+# -- a killed host resumes from its checkpoint ------------------------------------------------------------------
+
+
+def _cli(*args: str) -> subprocess.Popen:
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
+    return subprocess.Popen([sys.executable, "-m", "hwtoolkit.cli", *args], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+
+
+@pytest.mark.slow
+def test_a_killed_host_resumes_to_the_same_weights(host_board, idx_dataset, tmp_path):
+    """SIGKILL the training process while it drives the board, resume it; the weights equal an unbroken run."""
+    cfg_file = tmp_path / "board.toml"
+    cfg_file.write_text(_board_config(idx_dataset, host_board.url, epochs=3).replace("hidden = [16]", "hidden = [64]"))
+    full, killed = tmp_path / "full", tmp_path / "killed"
+    run = _cli("train", str(cfg_file), "--out", str(full), "--no-progress")
+    out, _ = run.communicate(timeout=300)
+    assert run.returncode == 0, out
+    proc = _cli("train", str(cfg_file), "--out", str(killed), "--no-progress")
+    deadline, state = time.monotonic() + 120, None
+    while time.monotonic() < deadline and proc.poll() is None:
+        ckpt = killed / "checkpoints" / "last.pt"
+        if ckpt.exists():
+            state = checkpoint.load(ckpt)
+            if state["epoch"] >= 1 and state["batch"] > 0:
+                break
+        time.sleep(0.005)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert state is not None and state["batch"] > 0, "the run finished before it could be killed mid-epoch"
+    resumed = _cli("train", str(cfg_file), "--out", str(killed), "--resume", "--no-progress")
+    out, _ = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, out
+    a, b = _weights(full), _weights(killed)
+    assert all(torch.equal(a[n], b[n]) for n in a)
+    assert json.loads((killed / "summary.json").read_text())["test_accuracy"] == \
+        json.loads((full / "summary.json").read_text())["test_accuracy"]
