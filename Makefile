@@ -43,14 +43,18 @@ firmware: toolchain
 
 # The main job: F-MNIST trained in situ on the ideal crossbar and on a realistic device (metal-oxide ECRAM),
 # side by side: accuracy, gradient fidelity and a plot in $(DEMO_OUT)/sweep.*; then the GDU check of EP;
-# then the ideal-crossbar network exported to ONNX and checked with onnxruntime on the whole test set.
-demo: install data
+# then the ideal-crossbar network exported to ONNX and checked with onnxruntime on the whole test set; then
+# 14x14 F-MNIST trained with the board firmware (host build, on a pty) in the loop, against the same
+# fixed-point network on the reference target.
+demo: install data firmware
 	rm -rf $(DEMO_OUT)
 	$(PY) -m hwtoolkit sweep configs/fmnist_mlp_crossbar.toml --param crossbar.preset --values ideal,ecram-mo \
 	  --set train.epochs=5 --out $(DEMO_OUT)
 	$(PY) -m hwtoolkit gdu configs/gdu_mlp.toml --beta 0.001 --json $(DEMO_OUT)/gdu.json --plot $(DEMO_OUT)/gdu.png
 	$(PY) -m hwtoolkit export "$(DEMO_OUT)/points/crossbar.preset=ideal/seed1" --format onnx \
 	  --out $(DEMO_OUT)/fmnist_mlp.onnx --check-samples 0
+	$(PY) benchmarks/board_training.py --board host --set train.epochs=2 --runs $(DEMO_OUT)/board \
+	  --json $(DEMO_OUT)/board_training.json
 
 test: install data firmware
 	$(PY) -m pytest -q

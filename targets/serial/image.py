@@ -99,6 +99,10 @@ def board_image(fp: FixedPointNetwork, max_batch: int) -> BoardImage:
     if spec.output == "ce":
         w = p["w_out"]
         classes = w.data.shape[0]
+        aligned_w, aligned_b = fp.readout
+        bound = int(aligned_w.abs().sum(1).max()) * ((1 << fp.state_bits) - 1) + int(aligned_b.abs().max())
+        if bound > 2**31 - 1:
+            raise ImageError(f"class scores can reach {bound}, beyond the i32 that READ_STATES carries")
         out = fp.score_frac - _rows(w.frac, classes) - fs
         tensors[tensor_id(n + 1, W)] = (w.data.numpy().reshape(-1), wcode)
         tensors[tensor_id(n + 1, BIAS)] = (p["b_out"].data.numpy().reshape(-1), I32)

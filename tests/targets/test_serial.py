@@ -99,12 +99,26 @@ def test_host_board_states_equal_the_fixed_point_model(host_client, net, quant, 
     check_bit_exact(host_client, net, quant, seed, steps, beta)
 
 
+@pytest.fixture(scope="module")
+def board_client(board_url):
+    """A client on each kind of board: host build, QEMU, and a real one given with --board-url."""
+    with BoardClient.open(board_url, timeout=2.0) as client:
+        yield client
+
+
 @settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(net=networks, quant=quants, seed=st.integers(0, 10_000), steps=st.integers(1, 12),
        beta=st.sampled_from([0.5, -0.25]))
-def test_qemu_board_states_equal_the_fixed_point_model(qemu_board, net, quant, seed, steps, beta):
-    with BoardClient.open(qemu_board.url, timeout=2.0) as client:
-        check_bit_exact(client, net, quant, seed, steps, beta)
+def test_every_board_states_equal_the_fixed_point_model(board_client, net, quant, seed, steps, beta):
+    check_bit_exact(board_client, net, quant, seed, steps, beta)
+
+
+def test_every_board_passes_its_self_tests_and_trains_like_the_reference(board_client):
+    passed, failed = board_client.self_test()
+    assert failed == 0 and passed != 0
+    board, ref = _trained_pair(board_client, SMALL, W8, batches=3)
+    held, expected = board.board_weights(), ref.effective_params()
+    assert all(torch.equal(held[n], expected[n].float()) for n in expected)
 
 
 def test_states_are_not_trivially_equal(host_client):

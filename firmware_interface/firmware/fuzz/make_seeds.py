@@ -1,0 +1,57 @@
+"""Seed inputs for fuzz_frames: a small network configured, written, relaxed and read, in the harness's
+record format (mode byte 0x03: records, HELLO first). Usage: python3 make_seeds.py DIR"""
+
+import random
+import struct
+import zlib
+import sys
+from pathlib import Path
+
+
+def rec(cmd: int, payload: bytes) -> bytes:
+    assert len(payload) < 255
+    return bytes([len(payload) + 1, cmd]) + payload
+
+
+def tensor(dtype: int, fmt: str, values, shape) -> bytes:
+    return struct.pack(f"<BbB{len(shape)}H", dtype, 0, len(shape), *shape) + struct.pack(f"<{len(values)}{fmt}", *values)
+
+
+def session(rng: random.Random, flags: int) -> bytes:
+    units, inp, ce = [4, 3], 5, flags & 4
+    out = rec(0x05, struct.pack("<BBBBBBHH", 2, flags, 6, 4, 4, 0, 4, inp)
+              + b"".join(struct.pack("<HbB", u, 6, 0) for u in units) + struct.pack("<HBB", 2 if ce else 0, 0 if ce else 3, 0))
+    fan = [inp, units[0]]
+    ids = [(0, units[0] * fan[0]), (1, units[0]), (3, 3 * units[0]), (4, units[1] * fan[1]), (5, units[1]), (7, 3 * units[1])]
+    if flags & 2:
+        ids.append((6, units[1] * fan[1]))
+    if ce:
+        ids += [(8, 2 * units[1]), (9, 2), (11, 2)]
+    for tid, n in ids:
+        if tid % 4 == 1:
+            t = tensor(2, "i", [rng.randrange(-200, 200) for _ in range(n)], (n,))
+        elif tid % 4 == 3:
+            t = tensor(3, "B", [rng.randrange(3) if i < 2 * n // 3 or tid == 11 else 0 for i in range(n)], (n,))
+        else:
+            t = tensor(0, "b", [rng.randrange(-31, 32) for _ in range(n)], (n,))
+        out += rec(0x06, struct.pack("<BBI", tid, 0, 0) + t)
+        out += rec(0x08, struct.pack("<BBII", tid, 0, zlib.crc32(t[5:]) ^ (tid == 5), 1))  # id 5: a mismatch
+        out += rec(0x08, struct.pack("<BBII", tid, 0, zlib.crc32(t[5:]), 1))
+        out += rec(0x0F, bytes([tid]))
+    out += rec(0x0A, struct.pack("<HH", 2, 0) + tensor(3, "B", [rng.randrange(16) for _ in range(10)], (2, 5)))
+    out += rec(0x0B, struct.pack("<H", 0) + tensor(3, "B", [1, 0], (2,)))
+    out += rec(0x0C, struct.pack("<BBHiI", 0, 0, 5, 0, 0xFFFFFFFF))
+    out += rec(0x0C, struct.pack("<BBHiI", 1, 2, 3, 32768, 2))
+    out += rec(0x0D, struct.pack("<BBHH", 0, 1, 0, 2)) + rec(0x0D, struct.pack("<BBHH", 1, 0xF0, 0, 2))
+    out += rec(0x0D, struct.pack("<BBHH", 3, 0xF1, 0, 2))
+    out += rec(0x09, struct.pack("<BBII", 0, 0, 1, 0) + tensor(0, "b", [5, -5], (2,)))
+    out += rec(0x10, struct.pack("<BBH", 2, 0, 0) + tensor(3, "B", [1, 2, 3], (1, 3)))
+    out += rec(0x07, struct.pack("<BBIH", 0, 0, 0, 4)) + rec(0x04, struct.pack("<I", 15)) + rec(0x0E, b"")
+    return bytes([0x03]) + out
+
+
+if __name__ == "__main__":
+    root = Path(sys.argv[1])
+    root.mkdir(parents=True, exist_ok=True)
+    for flags in range(16):
+        (root / f"seed_{flags:02d}").write_bytes(session(random.Random(flags), flags & 0x0F))
