@@ -254,12 +254,12 @@ class BoardClient:
 
     def reset(self, timeout: float = 5.0) -> int:
         """Soft-reset the board and wait for its BOOT event; returns the new ``boot_id``. Greet it again after."""
+        seen = len(self.stats.events)  # BOOT events from before (the board's power-on) do not count
         self.request(Command.RESET, expect_boot=True)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            for command, payload in self.stats.events:
+            for command, payload in self.stats.events[seen:]:
                 if command == Command.BOOT and len(payload) == 4:
-                    self.stats.events.clear()
                     return struct.unpack("<I", payload)[0]
             self._await(-1, -1, min(0.05, deadline - time.monotonic()), expect_boot=True)
         raise BoardTimeout(f"no BOOT event within {timeout} s of RESET")

@@ -113,12 +113,17 @@ def test_every_board_states_equal_the_fixed_point_model(board_client, net, quant
     check_bit_exact(board_client, net, quant, seed, steps, beta)
 
 
-def test_every_board_passes_its_self_tests_and_trains_like_the_reference(board_client):
+def test_every_board_passes_its_self_tests_trains_like_the_reference_and_survives_a_reset(board_client):
     passed, failed = board_client.self_test()
     assert failed == 0 and passed != 0
     board, ref = _trained_pair(board_client, SMALL, W8, batches=3)
     held, expected = board.board_weights(), ref.effective_params()
     assert all(torch.equal(held[n], expected[n].float()) for n in expected)
+    boot_id = board_client.info.boot_id
+    assert board_client.reset() != boot_id  # a new boot announces itself with a new boot_id
+    x = torch.rand(4, *SMALL.input_shape, generator=torch.Generator().manual_seed(9))
+    assert all(torch.equal(a, b) for a, b in zip(board.relax(x, 10).states, ref.relax(x, 10).states))
+    assert board.report.resets_recovered == 1 and board_client.info.boot_id != boot_id
 
 
 def test_states_are_not_trivially_equal(host_client):
@@ -322,3 +327,24 @@ def test_a_killed_host_resumes_to_the_same_weights(host_board, idx_dataset, tmp_
     assert all(torch.equal(a[n], b[n]) for n in a)
     assert json.loads((killed / "summary.json").read_text())["test_accuracy"] == \
         json.loads((full / "summary.json").read_text())["test_accuracy"]
+
+
+# -- the command line -----------------------------------------------------------------------------------------
+
+
+def test_cli_trains_with_the_board_and_greets_it(host_board, idx_dataset, tmp_path, capsys):
+    from hwtoolkit.cli import main
+
+    cfg_file = tmp_path / "board.toml"
+    cfg_file.write_text(_board_config(idx_dataset, None, epochs=1))
+    assert main(["train", str(cfg_file), "--target", "serial", "--set", f"target.url={json.dumps(host_board.url)}",
+                 "--out", str(tmp_path / "run"), "--no-progress"]) == 0
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["target"] == "serial" and summary["test_accuracy"] > 0.4
+    capsys.readouterr()
+    assert main(["board", host_board.url, "--self-test", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["hello"]["protocol_major"] == 1 and report["self_test"]["failed"] == "0x00000000"
+    assert "UNTIED" in report["hello"]["capabilities"]
+    assert main(["board", str(tmp_path / "no-such-port")]) == 2
+    assert "no-such-port" in capsys.readouterr().err
