@@ -699,3 +699,33 @@ def test_real_fashion_mnist(monkeypatch):
         stored = (REAL_FMNIST / spec.name).read_bytes()
         assert spec.md5 == hashlib.md5(stored).hexdigest() or spec.raw_md5 == hashlib.md5(gzip.decompress(stored)).hexdigest()
     assert os.environ.get("HWTOOLKIT_DATA") is None
+
+
+def test_downsample_averages_blocks_rounding_half_to_even():
+    from hwtoolkit.data import downsample_images
+
+    x = torch.tensor([[[[0, 1, 2, 2, 9], [1, 2, 2, 3, 9], [7, 7, 7, 7, 9]]]], dtype=torch.uint8)
+    y = downsample_images(x, 2)
+    assert y.dtype == torch.uint8 and y.shape == (1, 1, 1, 2)  # edges that do not fill a block are dropped
+    assert y.tolist() == [[[[1, 2]]]]  # mean 1.0 -> 1; mean 2.25 -> 2
+    assert downsample_images(torch.tensor([[[[1, 2], [2, 1]]]], dtype=torch.uint8), 2).item() == 2  # 1.5 -> 2
+    assert downsample_images(torch.tensor([[[[3, 2], [2, 3]]]], dtype=torch.uint8), 2).item() == 2  # 2.5 -> 2
+    assert downsample_images(x, 1) is x
+    with pytest.raises(ValueError, match="factor 0"):
+        downsample_images(x, 0)
+    with pytest.raises(ValueError, match="cannot be downsampled by 4"):
+        downsample_images(x, 4)
+
+
+def test_config_downsample_shrinks_the_images_and_checks_the_input_shape(idx_dataset):
+    from hwtoolkit import config
+    from hwtoolkit.training.loop import load_splits
+    from tests.conftest import tiny_config_text
+
+    text = tiny_config_text(idx_dataset).replace("input_shape = [1, 8, 8]", "input_shape = [1, 4, 4]")
+    splits = load_splits(config.loads(text, ["data.downsample=2"]))
+    assert splits.train_x.shape[1:] == (1, 4, 4) and splits.test_x.shape[1:] == (1, 4, 4)
+    with pytest.raises(config.ConfigError, match=r"after data.downsample = 2, which are \[1, 4, 4\]"):
+        load_splits(config.loads(tiny_config_text(idx_dataset), ["data.downsample=2"]))
+    with pytest.raises(config.ConfigError, match="data.downsample = 0 is invalid"):
+        config.loads(text, ["data.downsample=0"])
