@@ -9,6 +9,7 @@ against what was asked before it is used; anything malformed raises ``ProtocolEr
 from __future__ import annotations
 
 import logging
+import random
 import struct
 from collections import deque
 import time
@@ -20,8 +21,8 @@ import numpy as np
 
 from . import tensor as T
 from .frame import HOST_MAX_PAYLOAD, PROTOCOL_MAJOR, Frame, FrameError, FrameReceiver, Kind
-from .protocol import (NO_TOLERANCE, WARNINGS, BoardStatus, Command, HelloInfo, Status, command_name,
-                       hello_request, status_name)
+from .protocol import (NO_TOLERANCE, WARNINGS, BoardStatus, Command, HelloInfo, ProtocolError, Status,
+                       command_name, hello_request, status_name)
 
 log = logging.getLogger(__name__)
 
@@ -66,10 +67,6 @@ class BoardResetError(RuntimeError):
     """The board has rebooted (a BOOT event, or BAD_VERSION after a HELLO): its weights and inputs are gone."""
 
 
-class ProtocolError(ValueError):
-    """The board sent something malformed or not what was asked for."""
-
-
 @dataclass
 class ClientStats:
     """Traffic and faults seen by a client (for throughput figures and fault-injection reports)."""
@@ -88,6 +85,8 @@ class ClientStats:
 
 @dataclass(frozen=True)
 class RelaxResult:
+    """What RELAX reports: the steps run, whether the last one moved no unit by more than the tolerance."""
+
     steps: int
     converged: bool
     max_delta: int  # largest state move of the last step, in LSBs
@@ -117,7 +116,7 @@ class BoardClient:
         self.receiver = FrameReceiver(HOST_MAX_PAYLOAD)
         self.stats = ClientStats()
         self.info: HelloInfo | None = None
-        self._seq = 0
+        self._seq = random.getrandbits(16)  # another session's requests are not mistaken for replays
         self._pending: deque[Frame | FrameError] = deque()  # frames read but not yet looked at
 
     @classmethod
@@ -242,11 +241,15 @@ class BoardClient:
         if not 64 <= info.max_payload <= HOST_MAX_PAYLOAD:
             raise ProtocolError(f"board advertises a maximum payload of {info.max_payload} bytes; expected "
                                 f"64 to {HOST_MAX_PAYLOAD}")
+        for name in ("max_batch", "max_steps", "max_layers", "max_units"):
+            if getattr(info, name) < 1:
+                raise ProtocolError(f"board advertises {name} = {getattr(info, name)}; expected at least 1")
         self.info = info
         self.receiver.max_payload = info.max_payload
         return info
 
     def ping(self, data: bytes = b"") -> bytes:
+        """Echo ``data`` through the board (a liveness and link check)."""
         reply = self.request(Command.PING, data, reply_bytes=len(data))
         if reply.payload != data:
             raise ProtocolError(f"PING echoed {len(reply.payload)} bytes that differ from the {len(data)} sent")
@@ -257,11 +260,17 @@ class BoardClient:
         seen = len(self.stats.events)  # BOOT events from before (the board's power-on) do not count
         self.request(Command.RESET, expect_boot=True)
         deadline = time.monotonic() + timeout
+        boots: list[int] = []
         while time.monotonic() < deadline:
-            for command, payload in self.stats.events[seen:]:
-                if command == Command.BOOT and len(payload) == 4:
-                    return struct.unpack("<I", payload)[0]
+            # a lost RESET response makes the retry reset the board again: the last BOOT event is the one
             self._await(-1, -1, min(0.05, deadline - time.monotonic()), expect_boot=True)
+            found = [struct.unpack("<I", payload)[0] for command, payload in self.stats.events[seen:]
+                     if command == Command.BOOT and len(payload) == 4]
+            if boots and found == boots:
+                return boots[-1]
+            boots = found
+        if boots:
+            return boots[-1]
         raise BoardTimeout(f"no BOOT event within {timeout} s of RESET")
 
     def self_test(self, mask: int = 0xFFFFFFFF) -> tuple[int, int]:
@@ -275,6 +284,7 @@ class BoardClient:
         return struct.unpack("<II", self._exact(reply, 8))
 
     def get_status(self) -> BoardStatus:
+        """The board's uptime, boot id, frame and error counters, and weights version."""
         return BoardStatus.unpack(self.request(Command.GET_STATUS).payload)
 
     def tensor_crc(self, tensor_id: int) -> tuple[int, int]:
@@ -301,7 +311,7 @@ class BoardClient:
     def write_tensor(self, tensor_id: int, values: np.ndarray, code: int) -> None:
         """Write a whole tensor (flattened) with as few WRITE_WEIGHTS requests as the payload allows."""
         flat = np.asarray(values).reshape(-1)
-        step = self._chunk(6 + 5, T.DTYPES[code].itemsize, f"tensor {tensor_id}")
+        step = self._chunk(6 + T.header_size(1), T.DTYPES[code].itemsize, f"tensor {tensor_id}")
         for start in range(0, flat.size, step):
             chunk = flat[start:start + step]
             self.request(Command.WRITE_WEIGHTS, struct.pack("<BBI", tensor_id, 0, start) + T.encode(chunk, code))
@@ -320,7 +330,7 @@ class BoardClient:
     def read_tensor(self, tensor_id: int, count: int, code: int) -> np.ndarray:
         """Read ``count`` elements of a tensor back (what the board really holds)."""
         out = np.empty(count, T.DTYPES[code])
-        step = self._chunk(5, T.DTYPES[code].itemsize, f"tensor {tensor_id}")
+        step = self._chunk(T.header_size(1), T.DTYPES[code].itemsize, f"tensor {tensor_id}")
         for start in range(0, count, step):
             n = min(step, count - start)
             reply = self.request(Command.READ_WEIGHTS, struct.pack("<BBIH", tensor_id, 0, start, n),
@@ -335,7 +345,7 @@ class BoardClient:
         ``(saturated, version)`` after the last chunk.
         """
         flat = np.asarray(increments).reshape(-1)
-        step = self._chunk(10 + 5, T.DTYPES[code].itemsize, f"tensor {tensor_id}")
+        step = self._chunk(10 + T.header_size(1), T.DTYPES[code].itemsize, f"tensor {tensor_id}")
         saturated = 0
         for start in range(0, flat.size, step):
             chunk = flat[start:start + step]
@@ -355,19 +365,20 @@ class BoardClient:
     def set_input(self, x: np.ndarray, code: int) -> None:
         """The batch's input integers, ``(batch, input_size)``, row chunks per payload."""
         batch = x.shape[0]
-        step = self._chunk(4 + 7, x.shape[1] * T.DTYPES[code].itemsize, "an input row")
+        step = self._chunk(4 + T.header_size(2), x.shape[1] * T.DTYPES[code].itemsize, "an input row")
         for start in range(0, batch, step):
             self.request(Command.SET_INPUT, struct.pack("<HH", batch, start) + T.encode(x[start:start + step], code))
 
     def set_target(self, y: np.ndarray) -> None:
         """The batch's class indices."""
-        step = self._chunk(2 + 5, 1, "targets")
+        step = self._chunk(2 + T.header_size(1), 1, "targets")
         for start in range(0, len(y), step):
             self.request(Command.SET_TARGET, struct.pack("<H", start) + T.encode(y[start:start + step], 3))
 
     def set_states(self, layer: int, states: np.ndarray, code: int) -> None:
         """Host-given states of one layer, ``(batch, units)``, into the board's current states."""
-        step = self._chunk(4 + 7, states.shape[1] * T.DTYPES[code].itemsize, f"a row of layer {layer}")
+        row = states.shape[1] * T.DTYPES[code].itemsize
+        step = self._chunk(4 + T.header_size(2), row, f"a row of layer {layer}")
         for start in range(0, states.shape[0], step):
             self.request(Command.SET_STATES, struct.pack("<BBH", layer, 0, start)
                          + T.encode(states[start:start + step], code))
@@ -385,7 +396,7 @@ class BoardClient:
     def read_states(self, snapshot: int, layer: int, batch: int, units: int, code: int) -> np.ndarray:
         """``(batch, units)`` integers of one layer (or scores / residuals) of a snapshot."""
         out = np.empty((batch, units), T.DTYPES[code])
-        step = self._chunk(5, units * T.DTYPES[code].itemsize, f"a row of layer {layer}")
+        step = self._chunk(T.header_size(2), units * T.DTYPES[code].itemsize, f"a row of layer {layer}")
         for start in range(0, batch, step):
             n = min(step, batch - start)
             reply = self.request(Command.READ_STATES, struct.pack("<BBHH", snapshot, layer, start, n),

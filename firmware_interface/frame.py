@@ -24,7 +24,7 @@ class Kind(IntEnum):
 
 
 class FrameError(ValueError):
-    """Bytes that do not form a valid frame; ``readable`` says whether the header could be trusted for a NAK."""
+    """Bytes that do not form a valid frame; ``header`` holds the header fields when only the CRC was wrong."""
 
     def __init__(self, message: str, header: tuple | None = None) -> None:
         super().__init__(message)

@@ -106,10 +106,14 @@ BETA_FRAC = 16
 MAX_SHIFT = 62
 
 
+class ProtocolError(ValueError):
+    """The board sent something malformed or not what was asked for."""
+
+
 def unpack_exact(fmt: struct.Struct, payload: bytes, what: str) -> tuple:
     """``fmt.unpack(payload)`` with an error naming ``what`` when the length is wrong."""
     if len(payload) != fmt.size:
-        raise ValueError(f"{what}: {len(payload)} bytes, expected {fmt.size}")
+        raise ProtocolError(f"{what}: {len(payload)} bytes, expected {fmt.size}")
     return fmt.unpack(payload)
 
 

@@ -13,10 +13,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
-DTYPES: dict[int, np.dtype] = {0: np.dtype("<i1"), 1: np.dtype("<i2"), 2: np.dtype("<i4"), 3: np.dtype("u1"),
-                               4: np.dtype("<u2")}
-NAMES = {0: "i8", 1: "i16", 2: "i32", 3: "u8", 4: "u16"}
+I8, I16, I32, U8, U16 = 0, 1, 2, 3, 4
+DTYPES: dict[int, np.dtype] = {I8: np.dtype("<i1"), I16: np.dtype("<i2"), I32: np.dtype("<i4"), U8: np.dtype("u1"),
+                               U16: np.dtype("<u2")}
+NAMES = {I8: "i8", I16: "i16", I32: "i32", U8: "u8", U16: "u16"}
 MAX_NDIM = 4
+
+
+def header_size(ndim: int) -> int:
+    """Bytes before a tensor's data: dtype, frac_bits, ndim and the shape."""
+    return 3 + 2 * ndim
 
 
 class TensorError(ValueError):

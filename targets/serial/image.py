@@ -13,9 +13,8 @@ import torch
 
 from firmware_interface.protocol import BETA_FRAC, BIAS, FEEDBACK, MAX_SHIFT, SHIFTS, W, LayerRecord, NetworkRecord, \
     tensor_id
+from firmware_interface.tensor import I8, I16, I32, U8, U16
 from quantize.fixed_point import FixedPointNetwork, FixedTensor
-
-I8, I16, I32, U8, U16 = 0, 1, 2, 3, 4
 
 
 class ImageError(ValueError):
@@ -32,6 +31,14 @@ def _shifts(values: np.ndarray, what: str) -> np.ndarray:
         raise ImageError(f"{what} needs shifts in [{values.min()}, {values.max()}]; the protocol allows 0 to "
                          f"{MAX_SHIFT}")
     return values.astype(np.uint8)
+
+
+def _bias(b: FixedTensor, name: str) -> np.ndarray:
+    values = b.data.numpy().reshape(-1)
+    if values.size and (values.min() < -2**31 or values.max() > 2**31 - 1):
+        raise ImageError(f"bias {name} has integers in [{values.min()}, {values.max()}], beyond the i32 a board "
+                         f"holds; lower quant.bias_bits")
+    return values
 
 
 def state_code(bits: int) -> int:
@@ -92,7 +99,7 @@ def board_image(fp: FixedPointNetwork, max_batch: int) -> BoardImage:
             if not spec.tied:
                 tensors[tensor_id(layer, FEEDBACK)] = (feedback.data.numpy().reshape(-1), wcode)
         tensors[tensor_id(layer, W)] = (w.data.numpy().reshape(-1), wcode)
-        tensors[tensor_id(layer, BIAS)] = (p[f"b{layer}"].data.numpy().reshape(-1), I32)
+        tensors[tensor_id(layer, BIAS)] = (_bias(p[f"b{layer}"], f"b{layer}"), I32)
         tensors[tensor_id(layer, SHIFTS)] = (_shifts(table, f"layer {layer}").reshape(-1), U8)
         layers.append(LayerRecord(units, plan.state_shift))
     classes = 0
@@ -105,13 +112,15 @@ def board_image(fp: FixedPointNetwork, max_batch: int) -> BoardImage:
             raise ImageError(f"class scores can reach {bound}, beyond the i32 that READ_STATES carries")
         out = fp.score_frac - _rows(w.frac, classes) - fs
         tensors[tensor_id(n + 1, W)] = (w.data.numpy().reshape(-1), wcode)
-        tensors[tensor_id(n + 1, BIAS)] = (p["b_out"].data.numpy().reshape(-1), I32)
+        tensors[tensor_id(n + 1, BIAS)] = (_bias(p["b_out"], "b_out"), I32)
         tensors[tensor_id(n + 1, SHIFTS)] = (_shifts(out, "the readout").reshape(-1), U8)
     nudge = fp.plans[-1].acc_frac - BETA_FRAC - fs if spec.output == "mse" else 0
     if not 0 <= nudge <= MAX_SHIFT:
         raise ImageError(f"the nudge needs a shift of {nudge}; the protocol allows 0 to {MAX_SHIFT}")
-    if not all(-128 <= g.state_shift <= 127 for g in layers):
-        raise ImageError("a state shift does not fit in an i8")
+    for layer, g in enumerate(layers, start=1):
+        if abs(g.state_shift) > MAX_SHIFT:
+            raise ImageError(f"layer {layer} needs a state shift of {g.state_shift}; the protocol allows "
+                             f"-{MAX_SHIFT} to {MAX_SHIFT}")
     fmt = fp.input_format
     record = NetworkRecord(tuple(layers), spec.layers[0].fan_in, weight_bits, fp.state_bits, fmt.bits, max_batch,
                            alternating=spec.update == "alternating", untied=not spec.tied, signed_input=fmt.signed,

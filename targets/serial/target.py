@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import math
+import random
 from dataclasses import asdict, dataclass
 from typing import Callable, Mapping, TypeVar
 
@@ -19,15 +20,17 @@ import numpy as np
 import torch
 
 from firmware_interface.client import BoardClient, BoardError, BoardResetError, BoardTimeout, ProtocolError, \
-    StaleVersionError
-from firmware_interface.protocol import RESIDUAL, SCORES, W, Capability, Init, Phase, Snapshot, tensor_id
+    StaleVersionError, tensor_crc
+from firmware_interface.protocol import BETA_FRAC, BIAS, FEEDBACK, RESIDUAL, SCORES, W, Capability, Init, Phase, Snapshot, \
+    Status, tensor_id
+from firmware_interface.tensor import DTYPES, I32, U16
 from hwtoolkit.network.dynamics import Relaxation
 from hwtoolkit.network.parameters import check_parameters
 from hwtoolkit.network.spec import NetworkSpec
 
 from ..base import Capabilities, Init as InitArg, Target, TargetError, Trains, UpdateReport
 from ..registry import register
-from .image import I32, U16, BoardImage, ImageError, board_image
+from .image import BoardImage, ImageError, board_image
 
 log = logging.getLogger(__name__)
 R = TypeVar("R")
@@ -65,7 +68,7 @@ class SerialTarget(Target):
             if isinstance(value, bool) or not isinstance(value, int) or not ok:
                 raise TargetError(f"target.{name} = {value!r} is invalid: expected an integer >= 0")
         self.quant, self._fp = self._open_quant(spec, quant)
-        self.url = url or "(given client)"
+        self.url = url or str(getattr(client.port, "port", None) or "the given client's port")
         if client is None:
             try:
                 client = BoardClient.open(url, baudrate=baudrate, timeout=timeout, retries=retries)
@@ -80,7 +83,7 @@ class SerialTarget(Target):
         self.report = LinkReport()
         self._check_board()
         self._image: BoardImage | None = None
-        self._version = 0
+        self._version = random.getrandbits(32)  # weights versions are never reused, not even across sessions
         self._lost = False
         self._input: np.ndarray | None = None  # the input integers on the board (one chunk)
         self._labels: np.ndarray | None = None
@@ -121,8 +124,17 @@ class SerialTarget(Target):
         for needed, bit, what in needs:
             if needed and not caps & bit:
                 raise TargetError(f"the board at {self.url} does not support {what} ({info.describe()})")
+        if spec.classes > 256:
+            raise TargetError(f"network.classes = {spec.classes}: the board protocol carries labels as u8 (at "
+                              f"most 256 classes)")
+        widest = max(g.out_shape[0] for g in spec.layers)
         limits = [(spec.num_state_layers, info.max_layers, "state layers"),
-                  (max(g.out_shape[0] for g in spec.layers), info.max_units, "units in a layer"),
+                  (widest, info.max_units, "units in a layer"),
+                  (spec.layers[0].fan_in, info.max_units, "inputs"),
+                  (spec.layers[0].fan_in * (1 if cfg.input_bits <= 8 else 2) + 11, info.max_payload,
+                   "bytes for one input row in a payload"),
+                  (widest * (1 if cfg.state_bits <= 8 else 2) + 11, info.max_payload,
+                   "bytes for one row of states in a payload"),
                   (cfg.weight_bits, info.max_weight_bits, "weight bits"),
                   (cfg.state_bits, info.max_state_bits, "state bits"),
                   (cfg.input_bits, info.max_input_bits, "input bits")]
@@ -202,7 +214,10 @@ class SerialTarget(Target):
         try:
             image = board_image(fp, self.max_batch)
         except ImageError as e:
-            raise TargetError(f"the updated weights no longer fit the board protocol: {e}") from None
+            raise TargetError(f"the weights do not fit the board protocol: {e}") from None
+        if fp.accumulator_bits > self.info.accumulator_bits:
+            raise TargetError(f"the weights need a {fp.accumulator_bits}-bit accumulator; the board at {self.url} "
+                              f"has {self.info.accumulator_bits} bits")
         if full or self._image is None or image.formats() != self._image.formats():
             self._upload(image)
         else:
@@ -220,11 +235,14 @@ class SerialTarget(Target):
         try:
             self.client.configure(image.record.pack())
         except BoardError as e:
-            raise TargetError(f"the board at {self.url} refused the network {self.spec.describe()}: {e}") from None
+            hint = (f"; lower target.max_batch (now {self.max_batch})" if e.status == Status.NO_MEMORY else "")
+            raise TargetError(f"the board at {self.url} refused the network {self.spec.describe()}: {e}{hint}") \
+                from None
+        version = (self._version + 1) & 0xFFFFFFFF
         for tid, (values, code) in sorted(image.tensors.items()):
             self.client.write_tensor(tid, values, code)
-            self.client.commit_tensor(tid, values, code, 0)
-        self._version = 0
+            self.client.commit_tensor(tid, values, code, version)
+        self._version = version
         self._forget_board_state()
         self.report.uploads += 1
 
@@ -233,7 +251,7 @@ class SerialTarget(Target):
         for tid in image.weight_ids:
             new, code = image.tensors[tid]
             diff = new.astype(np.int64) - old.tensors[tid][0].astype(np.int64)
-            info = np.iinfo(_DTYPES[code])
+            info = np.iinfo(DTYPES[code])
             while diff.any():  # an increment beyond the wire dtype goes in parts, each within the weight range
                 part = np.clip(diff, info.min, info.max)
                 saturated, self._version = self.client.apply_delta(tid, part, code, self._version)
@@ -247,8 +265,7 @@ class SerialTarget(Target):
         return self._run(self._mismatches)
 
     def _mismatches(self) -> list[int]:
-        from firmware_interface.client import tensor_crc
-
+        self._require_weights()
         bad = []
         for tid, (values, code) in sorted(self._image.tensors.items()):
             crc, version = self.client.tensor_crc(tid)
@@ -265,6 +282,8 @@ class SerialTarget(Target):
 
     def board_weights(self) -> dict[str, torch.Tensor]:
         """The weights the board really holds, read back and dequantized (``value = int * 2^-frac``)."""
+        self._require_weights()
+
         def read() -> dict[str, torch.Tensor]:
             out = {}
             for name, fixed in self._fp.params.items():
@@ -280,8 +299,9 @@ class SerialTarget(Target):
 
     def relax(self, x: torch.Tensor, steps: int, beta: float = 0.0, y: torch.Tensor | None = None,
               init: InitArg = None, stop_tolerance: float = 0.0) -> Relaxation:
-        if self._image is None:
-            raise TargetError("the target holds no weights yet: call program(weights) first")
+        self._require_weights()
+        if x.shape[0] == 0:
+            raise TargetError("x holds no samples: a phase needs a batch of at least one")
         if steps < 1 or steps > self.info.max_steps:
             raise TargetError(f"steps = {steps} is invalid: the board runs 1 to {self.info.max_steps} steps a phase")
         if beta != 0.0:
@@ -290,14 +310,24 @@ class SerialTarget(Target):
                                   "through a softmax, which the fixed-point model has no integer form for)")
             if y is None:
                 raise TargetError("a nudged phase (beta != 0) needs targets y")
+            if not 1 <= abs(round(beta * (1 << BETA_FRAC))) < 2**31:
+                raise TargetError(f"beta = {beta} is invalid on a board: it travels as round(beta * 2^16) in an "
+                                  f"i32, which must not be 0 (|beta| > 2^-17 and < 2^15)")
+        if y is not None and (y.dim() != 1 or y.shape[0] != x.shape[0] or y.dtype.is_floating_point
+                              or (y.numel() and not 0 <= int(y.min()) <= int(y.max()) < self.spec.classes)):
+            raise TargetError(f"y must hold {x.shape[0]} class indices in [0, {self.spec.classes}); got a "
+                              f"{y.dtype} tensor of shape {tuple(y.shape)}")
         if stop_tolerance < 0:
             raise TargetError(f"stop_tolerance = {stop_tolerance} is invalid: expected >= 0")
+        if stop_tolerance and not self.info.capabilities & Capability.EARLY_STOP:
+            raise TargetError(f"stop_tolerance = {stop_tolerance}: the board at {self.url} cannot end a phase early")
         x_int = self._fp.encode_input(x.detach().cpu().float()).numpy()
         labels = None if y is None else y.detach().cpu().numpy().astype(np.uint8)
         batch = x_int.shape[0]
         single = batch <= self.max_batch
         mode, source, states = self._initial_states(init, batch, single)
-        tolerance = math.floor(stop_tolerance * 2 ** self._image.state_frac) if stop_tolerance else None
+        tolerance = min(math.floor(stop_tolerance * 2 ** self._image.state_frac), 0xFFFFFFFE) \
+            if stop_tolerance else None
         parts = []
         for start in range(0, batch, self.max_batch):
             rows = slice(start, start + self.max_batch)
@@ -310,6 +340,10 @@ class SerialTarget(Target):
         if beta == 0.0 and single:
             self._free = result
         return result
+
+    def _require_weights(self) -> None:
+        if self._image is None:
+            raise TargetError("the target holds no weights yet: call program(weights) first")
 
     def _initial_states(self, init: InitArg, batch: int, single: bool
                         ) -> tuple[Init, Relaxation | None, list[np.ndarray] | None]:
@@ -360,12 +394,17 @@ class SerialTarget(Target):
             client.set_target(labels)
             self._labels = labels
         if states is not None and not self._on_board(mode, source):
+            if not self.info.capabilities & Capability.SET_STATES:
+                raise TargetError(f"the board at {self.url} cannot take states from the host (SET_STATES), which "
+                                  f"this phase's init needs")
             for layer, layer_states in enumerate(states, start=1):
                 client.set_states(layer, layer_states, image.state_code)
             mode = Init.KEEP
         self._last_on_board = False
+        if beta == 0:
+            self._free = None  # the board's FREE snapshot is about to be overwritten
         phase = Phase.FREE if beta == 0 else (Phase.PLUS if beta > 0 else Phase.MINUS)
-        done = client.relax(phase, mode, steps, round(beta * (1 << 16)), tolerance,
+        done = client.relax(phase, mode, steps, round(beta * (1 << BETA_FRAC)), tolerance,
                             compute=self._relax_seconds(x_int.shape[0], steps))
         n = x_int.shape[0]
         states = [client.read_states(Snapshot.CURRENT, layer, n, record.units, image.state_code)
@@ -405,8 +444,6 @@ class SerialTarget(Target):
         self.client.close()
 
 
-_DTYPES = {0: np.int8, 1: np.int16, 2: np.int32, 3: np.uint8, 4: np.uint16}
-
 
 def _with_tensor(image: BoardImage, tid: int, values: np.ndarray) -> BoardImage:
     tensors = dict(image.tensors)
@@ -416,8 +453,6 @@ def _with_tensor(image: BoardImage, tid: int, values: np.ndarray) -> BoardImage:
 
 def _tensor_id_of(spec: NetworkSpec, name: str) -> int:
     """The board's tensor id of parameter ``name`` (``w2``, ``b2``, ``fb2``, ``w_out``, ``b_out``)."""
-    from firmware_interface.protocol import BIAS, FEEDBACK
-
     if name.endswith("_out"):
         return tensor_id(spec.num_state_layers + 1, W if name[0] == "w" else BIAS)
     slot = {"w": W, "b": BIAS, "fb": FEEDBACK}[name.rstrip("0123456789")]

@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from firmware_interface.client import BoardClient
-from firmware_interface.protocol import tensor_id
+from firmware_interface.protocol import Command, tensor_id
 from hwtoolkit import config
 from hwtoolkit.network.parameters import init_parameters
 from hwtoolkit.network.spec import ConvLayer, NetworkSpec
@@ -89,7 +89,7 @@ def check_bit_exact(client, net, quant, seed, steps, beta):
         nudged = target.relax(x, steps, beta, y, init=free)
         golden_nudged = fp.relax(fp.encode_input(x), steps, beta, y, init=golden.states)
         assert all(torch.equal(a, b) for a, b in zip(_states_ints(nudged, fp.state_frac), golden_nudged.states))
-    return fp
+    return fp, golden.states
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -130,8 +130,10 @@ def test_states_are_not_trivially_equal(host_client):
     """The property above compares states that actually vary (not all 0 or all saturated)."""
     net = {"hidden": [20, 12], "classes": 4, "output": "mse", "tied": True, "update": "synchronous",
            "activation": "hard_sigmoid", "side": 6, "normalised": False}
-    fp = check_bit_exact(host_client, net, {"weight_bits": 6, "state_bits": 6}, 1, 20, 0.5)
-    assert fp.state_bits == 6
+    fp, states = check_bit_exact(host_client, net, {"weight_bits": 6, "state_bits": 6}, 1, 20, 0.5)
+    values = torch.cat([s.flatten() for s in states])
+    inside = ((values > 0) & (values < (1 << fp.state_bits) - 1)).double().mean()
+    assert inside > 0.2 and len(torch.unique(values)) > 10
 
 
 # -- training with the board in the loop ---------------------------------------------------------------------
@@ -223,6 +225,74 @@ def test_a_board_reset_is_repaired_without_losing_or_repeating_updates(host_clie
     assert all(torch.equal(held[n], expected[n].float()) for n in expected)
 
 
+WIDE = NetworkSpec(input_shape=(1, 5, 5), hidden=(128,), classes=3, output="mse")  # W1 takes two payloads
+
+
+def _reset_after_first_chunk(board):
+    """A board reset between the two APPLY_DELTA chunks of one tensor."""
+    original, fired = board.client.request, []
+
+    def request(command, *args, **kw):
+        out = original(command, *args, **kw)
+        if command == Command.APPLY_DELTA and not fired:
+            fired.append(True)
+            board.client.reset()
+        return out
+    board.client.request = request
+
+
+def _lose_first_delta_response(board):
+    """The board applies an APPLY_DELTA but its response is lost: the client resends, the board replays."""
+    original, fired = board.client._await, []
+
+    def await_(seq, command, *args, **kw):
+        out = original(seq, command, *args, **kw)
+        if command == Command.APPLY_DELTA and out is not None and not fired:
+            fired.append(True)
+            return None
+        return out
+    board.client._await = await_
+
+
+@pytest.mark.parametrize("fault", [_reset_after_first_chunk, _lose_first_delta_response])
+def test_a_tensor_written_in_chunks_survives_a_reset_or_a_lost_response(host_client, fault):
+    board, ref = _trained_pair(host_client, WIDE, W8, batches=4, reset_at=(1, fault))
+    board.client.request = BoardClient.request.__get__(board.client)
+    board.client._await = BoardClient._await.__get__(board.client)
+    held, expected = board.board_weights(), ref.effective_params()
+    assert all(torch.equal(held[n], expected[n].float()) for n in expected)
+    assert board.verify() == []
+    if fault is _lose_first_delta_response:
+        assert host_client.stats.timeouts >= 1 and host_client.get_status().replays >= 1
+
+
+def test_a_free_phase_of_another_batch_does_not_replace_the_states_a_nudged_phase_starts_from(host_client):
+    board = SerialTarget(SMALL, client=host_client, quant=W8, max_batch=4)
+    ref = ReferenceTarget(SMALL, quant=W8)
+    weights = init_parameters(SMALL, 3)
+    board.program(weights)
+    ref.program(weights)
+    gen = torch.Generator().manual_seed(0)
+    x, other = torch.rand(4, 1, 5, 5, generator=gen), torch.rand(10, 1, 5, 5, generator=gen)
+    y = torch.randint(0, 3, (4,), generator=gen)
+    free_board, free_ref = board.relax(x, 10), ref.relax(x, 10)
+    board.relax(other, 10)  # three chunks, each overwriting the board's FREE snapshot
+    nudged_board = board.relax(x, 6, 0.5, y, init=free_board)
+    nudged_ref = ref.relax(x, 6, 0.5, y, init=free_ref)
+    assert all(torch.equal(a, b) for a, b in zip(nudged_board.states, nudged_ref.states))
+
+
+def test_rows_that_nearly_fill_a_payload_are_read_back(host_client):
+    # three rows of 681 states are 2043 bytes: they fit a payload, but not with the 7-byte tensor header
+    spec = NetworkSpec(input_shape=(1, 4, 4), hidden=(681,), classes=2, output="mse")
+    board, ref = SerialTarget(spec, client=host_client, quant=W8), ReferenceTarget(spec, quant=W8)
+    weights = init_parameters(spec, 0)
+    board.program(weights)
+    ref.program(weights)
+    x = torch.rand(3, 1, 4, 4, generator=torch.Generator().manual_seed(2))
+    assert all(torch.equal(a, b) for a, b in zip(board.relax(x, 4).states, ref.relax(x, 4).states))
+
+
 def test_weights_changed_behind_the_hosts_back_are_found_and_repaired(host_client):
     board, ref = _trained_pair(host_client, SMALL, W8, batches=2)
     values, code = board._image.tensors[tensor_id(1, 0)]
@@ -272,6 +342,26 @@ def test_configuration_errors_name_what_is_wrong(host_board, host_client, idx_da
         target.relax(torch.rand(2, 1, 5, 5), 0)
     with pytest.raises(TargetError, match="max_batch"):
         SerialTarget(ce, client=host_client, quant=W8, max_batch=-1)
+    mse = SerialTarget(SMALL, client=host_client, quant=W8)
+    with pytest.raises(TargetError, match="holds no weights"):
+        mse.verify()
+    with pytest.raises(TargetError, match="holds no weights"):
+        mse.board_weights()
+    mse.program(init_parameters(SMALL, 0))
+    x = torch.rand(2, 1, 5, 5)
+    with pytest.raises(TargetError, match="no samples"):
+        mse.relax(x[:0], 5)
+    with pytest.raises(TargetError, match=r"class indices in \[0, 3\)"):
+        mse.relax(x, 5, 0.5, torch.tensor([0, 3]))
+    with pytest.raises(TargetError, match="class indices"):
+        mse.relax(x, 5, 0.5, torch.eye(3)[:2])
+    with pytest.raises(TargetError, match="must not be 0"):
+        mse.relax(x, 5, 1e-6, torch.tensor([0, 1]))
+    with pytest.raises(TargetError, match="i32"):
+        mse.relax(x, 5, 1e5, torch.tensor([0, 1]))
+    many = NetworkSpec(input_shape=(1, 5, 5), hidden=(4,), classes=300, output="mse")
+    with pytest.raises(TargetError, match="at most 256 classes"):
+        SerialTarget(many, client=host_client, quant=W8)
 
 
 def test_batches_larger_than_the_board_holds_are_relaxed_in_chunks(host_client):
