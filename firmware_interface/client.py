@@ -63,6 +63,10 @@ class BoardTimeout(TimeoutError):
     """No valid response after every retry."""
 
 
+class BoardLinkError(ConnectionError):
+    """The port itself failed (the device vanished, a pty's board process died)."""
+
+
 class BoardResetError(RuntimeError):
     """The board has rebooted (a BOOT event, or BAD_VERSION after a HELLO): its weights and inputs are gone."""
 
@@ -174,9 +178,12 @@ class BoardClient:
         for attempt in range(self.retries + 1):
             if attempt:
                 self.stats.retries += 1
-            self.port.write(wire)
-            self.stats.bytes_sent += len(wire)
-            reply = self._await(self._seq, command, timeout, expect_boot)
+            try:
+                self.port.write(wire)
+                self.stats.bytes_sent += len(wire)
+                reply = self._await(self._seq, command, timeout, expect_boot)
+            except OSError as e:  # pyserial's SerialException is one
+                raise BoardLinkError(f"{command_name(command)}: the link to the board failed: {e}") from None
             if reply is None:
                 self.stats.timeouts += 1
                 continue

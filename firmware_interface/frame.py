@@ -46,6 +46,9 @@ class Frame:
         """Header, payload and CRC, before COBS."""
         if not 0 <= self.seq <= 0xFFFF:
             raise FrameError(f"sequence number {self.seq} does not fit in a u16")
+        for name in ("version", "kind", "command", "status"):
+            if not 0 <= getattr(self, name) <= 0xFF:
+                raise FrameError(f"{name} {getattr(self, name)} does not fit in a u8")
         if len(self.payload) > HOST_MAX_PAYLOAD:
             raise FrameError(f"payload of {len(self.payload)} bytes exceeds {HOST_MAX_PAYLOAD}")
         head = HEADER.pack(self.version, self.kind, self.seq, self.command, self.status, len(self.payload))

@@ -49,9 +49,11 @@ def smallest_code(values: np.ndarray, signed: bool = True) -> int:
     raise TensorError(f"values in [{lo}, {hi}] do not fit in 32 bits")
 
 
-def encode(values: np.ndarray, code: int, frac: int = 0, max_ndim: int = 255) -> bytes:
+def encode(values: np.ndarray, code: int, frac: int = 0, max_ndim: int = MAX_NDIM) -> bytes:
     """``values`` (integers) as a tensor of dtype ``code``; an error if a value does not fit the dtype."""
     values = np.asarray(values)
+    if values.dtype.kind not in "iub":
+        raise TensorError(f"values of dtype {values.dtype} are not integers")
     if code not in DTYPES:
         raise TensorError(f"dtype code {code} is invalid; valid: {NAMES}")
     if values.ndim > max_ndim or any(d > 0xFFFF for d in values.shape):

@@ -37,7 +37,7 @@ def encode_tensor(data: torch.Tensor, frac: int, signed: bool = True) -> bytes:
     """One tensor in the protocol's payload encoding (the smallest integer type that holds it)."""
     values = data.detach().cpu().numpy()
     try:
-        return tensor.encode(values, tensor.smallest_code(values, signed), frac)
+        return tensor.encode(values, tensor.smallest_code(values, signed), frac, max_ndim=255)
     except tensor.TensorError as e:
         raise WeightFileError(str(e)) from None
 

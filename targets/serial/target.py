@@ -19,8 +19,8 @@ from typing import Callable, Mapping, TypeVar
 import numpy as np
 import torch
 
-from firmware_interface.client import BoardClient, BoardError, BoardResetError, BoardTimeout, ProtocolError, \
-    StaleVersionError, tensor_crc
+from firmware_interface.client import BoardClient, BoardError, BoardLinkError, BoardResetError, BoardTimeout, \
+    ProtocolError, StaleVersionError, tensor_crc
 from firmware_interface.protocol import BETA_FRAC, BIAS, FEEDBACK, RESIDUAL, SCORES, W, Capability, Init, Phase, Snapshot, \
     Status, tensor_id
 from firmware_interface.tensor import DTYPES, I32, U16
@@ -164,7 +164,7 @@ class SerialTarget(Target):
                     raise TargetError(f"the board at {self.url} kept resetting ({attempt + 1} times): {e}") from None
                 log.warning("board at %s reset (%s); programming it again from the host's weights", self.url, e)
                 self.report.resets_recovered += 1
-            except BoardTimeout as e:
+            except (BoardTimeout, BoardLinkError) as e:
                 raise TargetError(f"the board at {self.url} stopped answering: {e}. The host's weights are intact; "
                                   f"resume the run with --resume once the board is back") from None
             except (BoardError, ProtocolError) as e:

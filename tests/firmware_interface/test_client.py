@@ -90,9 +90,9 @@ def test_hello_limits_are_checked():
 
 
 @pytest.mark.parametrize("bad, message", [
-    (lambda req: [reply(req, T.encode(np.zeros(5), 0))], r"returned shape \(5,\), asked for \(4,\)"),
-    (lambda req: [reply(req, T.encode(np.zeros(4), 1))], "dtype i16, expected i8"),
-    (lambda req: [reply(req, T.encode(np.zeros(4), 0)[:-1])], "needs 4 data bytes, 3 present"),
+    (lambda req: [reply(req, T.encode(np.zeros(5, np.int8), 0))], r"returned shape \(5,\), asked for \(4,\)"),
+    (lambda req: [reply(req, T.encode(np.zeros(4, np.int16), 1))], "dtype i16, expected i8"),
+    (lambda req: [reply(req, T.encode(np.zeros(4, np.int8), 0)[:-1])], "needs 4 data bytes, 3 present"),
     (lambda req: [reply(req, b"\x00\x00\x05" + b"\x01\x00" * 5 + b"\x00")], "5 dimensions"),
     (lambda req: [reply(req, b"\x09\x00\x01\x04\x00" + bytes(4))], "unknown dtype code 9"),
 ])

@@ -15,7 +15,7 @@
 #define EP_BODY_MIN 12
 #define EP_MAX_BODY (EP_MAX_PAYLOAD + EP_BODY_MIN)
 /* COBS bound of the spec, without the 0x00 delimiter. */
-#define EP_MAX_ENCODED (EP_MAX_BODY + (EP_MAX_BODY + 253) / 254)
+#define EP_MAX_ENCODED (EP_MAX_BODY + EP_MAX_BODY / 254 + 1)
 
 #ifndef EP_MAX_LAYERS
 #define EP_MAX_LAYERS 16
