@@ -407,12 +407,12 @@ class SerialTarget(Target):
         done = client.relax(phase, mode, steps, round(beta * (1 << BETA_FRAC)), tolerance,
                             compute=self._relax_seconds(x_int.shape[0], steps))
         n = x_int.shape[0]
-        states = [client.read_states(Snapshot.CURRENT, layer, n, record.units, image.state_code)
-                  for layer, record in enumerate(image.record.layers, start=1)]
+        ended = [client.read_states(Snapshot.CURRENT, layer, n, record.units, image.state_code)
+                 for layer, record in enumerate(image.record.layers, start=1)]
         scores = (client.read_states(Snapshot.CURRENT, SCORES, n, image.record.classes, I32)
                   if image.record.classes else None)
         residual = client.read_states(Snapshot.CURRENT, RESIDUAL, n, 1, U16)[:, 0]
-        return states, scores, residual, done.steps
+        return ended, scores, residual, done.steps
 
     def _relax_seconds(self, batch: int, steps: int) -> float:
         """The board's expected compute time for a phase (from HELLO's ns per multiply-accumulate), x4."""

@@ -31,7 +31,7 @@ class ScriptedBoard:
         tty.setraw(slave)
         self.url = os.ttyname(slave)
         self._slave = slave
-        self.script, self.requests = script, []
+        self.script, self.requests, self.hello = script, [], HELLO
         self._stop = False
         self.thread = threading.Thread(target=self._serve, daemon=True)
         self.thread.start()
@@ -48,7 +48,7 @@ class ScriptedBoard:
                     continue
                 self.requests.append(item)
                 if item.command == Command.HELLO:
-                    out = [Frame(Kind.RESPONSE, item.seq, item.command, 0, HELLO.pack()).encode()]
+                    out = [Frame(Kind.RESPONSE, item.seq, item.command, 0, self.hello.pack()).encode()]
                 else:
                     out = self.script(item)
                 for raw in out:
@@ -70,11 +70,11 @@ def reply(req: Frame, payload: bytes = b"", status: int = 0, **changes) -> bytes
 def board_with():
     boards = []
 
-    def start(script) -> BoardClient:
+    def start(script, timeout: float = 0.5) -> BoardClient:
         board = ScriptedBoard(script)
         boards.append(board)
         port = serial.Serial(board.url, timeout=0.01)
-        client = BoardClient(port, timeout=0.1, retries=2)
+        client = BoardClient(port, timeout=timeout, retries=2)
         client.hello()
         return client
     start.boards = boards
@@ -85,8 +85,27 @@ def board_with():
 
 def test_hello_limits_are_checked():
     assert HelloInfo.unpack(HELLO.pack()) == HELLO
-    with pytest.raises(ValueError, match="HELLO response: 43 bytes, expected 44"):
+    with pytest.raises(ProtocolError, match="HELLO response: 43 bytes, expected 44"):
         HelloInfo.unpack(HELLO.pack()[:-1])
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"protocol_major": 2}, "speaks protocol 2.0"),
+    ({"max_payload": 16}, "maximum payload of 16 bytes"),
+    ({"max_batch": 0}, "max_batch = 0"),
+    ({"max_steps": 0}, "max_steps = 0"),
+])
+def test_a_hello_with_impossible_limits_is_refused(change, message):
+    import dataclasses
+
+    board = ScriptedBoard(lambda req: [])
+    board.hello = dataclasses.replace(HELLO, **change)
+    try:
+        with serial.Serial(board.url, timeout=0.01) as port:
+            with pytest.raises(ProtocolError, match=message):
+                BoardClient(port, timeout=0.5, retries=0).hello()
+    finally:
+        board.close()
 
 
 @pytest.mark.parametrize("bad, message", [
@@ -126,7 +145,7 @@ def test_wrong_lengths_and_counts_are_refused(board_with):
 
 def test_an_oversized_response_is_discarded_not_buffered(board_with):
     big = T.encode(np.zeros(2000, np.int8), 0)  # far above the board's advertised 256-byte maximum
-    client = board_with(lambda req: [reply(req, big)])
+    client = board_with(lambda req: [reply(req, big)], timeout=0.1)
     with pytest.raises(BoardTimeout, match="3 attempts"):
         client.read_tensor(0, 4, 0)
     assert client.receiver.stats.overflows + client.stats.discarded >= 3
@@ -169,7 +188,7 @@ def test_a_boot_event_while_waiting_means_a_reset(board_with):
 
 
 def test_a_silent_board_times_out_after_the_retries(board_with):
-    client = board_with(lambda req: [])
+    client = board_with(lambda req: [], timeout=0.1)
     with pytest.raises(BoardTimeout, match="GET_STATUS .* 3 attempts"):
         client.get_status()
     assert client.stats.retries == 2 and client.stats.timeouts == 3
