@@ -97,22 +97,31 @@ def _config_difference(stored: Config, current: Config) -> list[str]:
     return walk(a, b, "")
 
 
+EpochHook = Callable[[dict, targets.Target], None]
+"""``on_epoch(record, target)``: called by the leader after each epoch's record is written."""
+
+
 def train(cfg: Config, out_dir: str | Path, resume: bool = False, progress: bool | None = None,
-          log: Callable[[str], None] = print) -> dict:
+          log: Callable[[str], None] = print, on_epoch: EpochHook | None = None) -> dict:
     """Train ``cfg`` into ``out_dir`` and return the summary written to ``summary.json``.
 
     Under ``torchrun`` every worker calls this; the leader's return value is the summary, the others get ``{}``.
+    ``on_epoch`` lets a benchmark look at the target after every epoch (time to an accuracy); it is not
+    available under ``torchrun``.
     """
     device = str(cfg.target.options.get("device", "cpu"))
     workers = from_environment("cuda" if device.startswith("cuda") else "cpu")
+    if on_epoch is not None and workers.size > 1:
+        workers.close()
+        raise ValueError("on_epoch is not available in data-parallel training")
     try:
-        return _prepare_and_train(cfg, Path(out_dir), resume, progress, log, workers)
+        return _prepare_and_train(cfg, Path(out_dir), resume, progress, log, workers, on_epoch)
     finally:
         workers.close()
 
 
 def _prepare_and_train(cfg: Config, out_dir: Path, resume: bool, progress: bool | None,
-                       log: Callable[[str], None], workers: Workers) -> dict:
+                       log: Callable[[str], None], workers: Workers, on_epoch: EpochHook | None = None) -> dict:
     run = RunDir(out_dir)
     run.root.mkdir(parents=True, exist_ok=True)
     state = None
@@ -133,7 +142,8 @@ def _prepare_and_train(cfg: Config, out_dir: Path, resume: bool, progress: bool 
     splits = load_splits(cfg)
     target = open_target(cfg)
     try:
-        return _train(cfg, run, target, splits, state, progress, log if workers.leader else _quiet, workers)
+        return _train(cfg, run, target, splits, state, progress, log if workers.leader else _quiet, workers,
+                      on_epoch)
     finally:
         target.close()
 
@@ -143,7 +153,8 @@ def _quiet(message: str) -> None:
 
 
 def _train(cfg: Config, run: RunDir, target: targets.Target, splits: Splits, state: dict | None,
-           progress: bool | None, log: Callable[[str], None], workers: Workers) -> dict:
+           progress: bool | None, log: Callable[[str], None], workers: Workers,
+           on_epoch: EpochHook | None = None) -> dict:
     spec = cfg.network
     layer_of = spec.parameter_layers()
     lrs = cfg.layer_lrs()
@@ -210,7 +221,8 @@ def _train(cfg: Config, run: RunDir, target: targets.Target, splits: Splits, sta
             if cfg.train.checkpoint_every and batch % cfg.train.checkpoint_every == 0 and batch < len(batches):
                 save_last(epoch, batch, elapsed + time.perf_counter() - started)
         bar.close()
-        record = {"epoch": epoch + 1, "lr_factor": factor, **workers.total_stats(stats).summary("train")}
+        record = {"epoch": epoch + 1, "lr_factor": factor, **workers.total_stats(stats).summary("train"),
+                  "epoch_train_seconds": time.perf_counter() - started}  # batches only (since resuming, if so)
         if not workers.leader:  # the leader evaluates and writes; the others go on to the next epoch
             epoch, batch, stats = epoch + 1, 0, PhaseStats()
             save_last(epoch, batch, elapsed)  # joins the leader's collective, writes nothing
@@ -227,6 +239,8 @@ def _train(cfg: Config, run: RunDir, target: targets.Target, splits: Splits, sta
         log(_epoch_line(cfg, record))
         epoch, batch, stats = epoch + 1, 0, PhaseStats()
         save_last(epoch, batch, elapsed)
+        if on_epoch is not None:
+            on_epoch(record, target)
     if not workers.leader:
         return {}
     return _finish(cfg, run, target, splits, best, elapsed, log)

@@ -120,3 +120,23 @@ def test_killed_run_resumes_to_the_same_weights(idx_dataset, tmp_path):
     assert metrics == [1, 2, 3, 4, 5, 6]
     assert json.loads((killed / "summary.json").read_text())["test_accuracy"] == \
         json.loads((full / "summary.json").read_text())["test_accuracy"]
+
+
+def test_on_epoch_sees_every_epoch_and_the_trained_target(tiny_config, tmp_path):
+    """The hook gets each epoch's record (with the batches' own time) and the target holding that epoch's
+    weights, which it can evaluate without changing the run."""
+    seen = []
+
+    def on_epoch(record, target):
+        seen.append((record["epoch"], record["epoch_train_seconds"], target.read_weights()["w1"].clone()))
+
+    summary = train(tiny_config, tmp_path / "hooked", log=lambda s: None, on_epoch=on_epoch)
+    assert [s[0] for s in seen] == [1, 2, 3]
+    assert all(0 < s[1] <= r["seconds"] for s, r in zip(seen, _records(tmp_path / "hooked")))
+    assert not torch.equal(seen[0][2], seen[-1][2])
+    plain = train(tiny_config, tmp_path / "plain", log=lambda s: None)
+    assert plain["test_accuracy"] == summary["test_accuracy"]
+
+
+def _records(run):
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
