@@ -120,6 +120,7 @@ class BoardClient:
         self.receiver = FrameReceiver(HOST_MAX_PAYLOAD)
         self.stats = ClientStats()
         self.info: HelloInfo | None = None
+        self.last_delta_version: int | None = None  # the version the latest APPLY_DELTA sent would produce
         self._seq = random.getrandbits(16)  # another session's requests are not mistaken for replays
         self._pending: deque[Frame | FrameError] = deque()  # frames read but not yet looked at
 
@@ -265,20 +266,18 @@ class BoardClient:
     def reset(self, timeout: float = 5.0) -> int:
         """Soft-reset the board and wait for its BOOT event; returns the new ``boot_id``. Greet it again after."""
         seen = len(self.stats.events)  # BOOT events from before (the board's power-on) do not count
-        self.request(Command.RESET, expect_boot=True)
+        try:
+            self.request(Command.RESET, expect_boot=True)
+        except BoardResetError:
+            pass  # the response was lost and the resent RESET met the rebooted board: it did reset
         deadline = time.monotonic() + timeout
-        boots: list[int] = []
-        while time.monotonic() < deadline:
-            # a lost RESET response makes the retry reset the board again: the last BOOT event is the one
+        while True:
+            for command, payload in self.stats.events[seen:]:
+                if command == Command.BOOT and len(payload) == 4:
+                    return struct.unpack("<I", payload)[0]
+            if time.monotonic() >= deadline:
+                raise BoardTimeout(f"no BOOT event within {timeout} s of RESET")
             self._await(-1, -1, min(0.05, deadline - time.monotonic()), expect_boot=True)
-            found = [struct.unpack("<I", payload)[0] for command, payload in self.stats.events[seen:]
-                     if command == Command.BOOT and len(payload) == 4]
-            if boots and found == boots:
-                return boots[-1]
-            boots = found
-        if boots:
-            return boots[-1]
-        raise BoardTimeout(f"no BOOT event within {timeout} s of RESET")
 
     def self_test(self, mask: int = 0xFFFFFFFF) -> tuple[int, int]:
         """Run the board's self-tests; returns ``(passed, failed)`` bit masks."""
@@ -358,6 +357,7 @@ class BoardClient:
             chunk = flat[start:start + step]
             if not chunk.any():
                 continue
+            self.last_delta_version = (version + 1) & 0xFFFFFFFF  # taken once sent, answered or not
             reply = self.request(Command.APPLY_DELTA, struct.pack("<BBII", tensor_id, 0, version, start)
                                  + T.encode(chunk, code))
             clipped, new = struct.unpack("<II", self._exact(reply, 8))

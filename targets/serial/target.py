@@ -53,8 +53,8 @@ class SerialTarget(Target):
     """A board that runs the fixed-point network, driven over a serial link (``target.url``)."""
 
     description = ("a board over a serial link running the fixed-point network (options: url = a device path, "
-                   "pty path or socket://HOST:PORT; baudrate, timeout, retries, max_batch, verify_every; needs a "
-                   "[quant] table with weight_bits, state_bits and scale = \"pow2\")")
+                   "pty path or socket://HOST:PORT; baudrate, timeout, retries, max_batch, verify_every, "
+                   "max_recoveries; needs a [quant] table with weight_bits, state_bits and scale = \"pow2\")")
 
     def __init__(self, spec: NetworkSpec, url: str = "", quant: Mapping[str, object] | None = None,
                  baudrate: int = 115_200, timeout: float = 0.5, retries: int = 8, max_batch: int = 0,
@@ -68,7 +68,7 @@ class SerialTarget(Target):
             if isinstance(value, bool) or not isinstance(value, int) or not ok:
                 raise TargetError(f"target.{name} = {value!r} is invalid: expected an integer >= 0")
         self.quant, self._fp = self._open_quant(spec, quant)
-        self.url = url or str(getattr(client.port, "port", None) or "the given client's port")
+        self.url = url or _port_name(client.port)
         if client is None:
             try:
                 client = BoardClient.open(url, baudrate=baudrate, timeout=timeout, retries=retries)
@@ -135,6 +135,8 @@ class SerialTarget(Target):
                    "bytes for one input row in a payload"),
                   (widest * (1 if cfg.state_bits <= 8 else 2) + 11, info.max_payload,
                    "bytes for one row of states in a payload"),
+                  (spec.classes * 4 + 7 if spec.output == "ce" else 0, info.max_payload,
+                   "bytes for one row of class scores in a payload"),
                   (cfg.weight_bits, info.max_weight_bits, "weight bits"),
                   (cfg.state_bits, info.max_state_bits, "state bits"),
                   (cfg.input_bits, info.max_input_bits, "input bits")]
@@ -238,13 +240,20 @@ class SerialTarget(Target):
             hint = (f"; lower target.max_batch (now {self.max_batch})" if e.status == Status.NO_MEMORY else "")
             raise TargetError(f"the board at {self.url} refused the network {self.spec.describe()}: {e}{hint}") \
                 from None
-        version = (self._version + 1) & 0xFFFFFFFF
+        version = self._next_version()
         for tid, (values, code) in sorted(image.tensors.items()):
             self.client.write_tensor(tid, values, code)
             self.client.commit_tensor(tid, values, code, version)
         self._version = version
         self._forget_board_state()
         self.report.uploads += 1
+
+    def _next_version(self) -> int:
+        """A weights version never used before: past every version an APPLY_DELTA may have produced, even one
+        whose answer was lost in a reset (modulo 2^32)."""
+        used = self.client.last_delta_version
+        ahead = used is not None and (used - self._version) % 2**32 < 2**31
+        return ((used if ahead else self._version) + 1) & 0xFFFFFFFF
 
     def _write_differences(self, image: BoardImage) -> None:
         old = self._image
@@ -443,6 +452,13 @@ class SerialTarget(Target):
     def close(self) -> None:
         self.client.close()
 
+
+
+def _port_name(port: object) -> str:
+    """The device path of a port, looking through wrappers (``FaultyPort``) to the serial port inside."""
+    while not isinstance(getattr(port, "port", None), (str, type(None))):
+        port = port.port
+    return getattr(port, "port", None) or "the given client's port"
 
 
 def _with_tensor(image: BoardImage, tid: int, values: np.ndarray) -> BoardImage:

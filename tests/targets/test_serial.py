@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import struct
 import subprocess
 import sys
 import time
@@ -230,7 +231,7 @@ WIDE = NetworkSpec(input_shape=(1, 5, 5), hidden=(128,), classes=3, output="mse"
 
 def _reset_after_first_chunk(board):
     """A board reset between the two APPLY_DELTA chunks of one tensor."""
-    original, fired = board.client.request, []
+    original, fired = board.client.request, []  # the version-logging request of the test
 
     def request(command, *args, **kw):
         out = original(command, *args, **kw)
@@ -254,16 +255,54 @@ def _lose_first_delta_response(board):
     board.client._await = await_
 
 
+def _versions(client, sent):
+    """Log the weights versions requests name: APPLY_DELTA's expected one (+1 once applied), COMMIT's."""
+    original = client.request
+
+    def request(command, payload=b"", *args, **kw):
+        if command == Command.APPLY_DELTA:
+            sent.append(("delta", (struct.unpack_from("<I", payload, 2)[0] + 1) & 0xFFFFFFFF))
+        elif command == Command.COMMIT_WEIGHTS:
+            sent.append(("commit", struct.unpack_from("<I", payload, 6)[0]))
+        return original(command, payload, *args, **kw)
+    client.request = request
+
+
 @pytest.mark.parametrize("fault", [_reset_after_first_chunk, _lose_first_delta_response])
 def test_a_tensor_written_in_chunks_survives_a_reset_or_a_lost_response(host_client, fault):
-    board, ref = _trained_pair(host_client, WIDE, W8, batches=4, reset_at=(1, fault))
-    board.client.request = BoardClient.request.__get__(board.client)
-    board.client._await = BoardClient._await.__get__(board.client)
+    sent = []
+    _versions(host_client, sent)
+    try:
+        board, ref = _trained_pair(host_client, WIDE, W8, batches=4, reset_at=(1, fault))
+    finally:
+        for name in ("request", "_await"):
+            host_client.__dict__.pop(name, None)
+    commits = [v for kind, v in sent if kind == "commit"]
+    deltas = [v for kind, v in sent if kind == "delta"]
+    assert len(set(commits) & set(deltas)) == 0, "a weights version was used twice"
     held, expected = board.board_weights(), ref.effective_params()
     assert all(torch.equal(held[n], expected[n].float()) for n in expected)
     assert board.verify() == []
     if fault is _lose_first_delta_response:
         assert host_client.stats.timeouts >= 1 and host_client.get_status().replays >= 1
+
+
+def test_a_reset_whose_response_is_lost_still_reports_the_new_boot(host_client):
+    original, dropped = host_client._await, []
+
+    def await_(seq, command, *args, **kw):
+        out = original(seq, command, *args, **kw)
+        if command == Command.RESET and out is not None and not dropped:
+            dropped.append(True)
+            return None
+        return out
+    host_client._await = await_
+    before = host_client.hello().boot_id
+    try:
+        after = host_client.reset()
+    finally:
+        del host_client._await
+    assert dropped and after != before and host_client.hello().boot_id == after
 
 
 def test_a_free_phase_of_another_batch_does_not_replace_the_states_a_nudged_phase_starts_from(host_client):
