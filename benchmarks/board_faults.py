@@ -247,7 +247,7 @@ class Mix:
         s = self.client.stats
         r.client = {"requests": s.requests, "retries": s.retries, "timeouts": s.timeouts, "naks": s.naks,
                     "discarded": s.discarded, "bytes_sent": s.bytes_sent, "bytes_received": s.bytes_received}
-        r.faults_tx, r.faults_rx = port.tx_counts.as_dict(), port.rx_counts.as_dict()
+        r.faults_tx, r.faults_rx = asdict(port.tx_counts), asdict(port.rx_counts)
         r.receiver = {k: getattr(self.client.receiver.stats, k)
                       for k in ("frames", "bad_cobs", "bad_frames", "bad_crc", "overflows")}
         return r

@@ -84,9 +84,6 @@ class FaultCounts:
     def __add__(self, other: "FaultCounts") -> "FaultCounts":
         return FaultCounts(**{f.name: getattr(self, f.name) + getattr(other, f.name) for f in fields(self)})
 
-    def as_dict(self) -> dict[str, float]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
-
 
 class _Direction:
     """The fault pipeline of one direction: bytes in, timed pieces out (in order)."""

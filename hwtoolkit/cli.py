@@ -139,6 +139,7 @@ def cmd_board(args: argparse.Namespace) -> int:
             info = client.info
             report = {"url": args.url, "hello": {**asdict(info), "capabilities": [c.name for c in type(
                 info.capabilities) if c in info.capabilities]}}
+            failed = 0
             if args.self_test:
                 passed, failed = client.self_test()
                 report["self_test"] = {"passed": f"0x{passed:08x}", "failed": f"0x{failed:08x}"}
@@ -158,7 +159,7 @@ def cmd_board(args: argparse.Namespace) -> int:
         status = report["status"]
         print(f"  status: up {status['uptime_ms'] / 1000:.1f} s, {status['requests']} requests, "
               f"{status['rx_bad_crc']} bad CRC, {status['rx_dropped']} dropped, {status['replays']} replays")
-    return 1 if args.self_test and report["self_test"]["failed"] != "0x00000000" else 0
+    return 1 if failed else 0
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -104,7 +104,7 @@ def read(path: str | Path) -> tuple[dict[str, tuple[torch.Tensor, torch.Tensor]]
             t, r.pos = tensor.decode(body, r.pos, max_ndim=255, exact=False, what=f"{where}: record {name!r}")
         except tensor.TensorError as e:
             raise WeightFileError(str(e)) from None
-        if t.code == 4:
+        if t.code == tensor.U16:
             raise WeightFileError(f"{where}: record {name!r} has dtype u16, which weight files do not use")
         if name in raw:
             raise WeightFileError(f"{where}: record {name!r} appears twice")

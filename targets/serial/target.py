@@ -10,6 +10,7 @@ operation is repeated, so no update is lost or applied twice.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import random
@@ -267,7 +268,7 @@ class SerialTarget(Target):
                 self.report.delta_requests += 1
                 self.report.saturated += saturated
                 diff -= part
-            self._image = _with_tensor(self._image, tid, new)
+            self._image = dataclasses.replace(self._image, tensors={**self._image.tensors, tid: (new, code)})
 
     def verify(self) -> list[int]:
         """Ids of the tensors whose CRC on the board differs from the host's (empty when all agree)."""
@@ -453,18 +454,11 @@ class SerialTarget(Target):
         self.client.close()
 
 
-
 def _port_name(port: object) -> str:
     """The device path of a port, looking through wrappers (``FaultyPort``) to the serial port inside."""
     while not isinstance(getattr(port, "port", None), (str, type(None))):
         port = port.port
     return getattr(port, "port", None) or "the given client's port"
-
-
-def _with_tensor(image: BoardImage, tid: int, values: np.ndarray) -> BoardImage:
-    tensors = dict(image.tensors)
-    tensors[tid] = (values, tensors[tid][1])
-    return BoardImage(image.record, tensors, image.state_frac, image.score_frac, image.input_code, image.state_code)
 
 
 def _tensor_id_of(spec: NetworkSpec, name: str) -> int:
