@@ -2,6 +2,8 @@
 
 With a ``quant`` option it runs a quantized network built from Brevitas (``quantize.network``): the phases
 relax through the quantized weights, input and states, and updates go to the float shadow weights.
+How the phases are computed (Anderson solver, compute precision, channels-last layout, compiled or captured
+chunks of steps) is set by the options of ``targets.relaxation.RelaxationOptions``.
 """
 
 from __future__ import annotations
@@ -10,15 +12,17 @@ from typing import Mapping
 
 import torch
 
-from hwtoolkit.network import dynamics
+from hwtoolkit.network import anderson, compiled, dynamics
+from hwtoolkit.network.precision import compute_precision
 from hwtoolkit.network.dynamics import Relaxation
 from hwtoolkit.network.layers import EXACT
 from hwtoolkit.network.parameters import check_parameters
 from hwtoolkit.network.spec import NetworkSpec
 
 from .base import Capabilities, Init, InputMemo, Target, TargetError, Trains, UpdateReport, initial_states
-from .options import parse_device, parse_dtype
+from .options import in_memory_format, parse_device, parse_dtype
 from .registry import register
+from .relaxation import RelaxationOptions
 
 
 @register("reference")
@@ -26,16 +30,24 @@ class ReferenceTarget(Target):
     """Holds the parameters as torch tensors and relaxes with the analytic step of ``hwtoolkit.network``."""
 
     description = ("exact float dynamics in PyTorch, or a Brevitas-quantized network (options: device = 'cpu' | "
-                   "'cuda[:N]', dtype = 'float32' | 'float64', quant = a [quant] table)")
+                   "'cuda[:N]', dtype = 'float32' | 'float64', quant = a [quant] table; how phases are computed: "
+                   f"{RelaxationOptions.DESCRIPTION})")
 
     def __init__(self, spec: NetworkSpec, device: str = "cpu", dtype: str = "float32",
-                 quant: Mapping[str, object] | None = None) -> None:
+                 quant: Mapping[str, object] | None = None, solver: str = "plain",
+                 anderson_memory: int = anderson.DEFAULT_MEMORY, precision: str = "float32",
+                 memory_format: str = "contiguous", compile: str = "none",  # noqa: A002 - the option's name
+                 compile_chunk: int = compiled.DEFAULT_CHUNK) -> None:
         super().__init__(spec)
         self.device = parse_device(device)
         self.dtype = parse_dtype(dtype)
+        self.relaxation = RelaxationOptions(solver, anderson_memory, precision, memory_format, compile, compile_chunk)
         self._params: dict[str, torch.Tensor] | None = None
         self._version = 0
         self.quant = self._open_quant(quant)
+        self.relaxation.check(self.device, self.dtype, quantized=self.quant is not None)
+        self._layout = self.relaxation.layout
+        self._relaxer = self.relaxation.relaxer(spec)
         self._reads = self.quant.reads() if self.quant is not None else EXACT
         self._effective: tuple[int, dict[str, torch.Tensor]] | None = None
         self._drive_memo = InputMemo()
@@ -62,8 +74,9 @@ class ReferenceTarget(Target):
     @property
     def capabilities(self) -> Capabilities:
         quantized = self.quant is not None
+        notes = ([f"quantized: {self.quant.cfg.describe()}"] if quantized else []) + self.relaxation.notes()
         return Capabilities(name=self.name, device=str(self.device), dtype=str(self.dtype).removeprefix("torch."),
-                            exact=not quantized, notes=f"quantized: {self.quant.cfg.describe()}" if quantized else "")
+                            exact=not quantized and self.relaxation.precision == "float32", notes="; ".join(notes))
 
     @property
     def params(self) -> dict[str, torch.Tensor]:
@@ -78,7 +91,8 @@ class ReferenceTarget(Target):
             self.quant.load_shadow(weights)
             self._params = self.quant.shadow()
         else:
-            self._params = {n: t.detach().to(self.device, self.dtype).clone() for n, t in weights.items()}
+            self._params = {n: in_memory_format(t.detach().to(self.device, self.dtype).clone(), self._layout)
+                            for n, t in weights.items()}
         self._version += 1
 
     def effective_params(self) -> dict[str, torch.Tensor]:
@@ -102,13 +116,24 @@ class ReferenceTarget(Target):
 
     def relax(self, x: torch.Tensor, steps: int, beta: float = 0.0, y: torch.Tensor | None = None,
               init: Init = None, stop_tolerance: float = 0.0) -> Relaxation:
-        x = x.to(self.device, self.dtype)
+        x = in_memory_format(x.to(self.device, self.dtype), self._layout)
         y = None if y is None else y.to(self.device)
-        drive = self._input_drive(x)
+        with compute_precision(self.relaxation.precision, self.device):
+            drive = self._input_drive(x)
         states = initial_states(self.spec, init, self._last, x.shape[0], self.device, self.dtype)
-        with torch.no_grad():
-            self._last = dynamics.relax(self.spec, self.effective_params(), x, steps, beta, y, states, drive,
-                                        stop_tolerance, self._reads)
+        if self._layout != torch.contiguous_format:
+            states = [in_memory_format(s, self._layout) for s in (states or dynamics.zero_states(
+                self.spec, x.shape[0], x))]
+        with torch.no_grad(), compute_precision(self.relaxation.precision, self.device):
+            if self._relaxer is not None:
+                self._last = self._relaxer.relax(self.params, x, steps, beta, y, states, drive, stop_tolerance)
+            elif self.relaxation.solver == "anderson":
+                self._last = anderson.relax_anderson(self.spec, self.effective_params(), x, steps, beta, y, states,
+                                                     drive, stop_tolerance, self.relaxation.anderson_memory,
+                                                     self._reads)
+            else:
+                self._last = dynamics.relax(self.spec, self.effective_params(), x, steps, beta, y, states, drive,
+                                            stop_tolerance, self._reads)
         return self._last
 
     def apply_update(self, delta: Mapping[str, torch.Tensor], trains: Trains | None = None) -> UpdateReport:

@@ -1,1 +1,2 @@
-"""Diagnostics from the EP literature: EP updates against BPTT gradients (GDU)."""
+"""Diagnostics from the EP literature: EP updates against BPTT gradients (GDU), and the update's fidelity in a
+reduced compute precision against float64 (``precision``)."""

@@ -97,11 +97,11 @@ def layer_pre_activation(spec: NetworkSpec, params: Mapping[str, torch.Tensor], 
 
 
 def _settle(spec: NetworkSpec, params: Mapping[str, torch.Tensor], old: torch.Tensor, u: torch.Tensor,
-            i: int, last: bool, beta: float, y: torch.Tensor | None, s_last: torch.Tensor,
-            reads: L.Reads) -> torch.Tensor:
+            i: int, last: bool, nudged: bool, beta: float | torch.Tensor, y: torch.Tensor | None,
+            s_last: torch.Tensor, reads: L.Reads) -> torch.Tensor:
     """The new state of layer ``i`` from its pre-activation (plus the nudge, for the last layer)."""
     rho = get_activation(spec.activation)
-    if last and beta != 0.0:
+    if last and nudged:
         u = u + nudge_force(spec, params, s_last, logits(spec, params, s_last), y, beta)
     if spec.dynamics == "prototypical":
         return reads.store(i, rho(u))
@@ -109,23 +109,25 @@ def _settle(spec: NetworkSpec, params: Mapping[str, torch.Tensor], old: torch.Te
 
 
 def step(spec: NetworkSpec, params: Mapping[str, torch.Tensor], drive: torch.Tensor,
-         states: Sequence[torch.Tensor], beta: float = 0.0, y: torch.Tensor | None = None,
-         reads: L.Reads = L.EXACT) -> States:
+         states: Sequence[torch.Tensor], beta: float | torch.Tensor = 0.0, y: torch.Tensor | None = None,
+         reads: L.Reads = L.EXACT, nudged: bool | None = None) -> States:
     """One step of the (nudged, if ``beta != 0``) dynamics, synchronous or alternating per ``spec.update``.
 
     Alternating (asynchronous) updates layers 1, 3, 5, ... first and then layers 2, 4, ... from the
     fresh odd states; it has the same fixed points and usually needs fewer steps to reach them.
+    A compiled or captured step passes ``beta`` as a tensor and says with ``nudged`` whether it nudges.
     """
+    nudged = beta != 0.0 if nudged is None else nudged
     last = len(states) - 1
     if spec.update == "alternating":
         new = list(states)
         for parity in (0, 1):
             for i in range(parity, len(states), 2):
                 new[i] = _settle(spec, params, states[i], layer_pre_activation(spec, params, drive, new, i, reads),
-                                 i, i == last, beta, y, new[last], reads)
+                                 i, i == last, nudged, beta, y, new[last], reads)
         return new
     u = pre_activations(spec, params, drive, states, reads)
-    return [_settle(spec, params, s, ul, i, i == last, beta, y, states[last], reads)
+    return [_settle(spec, params, s, ul, i, i == last, nudged, beta, y, states[last], reads)
             for i, (s, ul) in enumerate(zip(states, u))]
 
 

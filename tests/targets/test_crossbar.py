@@ -206,6 +206,7 @@ def test_equilibrium_read_noise_only_on_the_last_step() -> None:
     assert diff > 1e-3
 
 
+@pytest.mark.gpu
 def test_cpu_and_cuda_agree_when_available() -> None:
     if not torch.cuda.is_available():
         pytest.skip("no CUDA device")

@@ -412,10 +412,8 @@ def test_drive_cache_distinguishes_inputs() -> None:
 @pytest.mark.gpu
 @pytest.mark.parametrize(("dtype", "tol"), [("float32", 1e-5), ("float64", 1e-12)])
 @pytest.mark.parametrize("spec_name", list(SPECS))
-def test_cuda_matches_cpu(spec_name: str, dtype: str, tol: float, monkeypatch: pytest.MonkeyPatch) -> None:
-    # TF32 would make float32 matmuls/convolutions differ by ~1e-3; compare true float32 arithmetic.
-    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
-    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+def test_cuda_matches_cpu(spec_name: str, dtype: str, tol: float) -> None:
+    # the default precision = "float32" turns TF32 off inside relax (it would make results differ by ~1e-3)
     spec = SPECS[spec_name]
     cpu, params = opened(spec, device="cpu", dtype=dtype)
     gpu = targets.open("reference", spec, device="cuda", dtype=dtype)
@@ -456,3 +454,135 @@ def test_input_drive_cache_sees_writes_torch_cannot_track():
     assert torch.equal(t.relax(x, 3).states[0], dyn.relax(spec, t.params, x, 3).states[0])
     x.data.copy_(torch.rand(4, 1, 6, 6))
     assert torch.equal(t.relax(x, 3).states[0], dyn.relax(spec, t.params, x, 3).states[0])
+
+
+# --------------------------------------------------------------------------- solver option
+
+
+@pytest.mark.parametrize("spec_name", list(SPECS))
+def test_anderson_solver_relaxes_with_relax_anderson(spec_name: str) -> None:
+    from hwtoolkit.network.anderson import relax_anderson
+
+    spec = SPECS[spec_name]
+    t, params = opened(spec, dtype="float64", solver="anderson", anderson_memory=2)
+    x, y = inputs(2, torch.float64)
+    free = t.relax(x, 300, stop_tolerance=1e-11)
+    nudged = t.relax(x, 300, 0.5, y, init=free, stop_tolerance=1e-11)
+    ref_free = relax_anderson(spec, params, x, 300, stop_tolerance=1e-11, memory=2)
+    ref = relax_anderson(spec, params, x, 300, 0.5, y, list(ref_free.states), stop_tolerance=1e-11, memory=2)
+    assert_relaxations_equal(free, ref_free)
+    assert_relaxations_equal(nudged, ref)
+    assert nudged.steps < 300 and nudged.residual.max() <= 1e-11
+    plain = dynamics.relax(spec, params, x, 400, 0.5, y, list(ref_free.states), stop_tolerance=1e-12)
+    for a, b in zip(nudged.states, plain.states):
+        assert (a - b).abs().max() < 1e-8  # the plain iteration's fixed point
+
+
+@pytest.mark.parametrize("options, pattern", [
+    ({"solver": "newton"}, "target.solver = 'newton'"),
+    ({"anderson_memory": 0}, "target.anderson_memory = 0"),
+    ({"anderson_memory": 2.5}, "target.anderson_memory = 2.5"),
+    ({"anderson_memory": True}, "target.anderson_memory = True"),
+    ({"solver": "anderson", "quant": {"weight_bits": 8, "state_bits": 8}}, "cannot relax a quantized network"),
+])
+def test_bad_solver_options_name_the_option(options: dict, pattern: str) -> None:
+    with pytest.raises(TargetError, match=pattern):
+        targets.open("reference", DENSE, **options)
+
+
+@pytest.mark.parametrize("spec", [CONV, NetworkSpec(input_shape=(1, 6, 6), conv=(ConvLayer(2, 3, padding=1),
+                                                                                 ConvLayer(3, 3, padding=1, pool="none")),
+                                                          classes=3)])
+def test_channels_last_gives_the_same_phases_and_keeps_its_layout(spec: NetworkSpec) -> None:
+    plain, params = opened(spec, dtype="float64")
+    nhwc, _ = opened(spec, dtype="float64", memory_format="channels_last")
+    assert nhwc.params["w1"].is_contiguous(memory_format=torch.channels_last)
+    x, y = inputs(3, torch.float64)
+    for t in (plain, nhwc):
+        t.free = t.relax(x, STEPS)
+        t.nudged = t.relax(x, 4, 0.5, y, init=t.free)
+    if not spec.hidden:  # a conv state driven by multi-channel states stays NHWC (a dense feedback makes it NCHW)
+        assert nhwc.free.states[-1].is_contiguous(memory_format=torch.channels_last)
+        assert not plain.free.states[-1].is_contiguous(memory_format=torch.channels_last)
+    assert_relaxations_equal(nhwc.free, plain.free, atol=1e-12, rtol=0)
+    assert_relaxations_equal(nhwc.nudged, plain.nudged, atol=1e-12, rtol=0)
+    delta = {"w1": torch.full_like(params["w1"], 0.01)}
+    nhwc.apply_update(delta)
+    assert nhwc.params["w1"].is_contiguous(memory_format=torch.channels_last)
+    assert torch.allclose(nhwc.read_weights()["w1"], params["w1"] + 0.01)
+
+
+def test_bad_memory_format_names_the_option() -> None:
+    with pytest.raises(TargetError, match="target.memory_format = 'nhwc'"):
+        targets.open("reference", CONV, memory_format="nhwc")
+
+
+# --------------------------------------------------------------------------- precision option
+
+
+def test_precision_bfloat16_relaxes_under_autocast_and_restores_flags() -> None:
+    from hwtoolkit.network.precision import tf32_flags
+
+    exact, params = opened(CONV)
+    low, _ = opened(CONV, precision="bfloat16")
+    assert low.capabilities.notes == "precision: bfloat16" and not low.capabilities.exact
+    x, y = inputs(4)
+    flags = tf32_flags()
+    a, b = exact.relax(x, STEPS), low.relax(x, STEPS)
+    assert tf32_flags() == flags and not torch.is_autocast_enabled("cpu")
+    assert b.states[0].dtype == torch.float32  # states stay float32; only the products are bfloat16
+    diff = max((s - t).abs().max().item() for s, t in zip(a.states, b.states))
+    assert 1e-4 < diff < 0.1  # bfloat16 products (8 mantissa bits) move the states, but only a little
+
+
+@pytest.mark.parametrize("options, pattern", [
+    ({"precision": "float8"}, "target.precision = 'float8' is not known"),
+    ({"precision": "float16"}, "target.precision = 'float16' needs a CUDA device"),
+    ({"precision": "bfloat16", "dtype": "float64"}, "needs dtype = 'float32'"),
+])
+def test_bad_precision_names_the_option(options: dict, pattern: str) -> None:
+    with pytest.raises(TargetError, match=pattern):
+        targets.open("reference", DENSE, **options)
+
+
+@needs_cuda
+@pytest.mark.gpu
+@pytest.mark.parametrize("precision, tol", [("tf32", 3e-2), ("bfloat16", 1e-1)])
+def test_cuda_reduced_precision_stays_near_float32(precision: str, tol: float) -> None:
+    exact = targets.open("reference", CONV, device="cuda")
+    low = targets.open("reference", CONV, device="cuda", precision=precision)
+    params = init_parameters(CONV, 0)
+    exact.program(params)
+    low.program(params)
+    x, _ = inputs(5)
+    a, b = exact.relax(x, STEPS), low.relax(x, STEPS)
+    diff = max((s - t).abs().max().item() for s, t in zip(a.states, b.states))
+    assert 0 < diff < tol
+
+
+# --------------------------------------------------------------------------- compiled relaxation
+
+
+@pytest.mark.slow
+def test_compile_inductor_relaxes_like_the_eager_target() -> None:
+    eager, params = opened(DENSE, dtype="float64")
+    fused, _ = opened(DENSE, dtype="float64", compile="inductor", compile_chunk=3)
+    assert fused.capabilities.notes == "compile: inductor; compile_chunk: 3"
+    x, y = inputs(6, torch.float64)
+    for t in (eager, fused):
+        t.free = t.relax(x, 6)
+        t.nudged = t.relax(x, 3, 0.5, y, init=t.free)
+    assert_relaxations_equal(fused.free, eager.free, atol=1e-12, rtol=0)
+    assert_relaxations_equal(fused.nudged, eager.nudged, atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize("options, pattern", [
+    ({"compile": "jit"}, "target.compile = 'jit' is invalid"),
+    ({"compile": "inductor", "compile_chunk": 0}, "target.compile_chunk = 0"),
+    ({"compile": "cuda_graph"}, "needs device = 'cuda'"),
+    ({"compile": "inductor", "solver": "anderson"}, "cannot be combined"),
+    ({"compile": "inductor", "quant": {"weight_bits": 8, "state_bits": 8}}, "cannot be combined"),
+])
+def test_bad_compile_options_name_the_option(options: dict, pattern: str) -> None:
+    with pytest.raises(TargetError, match=pattern):
+        targets.open("reference", DENSE, **options)
