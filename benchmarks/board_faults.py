@@ -34,7 +34,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.step_speed import machine  # noqa: E402
+from benchmarks.report import machine  # noqa: E402
 from firmware_interface.client import BoardClient, BoardTimeout, StaleVersionError, tensor_crc  # noqa: E402
 from firmware_interface.faults import FaultConfig, FaultyPort  # noqa: E402
 from firmware_interface.protocol import Command, LayerRecord, NetworkRecord  # noqa: E402

@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from firmware_interface import cobs  # noqa: E402
-from benchmarks.step_speed import machine  # noqa: E402
+from benchmarks.report import machine  # noqa: E402
 from firmware_interface import tensor as T  # noqa: E402
 from firmware_interface.client import (BoardClient, BoardError, BoardResetError, ProtocolError,  # noqa: E402
                                        tensor_crc)

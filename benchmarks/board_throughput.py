@@ -24,7 +24,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.board_training import open_board  # noqa: E402
-from benchmarks.step_speed import machine  # noqa: E402
+from benchmarks.report import machine  # noqa: E402
 from firmware_interface.frame import Frame, Kind  # noqa: E402
 from firmware_interface.protocol import Command  # noqa: E402
 

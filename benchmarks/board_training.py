@@ -20,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.step_speed import machine  # noqa: E402
+from benchmarks.report import machine  # noqa: E402
 
 ACCEPTANCE_SETS = ["data.limit=10000", "data.val_size=2000", "train.epochs=3"]
 

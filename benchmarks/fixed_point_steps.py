@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import sys
 import time
 from pathlib import Path
@@ -25,11 +24,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.step_speed import machine  # noqa: E402
+from benchmarks.report import write_report  # noqa: E402
 from hwtoolkit import config as config_mod  # noqa: E402
 from hwtoolkit.network import dynamics  # noqa: E402
 from hwtoolkit.network.anderson import relax_anderson  # noqa: E402
 from hwtoolkit.network.parameters import init_parameters  # noqa: E402
+from hwtoolkit.network.precision import compute_precision  # noqa: E402
 
 NETWORKS = {  # name -> (config, overrides)
     "fmnist_mlp": ("configs/fmnist_mlp.toml", []),
@@ -64,10 +64,12 @@ def batch_for(cfg, batch: int, device: torch.device) -> tuple[torch.Tensor, torc
 
 
 def timed_phase(fn, device: torch.device):
+    """``fn()`` and its seconds, in IEEE float32 (no TF32 on a GPU)."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     start = time.perf_counter()
-    result = fn()
+    with compute_precision("float32", device):
+        result = fn()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     return result, time.perf_counter() - start
@@ -153,11 +155,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name:14} {solver:24} {row['free_steps']:10d} {1e3 * row['free_seconds']:8.1f} "
                   f"{row['free_distance']:9.1e} {row['nudged_steps']:12d} {1e3 * row['nudged_seconds']:8.1f} "
                   f"{row['nudged_distance']:9.1e}")
-    out = Path(args.json)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"machine": machine(), "tolerance": args.tolerance, "device": str(device),
-                               "results": results}, indent=2) + "\n")
-    print(f"wrote {out}")
+    write_report(args.json, {"tolerance": args.tolerance, "device": str(device), "results": results})
     return 0
 
 

@@ -6,10 +6,12 @@
 #      with achieved TFLOP/s against the matching peak and the cosine of its update with the float64 update;
 #   3. steps to the fixed point per solver (plain/Anderson, synchronous/alternating) on the ConvNet;
 #   4. the CUDA tests of the suite.
-# Each part writes its file as it ends, so a run cut short keeps what it finished.
+# Each part writes its file as it ends, so a run cut short keeps what it finished; the exit status is
+# that of the first part that failed. The float64 reference of the update's cosine is computed for the
+# fast runs and the batch-128 baseline only (it is the slowest part at batch 512).
 #
 #   benchmarks/gpu_fast_ep.sh            # on the GPU machine, after `make install`
-#   QUICK=1 benchmarks/gpu_fast_ep.sh    # a few seconds on a CPU: checks the script itself, tiny sizes
+#   QUICK=1 benchmarks/gpu_fast_ep.sh    # a few minutes on a CPU: checks the script itself at tiny sizes
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
@@ -20,16 +22,21 @@ if [ "${QUICK:-0}" = 1 ]; then
   DEV=cpu; BATCHES="2"; REPEATS="--warmup 1 --repeats 1"; SHORT=(--set ep.free_steps=3 --set ep.nudged_steps=2)
   FAST=(--target-option memory_format=channels_last --target-option compile=inductor --target-option compile_chunk=2)
   PEAK=(--size 256 --precisions float32); FP_ARGS=(--batch 2 --max-steps 20 --reference-steps 40)
-  TF32=float32; LOW=float32
+  TF32=float32; LOW=(--target-option precision=bfloat16 --target-option compile=none); LOW_PEAK=float32
 else
+  if ! $PY -c 'import sys, torch; sys.exit(not torch.cuda.is_available())'; then
+    echo "no CUDA device: run with QUICK=1 on a CPU" >&2
+    exit 2
+  fi
   DEV=cuda; BATCHES="128 512"; REPEATS="--warmup 2 --repeats 5"; SHORT=()
   FAST=(--target-option precision=tf32 --target-option memory_format=channels_last --target-option compile=cuda_graph)
   PEAK=(--precisions float32,tf32,bfloat16); FP_ARGS=(--batch 128 --max-steps 1000 --reference-steps 1500)
-  TF32=tf32; LOW=bfloat16
+  TF32=tf32; LOW=(--target-option precision=bfloat16); LOW_PEAK=bfloat16
   nvidia-smi > "$OUT/nvidia-smi.txt" 2>&1 || true
 fi
 CIFAR=(--config configs/cifar10_conv.toml --devices "$DEV" "${SHORT[@]}")
 
+STATUS=0
 run() {  # name, command...: runs it, logs to $OUT/name.log, says how long it took
   local name=$1; shift
   local start=$SECONDS
@@ -38,21 +45,25 @@ run() {  # name, command...: runs it, logs to $OUT/name.log, says how long it to
   local rc=$?
   tail -n 12 "$OUT/$name.log"
   echo "== $name: exit $rc after $((SECONDS - start)) s"
+  if [ "$rc" != 0 ] && [ "$STATUS" = 0 ]; then STATUS=$rc; fi
 }
 
 run matmul_peak $PY benchmarks/matmul_peak.py --device "$DEV" "${PEAK[@]}" --json "$OUT/matmul_peak.json"
+first=${BATCHES%% *}
 for b in $BATCHES; do
+  fidelity=(); [ "$b" = "$first" ] && fidelity=(--fidelity)
   run "cifar_b${b}_float32" $PY benchmarks/step_speed.py "${CIFAR[@]}" --batch "$b" $REPEATS \
-    --formulations engine,autograd --fidelity --peak float32 --out "$OUT/cifar_b${b}_float32.json"
+    --formulations engine,autograd "${fidelity[@]}" --peak float32 --out "$OUT/cifar_b${b}_float32.json"
   run "cifar_b${b}_fast" $PY benchmarks/step_speed.py "${CIFAR[@]}" --batch "$b" $REPEATS \
     --formulations engine "${FAST[@]}" --fidelity --peak "$TF32" --out "$OUT/cifar_b${b}_fast.json"
 done
 last=${BATCHES##* }
 run "cifar_b${last}_low" $PY benchmarks/step_speed.py "${CIFAR[@]}" --batch "$last" $REPEATS --formulations engine \
-  "${FAST[@]}" --target-option precision="$LOW" --fidelity --peak "$LOW" --out "$OUT/cifar_b${last}_low.json"
+  "${FAST[@]}" "${LOW[@]}" --fidelity --peak "$LOW_PEAK" --out "$OUT/cifar_b${last}_low.json"
 run fixed_point_steps $PY benchmarks/fixed_point_steps.py --networks cifar10_conv --device "$DEV" "${FP_ARGS[@]}" \
   --json "$OUT/fixed_point_steps_cifar10_conv.json"
 if [ "$DEV" = cuda ]; then
   run gpu_tests $PY -m pytest -q -m gpu -p no:cacheprovider
 fi
 echo "results in $OUT"
+exit $STATUS

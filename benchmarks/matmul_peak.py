@@ -11,7 +11,6 @@ benchmarks/results/matmul_peak_<device>.json).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -20,7 +19,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.step_speed import machine  # noqa: E402
+from benchmarks.report import write_report  # noqa: E402
 
 PRECISIONS: dict[str, tuple[torch.dtype, bool]] = {  # name -> (dtype, TF32 allowed)
     "float32": (torch.float32, False),
@@ -115,12 +114,9 @@ def main(argv: list[str] | None = None) -> int:
         rows.append({"precision": name, "dtype": str(PRECISIONS[name][0]).removeprefix("torch."),
                      "tf32": PRECISIONS[name][1], "tflops": tflops})
         print(f"{name:10} {tflops:9.3f}")
-    out = Path(args.json or f"benchmarks/results/matmul_peak_{args.device}.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    record = {"benchmark": "matmul_peak", "device": args.device, "size": size, "repeats": args.repeats,
-              "machine": machine(), "results": rows}
-    out.write_text(json.dumps(record, indent=2) + "\n")
-    print(f"wrote {out}")
+    write_report(args.json or f"benchmarks/results/matmul_peak_{args.device}.json",
+                 {"benchmark": "matmul_peak", "device": args.device, "size": size, "repeats": args.repeats,
+                  "results": rows})
     return 0
 
 

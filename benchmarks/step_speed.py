@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
-import platform
 import statistics
 import sys
 import time
@@ -35,30 +33,15 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import targets  # noqa: E402
+from benchmarks.report import write_report  # noqa: E402
 from hwtoolkit import config as config_mod  # noqa: E402
 from hwtoolkit.diagnostics.precision import agreement  # noqa: E402
 from hwtoolkit.network.autograd_phi import ep_update_autograd, relax_autograd  # noqa: E402
-from hwtoolkit.network.flops import batch_flops  # noqa: E402
+from hwtoolkit.network.flops import NUDGED_PHASES, batch_flops  # noqa: E402
 from hwtoolkit.network.parameters import init_parameters  # noqa: E402
 from hwtoolkit.network.precision import compute_precision  # noqa: E402
 from hwtoolkit.training.estimators import make_estimator  # noqa: E402
 from hwtoolkit.training.optimizer import SGD  # noqa: E402
-
-
-def machine() -> dict:
-    info = {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-            "python": platform.python_version(), "torch": torch.__version__,
-            "cpu_threads": torch.get_num_threads()}
-    if torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name(0)
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                info["cpu"] = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return info
 
 
 def timed(fn: Callable[[], None], device: torch.device, warmup: int, repeats: int) -> float:
@@ -177,7 +160,7 @@ def measure(cfg, device: str, batch: int, warmup: int, repeats: int, formulation
 
 def engine_flops(cfg, phase_steps: list[int], batch: int, seconds: float) -> dict:
     """FLOPs of one engine batch from the steps its phases ran (free, then nudged ones), and the rate achieved."""
-    phases = 3 if cfg.estimator == "symmetric" else 2
+    phases = 1 + NUDGED_PHASES[cfg.estimator]
     runs = [phase_steps[i:i + phases] for i in range(0, len(phase_steps) - phases + 1, phases)]
     free = statistics.mean(r[0] for r in runs)
     nudged = statistics.mean(s for r in runs for s in r[1:])
@@ -207,6 +190,8 @@ def parse_options(pairs: list[str]) -> dict:
         key, sep, value = pair.partition("=")
         if not sep or not key:
             raise ValueError(f"--target-option {pair!r}: expected KEY=VALUE")
+        if key in ("device", "dtype"):
+            raise ValueError(f"--target-option {pair!r}: the benchmark sets {key} itself (use --devices)")
         try:
             options[key] = tomllib.loads(f"v = {value}")["v"]
         except tomllib.TOMLDecodeError:
@@ -235,6 +220,11 @@ def main(argv: list[str] | None = None) -> int:
         options = parse_options(args.target_option)
     except ValueError as e:
         parser.error(str(e))
+    if args.peak is not None:
+        from benchmarks.matmul_peak import PRECISIONS
+
+        if args.peak not in PRECISIONS:
+            parser.error(f"--peak {args.peak!r}: valid precisions are {list(PRECISIONS)}")
     cfg = config_mod.load(args.config, args.set)
     batch = args.batch or cfg.train.batch_size
     results = []
@@ -266,11 +256,8 @@ def main(argv: list[str] | None = None) -> int:
     report = {"benchmark": "step_speed", "config": args.config, "overrides": args.set, "target_options": options,
               "network": cfg.network.describe(),
               "estimator": cfg.estimator, "free_steps": cfg.ep.free_steps, "nudged_steps": cfg.ep.nudged_steps,
-              "machine": machine(), "results": results}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {out}")
+              "results": results}
+    write_report(args.out, report)
     return 0
 
 

@@ -12,14 +12,13 @@ Prints a table and writes JSON (default benchmarks/results/time_to_accuracy.json
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.step_speed import machine  # noqa: E402
+from benchmarks.report import write_report  # noqa: E402
 
 SCHEDULES = {  # name -> config overrides
     "default": [],
@@ -100,11 +99,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         speedup = f"{base / seconds:.2f}x" if base else "-"
         print(f"{name:18} {epochs:>12} {seconds:9.1f} {speedup:>9} {steps:11.1f} {final:10.2f}%")
-    out = Path(args.json)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"machine": machine(), "config": args.config, "target": args.target,
-                               "results": results}, indent=2) + "\n")
-    print(f"wrote {out}")
+    write_report(args.json, {"config": args.config, "target": args.target, "results": results})
     return 0
 
 

@@ -9,8 +9,9 @@ the host against this interface.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from contextlib import nullcontext
 from dataclasses import dataclass, field
-from typing import ClassVar, Mapping, Sequence, Union
+from typing import ClassVar, ContextManager, Mapping, Sequence, Union
 
 import torch
 
@@ -88,6 +89,10 @@ class Target(ABC):
         Targets with ``capabilities.update_trains`` also get ``trains``: the same increment as the two EP
         phase terms ``(a, b)`` with ``delta = a - b``, to write as two pulse trains; others ignore it.
         """
+
+    def compute_context(self) -> ContextManager[object]:
+        """The numerical setting (e.g. a compute precision) for host math on this target's states; none by default."""
+        return nullcontext()
 
     def close(self) -> None:
         """Release the device."""

@@ -8,7 +8,7 @@ chunks of steps) is set by the options of ``targets.relaxation.RelaxationOptions
 
 from __future__ import annotations
 
-from typing import Mapping
+from typing import ContextManager, Mapping
 
 import torch
 
@@ -118,15 +118,16 @@ class ReferenceTarget(Target):
               init: Init = None, stop_tolerance: float = 0.0) -> Relaxation:
         x = in_memory_format(x.to(self.device, self.dtype), self._layout)
         y = None if y is None else y.to(self.device)
-        with compute_precision(self.relaxation.precision, self.device):
+        with self.compute_context():
             drive = self._input_drive(x)
         states = initial_states(self.spec, init, self._last, x.shape[0], self.device, self.dtype)
         if self._layout != torch.contiguous_format:
             states = [in_memory_format(s, self._layout) for s in (states or dynamics.zero_states(
                 self.spec, x.shape[0], x))]
-        with torch.no_grad(), compute_precision(self.relaxation.precision, self.device):
+        with torch.no_grad(), self.compute_context():
             if self._relaxer is not None:
-                self._last = self._relaxer.relax(self.params, x, steps, beta, y, states, drive, stop_tolerance)
+                self._last = self._relaxer.relax(self.effective_params(), x, steps, beta, y, states, drive,
+                                                 stop_tolerance)
             elif self.relaxation.solver == "anderson":
                 self._last = anderson.relax_anderson(self.spec, self.effective_params(), x, steps, beta, y, states,
                                                      drive, stop_tolerance, self.relaxation.anderson_memory,
@@ -142,3 +143,11 @@ class ReferenceTarget(Target):
             self.params[n].add_(d.to(self.device, self.dtype))
         self._version += 1
         return UpdateReport()
+
+    def compute_context(self) -> ContextManager[object]:
+        """The configured compute precision, for the phases and for the update formed from their states."""
+        return compute_precision(self.relaxation.precision, self.device)
+
+    def close(self) -> None:
+        if self._relaxer is not None:
+            self._relaxer.clear()  # compiled chunks, and the GPU memory captured graphs hold

@@ -1,7 +1,7 @@
 """How the reference target computes its phases: solver, compute precision, memory layout and compilation.
 
-None of these options changes the fixed point a phase relaxes to; they change how fast it is reached
-(``solver``, ``memory_format``, ``compile``) and how exactly its products are computed (``precision``).
+``solver``, ``memory_format`` and ``compile`` change how fast a phase reaches its fixed point, not the fixed
+point; ``precision`` changes how its products round (``hwtoolkit.diagnostics.precision`` measures the effect).
 """
 
 from __future__ import annotations
@@ -36,9 +36,10 @@ class RelaxationOptions:
     compile: str = "none"  # or a network.compiled mode: "inductor", "cuda_graph", "inductor_cuda_graph"
     compile_chunk: int = compiled.DEFAULT_CHUNK  # steps per compiled or captured chunk
 
-    DESCRIPTION = (f"solver = {' | '.join(map(repr, SOLVERS))}, anderson_memory (3), precision = "
-                   f"{' | '.join(map(repr, PRECISIONS))}, memory_format = 'contiguous' | 'channels_last', "
-                   f"compile = {' | '.join(map(repr, COMPILE))}, compile_chunk (10)")
+    DESCRIPTION = (f"solver = {' | '.join(map(repr, SOLVERS))}, anderson_memory ({anderson.DEFAULT_MEMORY}), "
+                   f"precision = {' | '.join(map(repr, PRECISIONS))}, memory_format = 'contiguous' | "
+                   f"'channels_last', compile = {' | '.join(map(repr, COMPILE))}, "
+                   f"compile_chunk ({compiled.DEFAULT_CHUNK})")
 
     def check(self, device: torch.device, dtype: torch.dtype, quantized: bool) -> None:
         """A ``TargetError`` naming the option that is invalid, or that the device, dtype or a quant table rule out."""
@@ -53,15 +54,17 @@ class RelaxationOptions:
             raise TargetError(f"target.{e}") from None
         if self.compile not in COMPILE:
             raise TargetError(f"target.compile = {self.compile!r} is invalid; valid: {list(COMPILE)}")
-        if self.precision != "float32" and (dtype != torch.float32 or quantized):
-            raise TargetError(f"target.precision = {self.precision!r} needs dtype = 'float32' and no quant table: "
-                              "it lowers the precision of float32 matmuls and convolutions")
-        if self.solver == "anderson" and quantized:
-            raise TargetError("target.solver = 'anderson' cannot relax a quantized network: its states live on "
-                              "a grid that a mix of iterates leaves; use solver = 'plain'")
-        if self.compile != "none" and (quantized or self.solver != "plain"):
-            raise TargetError(f"target.compile = {self.compile!r} runs the plain float dynamics: it cannot be "
-                              "combined with a quant table or solver = 'anderson'")
+        if self.precision != "float32" and dtype != torch.float32:
+            raise TargetError(f"target.precision = {self.precision!r} needs dtype = 'float32', not "
+                              f"{str(dtype).removeprefix('torch.')!r}: it lowers the precision of float32 products")
+        for name, value in (("precision", self.precision), ("solver", self.solver), ("compile", self.compile),
+                            ("memory_format", self.memory_format)):
+            if quantized and value != getattr(RelaxationOptions, name):
+                raise TargetError(f"target.{name} = {value!r} cannot be used with a [quant] table: the quantized "
+                                  f"network rounds its inputs and states on a grid; leave {name} at its default")
+        if self.compile != "none" and self.solver != "plain":
+            raise TargetError(f"target.compile = {self.compile!r} runs the plain iteration: it cannot be combined "
+                              f"with solver = {self.solver!r}")
         if "cuda_graph" in self.compile and device.type != "cuda":
             raise TargetError(f"target.compile = {self.compile!r} needs device = 'cuda'; on {device} use 'inductor'")
 

@@ -18,7 +18,7 @@ import torch
 
 from . import layers as L
 from .activations import get_activation
-from .dynamics import Drive, Relaxation, _check_phase, finish, input_drive, step, zero_states
+from .dynamics import Drive, Relaxation, check_phase, finish, input_drive, step, zero_states
 from .spec import NetworkSpec
 
 DEFAULT_MEMORY = 3
@@ -62,11 +62,9 @@ def relax_anderson(spec: NetworkSpec, params: Mapping[str, torch.Tensor], x: tor
     image ``F(s)``; its residual is ``|F(s) - s|``, so ``stop_tolerance`` means what it means there.
     ``memory = 1`` is the plain iteration.
     """
-    _check_phase(spec, steps, beta, y)
+    check_phase(steps, beta, y, stop_tolerance)
     if memory < 1:
         raise ValueError(f"memory = {memory} is invalid: Anderson acceleration needs at least 1 (1 = no mixing)")
-    if stop_tolerance < 0:
-        raise ValueError(f"stop_tolerance = {stop_tolerance} is invalid: expected >= 0 (0 runs every step)")
     drive = input_drive(spec, params, x, reads) if drive is None else drive
     read_drive = drive if callable(drive) else (lambda: drive)
     rho = get_activation(spec.activation)

@@ -109,6 +109,7 @@ class _GraphPhase:
         self.y = None if y is None else torch.empty_like(y)
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
         self.moved: dict[int, torch.Tensor] = {}
+        self.pool = None  # one memory pool for the graphs of a phase: they are replayed one at a time
 
     def load(self, drive: torch.Tensor, states: Sequence[torch.Tensor], beta: float, y: torch.Tensor | None) -> None:
         self.drive.copy_(drive)
@@ -135,7 +136,9 @@ class _GraphPhase:
                 chunk(*args)  # pure: the buffers are not written
         torch.cuda.current_stream(self.drive.device).wait_stream(side)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
+        if self.pool is None:
+            self.pool = torch.cuda.graph_pool_handle()
+        with torch.cuda.graph(graph, pool=self.pool):
             current, previous, moved = chunk(*args)
             for buffer, s in zip(self.previous, previous):
                 buffer.copy_(s)
@@ -174,7 +177,9 @@ class CompiledRelaxer:
         if self.mode == "eager":
             return dynamics.relax(self.spec, params, x, steps, beta, y, init, drive, stop_tolerance, reads)
         self._check(x, steps, beta, y, drive, stop_tolerance, reads)
-        params = dict(params)
+        # detached views (same storage, so in-place updates are seen): autocast caches casts of leaves that
+        # require grad, and a graph would read such a cached copy forever
+        params = {n: p.detach() for n, p in params.items()}
         with torch.no_grad():
             drive = dynamics.input_drive(self.spec, params, x) if drive is None else drive
             states = list(init) if init is not None else dynamics.zero_states(self.spec, drive.shape[0], drive)
@@ -190,12 +195,7 @@ class CompiledRelaxer:
 
     def _check(self, x: torch.Tensor, steps: int, beta: float, y: torch.Tensor | None, drive: object,
                stop_tolerance: float, reads: L.Reads) -> None:
-        if steps < 1:
-            raise ValueError(f"steps = {steps} is invalid: a phase needs at least one step")
-        if beta != 0.0 and y is None:
-            raise ValueError("a nudged phase (beta != 0) needs targets y")
-        if stop_tolerance < 0:
-            raise ValueError(f"stop_tolerance = {stop_tolerance} is invalid: expected >= 0 (0 runs every step)")
+        dynamics.check_phase(steps, beta, y, stop_tolerance)
         if reads != L.EXACT:
             raise ValueError(f"reads = {reads!r} is not supported by mode {self.mode!r}: a compiled relaxation "
                              "reads exactly (device noise and quantized reads need mode 'eager')")

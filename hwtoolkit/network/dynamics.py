@@ -131,11 +131,14 @@ def step(spec: NetworkSpec, params: Mapping[str, torch.Tensor], drive: torch.Ten
             for i, (s, ul) in enumerate(zip(states, u))]
 
 
-def _check_phase(spec: NetworkSpec, steps: int, beta: float, y: torch.Tensor | None) -> None:
+def check_phase(steps: int, beta: float, y: torch.Tensor | None, stop_tolerance: float = 0.0) -> None:
+    """The checks every way of running a phase makes, with errors that name the bad argument."""
     if steps < 1:
         raise ValueError(f"steps = {steps} is invalid: a phase needs at least one step")
     if beta != 0.0 and y is None:
         raise ValueError("a nudged phase (beta != 0) needs targets y")
+    if stop_tolerance < 0:
+        raise ValueError(f"stop_tolerance = {stop_tolerance} is invalid: expected >= 0 (0 runs every step)")
 
 
 Drive = Union[torch.Tensor, Callable[[], torch.Tensor]]
@@ -146,7 +149,7 @@ def iterate(spec: NetworkSpec, params: Mapping[str, torch.Tensor], x: torch.Tens
             beta: float = 0.0, y: torch.Tensor | None = None, init: Sequence[torch.Tensor] | None = None,
             drive: Drive | None = None, reads: L.Reads = L.EXACT) -> Iterator[States]:
     """Yield the states after each of ``steps`` steps (for diagnostics that need the trajectory)."""
-    _check_phase(spec, steps, beta, y)
+    check_phase(steps, beta, y)
     drive = input_drive(spec, params, x, reads) if drive is None else drive
     read_drive = drive if callable(drive) else (lambda: drive)
     states = list(init) if init is not None else zero_states(spec, x.shape[0], x)
@@ -163,8 +166,7 @@ def relax(spec: NetworkSpec, params: Mapping[str, torch.Tensor], x: torch.Tensor
     With ``stop_tolerance > 0`` the phase ends early once a step moves no unit of any sample by more than it
     (checked after every step; ``Relaxation.steps`` says how many ran).
     """
-    if stop_tolerance < 0:
-        raise ValueError(f"stop_tolerance = {stop_tolerance} is invalid: expected >= 0 (0 runs every step)")
+    check_phase(steps, beta, y, stop_tolerance)
     drive = input_drive(spec, params, x, reads) if drive is None else drive
     states = list(init) if init is not None else zero_states(spec, x.shape[0], x)
     previous, done = states, 0

@@ -80,11 +80,16 @@ def _update(target: Target, x: torch.Tensor, y: torch.Tensor, free: Relaxation, 
     like = free.logits
     weights = _weights_for_update(target, target.spec, like)
     x, y = x.to(like.device, like.dtype), y.to(like.device)
-    if not trains:
-        return BatchResult(ep_update(target.spec, weights, x, y, a, b), free)
-    span = a[1] - b[1]
-    parts = tuple({n: g / span for n, g in phase_grads(target.spec, weights, x, y, *phase).items()}
-                  for phase in (a, b))
+
+    def stored(grads: Direction) -> Direction:  # in the states' dtype, whatever precision computed it
+        return {n: g.to(like.dtype) for n, g in grads.items()}
+
+    with target.compute_context():
+        if not trains:
+            return BatchResult(stored(ep_update(target.spec, weights, x, y, a, b)), free)
+        span = a[1] - b[1]
+        parts = tuple(stored({n: g / span for n, g in phase_grads(target.spec, weights, x, y, *phase).items()})
+                      for phase in (a, b))
     return BatchResult({n: parts[0][n] - parts[1][n] for n in parts[0]}, free, parts)
 
 

@@ -221,8 +221,8 @@ def test_graph_reads_parameters_in_place_and_recaptures_new_ones(mode):
     r = CompiledRelaxer(CONV_MAX, mode, chunk=CHUNK)
     before = r.relax(p, x, 6)
     captured = r.cache_size
-    p["w1"].add_(0.2)  # in place: the captured graph reads the new values
-    p["w_out"].add_(-0.1)
+    p["w2"].add_(0.2)  # in place, weights the captured step reads (w1 only feeds the drive, computed outside)
+    p["b2"].add_(-0.1)
     after = r.relax(p, x, 6)
     assert r.cache_size == captured
     assert moved(before, after) > 1e-3

@@ -483,7 +483,9 @@ def test_anderson_solver_relaxes_with_relax_anderson(spec_name: str) -> None:
     ({"anderson_memory": 0}, "target.anderson_memory = 0"),
     ({"anderson_memory": 2.5}, "target.anderson_memory = 2.5"),
     ({"anderson_memory": True}, "target.anderson_memory = True"),
-    ({"solver": "anderson", "quant": {"weight_bits": 8, "state_bits": 8}}, "cannot relax a quantized network"),
+    ({"solver": "anderson", "quant": {"weight_bits": 8, "state_bits": 8}}, "solver = 'anderson' cannot be used with"),
+    ({"memory_format": "channels_last", "quant": {"weight_bits": 8, "state_bits": 8}}, "memory_format = 'channels_"),
+    ({"precision": "bfloat16", "quant": {"weight_bits": 8, "state_bits": 8}}, "precision = 'bfloat16' cannot be"),
 ])
 def test_bad_solver_options_name_the_option(options: dict, pattern: str) -> None:
     with pytest.raises(TargetError, match=pattern):
@@ -538,7 +540,7 @@ def test_precision_bfloat16_relaxes_under_autocast_and_restores_flags() -> None:
 @pytest.mark.parametrize("options, pattern", [
     ({"precision": "float8"}, "target.precision = 'float8' is not known"),
     ({"precision": "float16"}, "target.precision = 'float16' needs a CUDA device"),
-    ({"precision": "bfloat16", "dtype": "float64"}, "needs dtype = 'float32'"),
+    ({"precision": "bfloat16", "dtype": "float64"}, "needs dtype = 'float32', not 'float64'"),
 ])
 def test_bad_precision_names_the_option(options: dict, pattern: str) -> None:
     with pytest.raises(TargetError, match=pattern):
@@ -574,6 +576,9 @@ def test_compile_inductor_relaxes_like_the_eager_target() -> None:
         t.nudged = t.relax(x, 3, 0.5, y, init=t.free)
     assert_relaxations_equal(fused.free, eager.free, atol=1e-12, rtol=0)
     assert_relaxations_equal(fused.nudged, eager.nudged, atol=1e-12, rtol=0)
+    assert fused._relaxer.cache_size > 0
+    fused.close()
+    assert fused._relaxer.cache_size == 0  # close() lets go of what was compiled (and of captured graph memory)
 
 
 @pytest.mark.parametrize("options, pattern", [
@@ -581,8 +586,28 @@ def test_compile_inductor_relaxes_like_the_eager_target() -> None:
     ({"compile": "inductor", "compile_chunk": 0}, "target.compile_chunk = 0"),
     ({"compile": "cuda_graph"}, "needs device = 'cuda'"),
     ({"compile": "inductor", "solver": "anderson"}, "cannot be combined"),
-    ({"compile": "inductor", "quant": {"weight_bits": 8, "state_bits": 8}}, "cannot be combined"),
+    ({"compile": "inductor", "quant": {"weight_bits": 8, "state_bits": 8}}, "compile = 'inductor' cannot be used"),
 ])
 def test_bad_compile_options_name_the_option(options: dict, pattern: str) -> None:
     with pytest.raises(TargetError, match=pattern):
         targets.open("reference", DENSE, **options)
+
+
+def test_update_is_formed_in_the_targets_precision() -> None:
+    """Estimators form the update inside ``compute_context()``: the configured precision, none by default."""
+    from hwtoolkit.config import EPConfig
+    from hwtoolkit.training.estimators import make_estimator
+
+    exact, params = opened(DENSE)
+    low, _ = opened(DENSE, precision="bfloat16")
+    with low.compute_context():
+        assert torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
+    with exact.compute_context():
+        assert not torch.is_autocast_enabled("cpu")
+    x, y = inputs(7)
+    estimate = make_estimator("symmetric", EPConfig(beta=0.5, free_steps=STEPS, nudged_steps=4))
+    a = estimate(exact, x, y, torch.Generator()).direction
+    b = estimate(low, x, y, torch.Generator()).direction
+    assert all(t.dtype == torch.float32 for t in (*a.values(), *b.values()))
+    rel = max(((a[n] - b[n]).norm() / a[n].norm()).item() for n in a if a[n].norm() > 0)
+    assert 1e-4 < rel < 0.2  # bfloat16 products, including the update's: close to the float32 update, not equal
