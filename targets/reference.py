@@ -13,10 +13,10 @@ from typing import ContextManager, Mapping
 import torch
 
 from hwtoolkit.network import anderson, compiled, dynamics
-from hwtoolkit.network.precision import compute_precision
 from hwtoolkit.network.dynamics import Relaxation
 from hwtoolkit.network.layers import EXACT
 from hwtoolkit.network.parameters import check_parameters
+from hwtoolkit.network.precision import compute_precision
 from hwtoolkit.network.spec import NetworkSpec
 
 from .base import Capabilities, Init, InputMemo, Target, TargetError, Trains, UpdateReport, initial_states
