@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # The fast-EP GPU checks in one run (about 10 minutes on an H100/H200), results as JSON under $OUT:
 #   1. the GPU's matmul peak per precision;
-#   2. the CIFAR-10 ConvNet (T1 = 250, T2 = 25, symmetric) per batch at 128 and 512: the engine in IEEE float32
-#      against the autograd-of-Phi formulation, then TF32 + channels-last + CUDA graphs, then bfloat16, each
-#      with achieved TFLOP/s against the matching peak and the cosine of its update with the float64 update;
-#   3. steps to the fixed point per solver (plain/Anderson, synchronous/alternating) on the ConvNet;
+#   2. the CIFAR-10 ConvNet (T1 = 250, T2 = 25, symmetric) per batch at 128 and 512: the engine in IEEE float32,
+#      then with TF32 + channels-last + CUDA graphs, then in bfloat16, each against the autograd-of-Phi
+#      formulation in the same precision, with achieved TFLOP/s against the matching matmul peak and the
+#      cosine of its update with the float64 update;
+#   3. the fast engine with phases that end at a 1e-4 tolerance (steps run, time per batch, update cosine),
+#      and steps to the fixed point per solver (plain/Anderson, synchronous/alternating) on the ConvNet;
 #   4. the CUDA tests of the suite.
 # Each part writes its file as it ends, so a run cut short keeps what it finished; the exit status is
 # that of the first part that failed. The float64 reference of the update's cosine is computed for the
@@ -55,11 +57,14 @@ for b in $BATCHES; do
   run "cifar_b${b}_float32" $PY benchmarks/step_speed.py "${CIFAR[@]}" --batch "$b" $REPEATS \
     --formulations engine,autograd "${fidelity[@]}" --peak float32 --out "$OUT/cifar_b${b}_float32.json"
   run "cifar_b${b}_fast" $PY benchmarks/step_speed.py "${CIFAR[@]}" --batch "$b" $REPEATS \
-    --formulations engine "${FAST[@]}" --fidelity --peak "$TF32" --out "$OUT/cifar_b${b}_fast.json"
+    --formulations engine,autograd "${FAST[@]}" --fidelity --peak "$TF32" --out "$OUT/cifar_b${b}_fast.json"
 done
 last=${BATCHES##* }
-run "cifar_b${last}_low" $PY benchmarks/step_speed.py "${CIFAR[@]}" --batch "$last" $REPEATS --formulations engine \
+run "cifar_b${last}_low" $PY benchmarks/step_speed.py "${CIFAR[@]}" --batch "$last" $REPEATS --formulations engine,autograd \
   "${FAST[@]}" "${LOW[@]}" --fidelity --peak "$LOW_PEAK" --out "$OUT/cifar_b${last}_low.json"
+run "cifar_b${first}_fast_tolerance" $PY benchmarks/step_speed.py "${CIFAR[@]}" --batch "$first" $REPEATS \
+  --formulations engine "${FAST[@]}" --set ep.stop_tolerance=1e-4 --fidelity --peak "$TF32" \
+  --out "$OUT/cifar_b${first}_fast_tolerance.json"
 run fixed_point_steps $PY benchmarks/fixed_point_steps.py --networks cifar10_conv --device "$DEV" "${FP_ARGS[@]}" \
   --json "$OUT/fixed_point_steps_cifar10_conv.json"
 if [ "$DEV" = cuda ]; then
