@@ -24,6 +24,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.cli import chosen_names  # noqa: E402
 from benchmarks.report import write_report  # noqa: E402
 from hwtoolkit import config as config_mod  # noqa: E402
 from hwtoolkit.network import dynamics  # noqa: E402
@@ -137,10 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     weights = dict(w.split("=", 1) for w in args.weights if "=" in w)
     if len(weights) != len(args.weights) or set(weights) - set(NETWORKS):
         parser.error(f"--weights takes NAME=RUN_DIR with NAME from {list(NETWORKS)}, got {args.weights}")
-    names = [n.strip() for n in args.networks.split(",") if n.strip()]
-    unknown = [n for n in names if n not in NETWORKS]
-    if unknown:
-        parser.error(f"unknown networks {unknown}; valid: {list(NETWORKS)}")
+    names = chosen_names(parser, "--networks", args.networks, NETWORKS)
     if args.tolerance <= 0 or args.batch < 1 or args.max_steps < 1:
         parser.error("--tolerance must be > 0, --batch and --max-steps >= 1")
     device = torch.device(args.device)

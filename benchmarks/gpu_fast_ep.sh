@@ -22,18 +22,18 @@ mkdir -p "$OUT"
 
 if [ "${QUICK:-0}" = 1 ]; then
   DEV=cpu; BATCHES="2"; REPEATS="--warmup 1 --repeats 1"; SHORT=(--set ep.free_steps=3 --set ep.nudged_steps=2)
-  FAST=(--target-option memory_format=channels_last --target-option compile=inductor --target-option compile_chunk=2)
+  FAST=(--set target.memory_format=channels_last --set target.compile=inductor --set target.compile_chunk=2)
   PEAK=(--size 256 --precisions float32); FP_ARGS=(--batch 2 --max-steps 20 --reference-steps 40)
-  TF32=float32; LOW=(--target-option precision=bfloat16 --target-option compile=none); LOW_PEAK=float32
+  TF32=float32; LOW=(--set target.precision=bfloat16 --set target.compile=none); LOW_PEAK=float32
 else
   if ! $PY -c 'import sys, torch; sys.exit(not torch.cuda.is_available())'; then
     echo "no CUDA device: run with QUICK=1 on a CPU" >&2
     exit 2
   fi
   DEV=cuda; BATCHES="128 512"; REPEATS="--warmup 2 --repeats 5"; SHORT=()
-  FAST=(--target-option precision=tf32 --target-option memory_format=channels_last --target-option compile=cuda_graph)
+  FAST=(--set target.precision=tf32 --set target.memory_format=channels_last --set target.compile=cuda_graph)
   PEAK=(--precisions float32,tf32,bfloat16); FP_ARGS=(--batch 128 --max-steps 1000 --reference-steps 1500)
-  TF32=tf32; LOW=(--target-option precision=bfloat16); LOW_PEAK=bfloat16
+  TF32=tf32; LOW=(--set target.precision=bfloat16); LOW_PEAK=bfloat16
   nvidia-smi > "$OUT/nvidia-smi.txt" 2>&1 || true
 fi
 CIFAR=(--config configs/cifar10_conv.toml --devices "$DEV" "${SHORT[@]}")

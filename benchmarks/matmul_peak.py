@@ -19,6 +19,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.cli import chosen_names  # noqa: E402
 from benchmarks.report import write_report  # noqa: E402
 
 PRECISIONS: dict[str, tuple[torch.dtype, bool]] = {  # name -> (dtype, TF32 allowed)
@@ -98,10 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device is available")
-    names = [n.strip() for n in (args.precisions or DEFAULT_PRECISIONS[args.device]).split(",") if n.strip()]
-    unknown = [n for n in names if n not in PRECISIONS]
-    if unknown:
-        parser.error(f"unknown precisions {unknown}; valid: {list(PRECISIONS)}")
+    names = chosen_names(parser, "--precisions", args.precisions or DEFAULT_PRECISIONS[args.device], PRECISIONS)
     if args.device != "cuda" and "tf32" in names:
         parser.error("precision 'tf32' needs --device cuda")
     device = torch.device(args.device)

@@ -17,6 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.cli import chosen_names  # noqa: E402
 from benchmarks.report import machine  # noqa: E402
 
 POINTS = {  # name -> quant.* overrides
@@ -52,10 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", default="runs/quant_accuracy", help="where the runs are written (must be new)")
     parser.add_argument("--json", default="benchmarks/results/quant_accuracy.json")
     args = parser.parse_args(argv)
-    names = [p.strip() for p in args.points.split(",") if p.strip()]
-    unknown = [n for n in names if n not in POINTS]
-    if unknown:
-        parser.error(f"unknown points {unknown}; valid: {list(POINTS)}")
+    names = chosen_names(parser, "--points", args.points, POINTS)
     with ProcessPoolExecutor(args.jobs) as pool:
         futures = [pool.submit(run_point, args.config, n, POINTS[n], args.epochs, args.runs) for n in names]
         results = [f.result() for f in futures]

@@ -4,8 +4,10 @@ One step = the phases of the configured estimator + the update + the optimizer
 step written to the target. The engine uses the analytic relaxation step and
 computes the input drive once per batch; the autograd-of-Phi formulation (as in
 the public EP research code) evaluates Phi and its state gradient with autograd
-at every step. ``--target-option`` sets the engine's reference-target options
-(precision, memory_format, solver, ...); the baselines run in the same precision.
+at every step. The engine runs on the reference target with the options of the
+config's ``[target]`` table when it names the reference target (set with ``--set
+target.precision=tf32`` and the like; device and dtype are the benchmark's); the
+baselines run in the same precision.
 The engine's achieved TFLOP/s counts its matmul and convolution FLOPs
 (``hwtoolkit.network.flops``) over the steps its phases really ran; ``--peak``
 also measures the device's matmul peak in a precision to compare with, and
@@ -14,7 +16,7 @@ config's schedule (plain iteration, same weights and batch). Prints a table and
 writes JSON (default benchmarks/results/step_speed.json).
 
     python benchmarks/step_speed.py [--config configs/fmnist_mlp.toml] [--devices cpu,cuda]
-        [--target-option precision=tf32] [--peak tf32] [--fidelity]
+        [--set target.precision=tf32] [--peak tf32] [--fidelity]
 """
 
 from __future__ import annotations
@@ -24,7 +26,6 @@ import dataclasses
 import statistics
 import sys
 import time
-import tomllib
 from pathlib import Path
 from typing import Callable
 
@@ -183,22 +184,6 @@ def target_update_fidelity(cfg, target, x: torch.Tensor, y: torch.Tensor) -> dic
     return {"parameters": rows, "worst_parameter": worst, "worst_cosine": rows[worst]["cosine"]}
 
 
-def parse_options(pairs: list[str]) -> dict:
-    """``KEY=VALUE`` pairs to target options; a value is read as TOML (``3``, ``"tf32"``), else as a string."""
-    options = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise ValueError(f"--target-option {pair!r}: expected KEY=VALUE")
-        if key in ("device", "dtype"):
-            raise ValueError(f"--target-option {pair!r}: the benchmark sets {key} itself (use --devices)")
-        try:
-            options[key] = tomllib.loads(f"v = {value}")["v"]
-        except tomllib.TOMLDecodeError:
-            options[key] = value
-    return options
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="configs/fmnist_mlp.toml")
@@ -209,23 +194,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--formulations", default=",".join(FORMULATIONS),
                         help="comma-separated subset of engine,autograd,bptt (BPTT of a deep ConvNet needs much memory)")
-    parser.add_argument("--target-option", action="append", default=[], metavar="KEY=VALUE",
-                        help="an option of the engine's reference target, e.g. precision=tf32 (repeatable)")
     parser.add_argument("--peak", default=None, metavar="PRECISION",
                         help="also measure the matmul peak in this precision (float32, tf32, bfloat16, ...)")
     parser.add_argument("--fidelity", action="store_true", help="cosine of the engine's update with float64")
     parser.add_argument("--out", default="benchmarks/results/step_speed.json")
     args = parser.parse_args(argv)
-    try:
-        options = parse_options(args.target_option)
-    except ValueError as e:
-        parser.error(str(e))
     if args.peak is not None:
         from benchmarks.matmul_peak import PRECISIONS
 
         if args.peak not in PRECISIONS:
             parser.error(f"--peak {args.peak!r}: valid precisions are {list(PRECISIONS)}")
     cfg = config_mod.load(args.config, args.set)
+    # the engine is the reference target's: its [target] options apply, another target's do not
+    options = {k: v for k, v in cfg.target.options.items()
+               if cfg.target.name == "reference" and k not in ("device", "dtype")}
     batch = args.batch or cfg.train.batch_size
     results = []
     for device in args.devices.split(","):
@@ -253,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
         if "update_fidelity" in r:
             f = r["update_fidelity"]
             print(f"{r['device']:8} update vs float64: worst cosine {f['worst_cosine']:.6f} ({f['worst_parameter']})")
-    report = {"benchmark": "step_speed", "config": args.config, "overrides": args.set, "target_options": options,
+    report = {"benchmark": "step_speed", "config": args.config, "overrides": args.set,
               "network": cfg.network.describe(),
               "estimator": cfg.estimator, "free_steps": cfg.ep.free_steps, "nudged_steps": cfg.ep.nudged_steps,
               "results": results}

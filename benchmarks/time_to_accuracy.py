@@ -18,6 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.cli import chosen_names  # noqa: E402
 from benchmarks.report import write_report  # noqa: E402
 
 SCHEDULES = {  # name -> config overrides
@@ -69,10 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", default="runs/bench-time-to-accuracy", help="where the runs go (must be new)")
     parser.add_argument("--json", default="benchmarks/results/time_to_accuracy.json")
     args = parser.parse_args(argv)
-    names = [n.strip() for n in args.schedules.split(",") if n.strip()]
-    unknown = [n for n in names if n not in SCHEDULES]
-    if unknown:
-        parser.error(f"unknown schedules {unknown}; valid: {list(SCHEDULES)}")
+    names = chosen_names(parser, "--schedules", args.schedules, SCHEDULES)
     try:
         seeds = [int(v) for v in args.seeds.split(",") if v.strip()]
     except ValueError:

@@ -64,7 +64,8 @@ class UpdateFidelity:
     def as_dict(self) -> dict:
         return {"precision": self.precision, "device": self.device, "worst_cosine": self.worst_cosine,
                 "worst_parameter": self.worst_parameter, "max_state_difference": self.max_state_difference,
-                "clip_flips": self.clip_flips, "pool_flips": self.pool_flips, "parameters": {n: a.as_dict() for n, a in self.parameters.items()}}
+                "clip_flips": self.clip_flips, "pool_flips": self.pool_flips,
+                "parameters": {n: a.as_dict() for n, a in self.parameters.items()}}
 
 
 @dataclass(frozen=True)
