@@ -5,12 +5,15 @@ target's write path, as in the learning loop. Prints a table and writes JSON
 (default benchmarks/results/crossbar_speed.json).
 
     python benchmarks/crossbar_speed.py [--config configs/fmnist_mlp.toml] [--presets ideal,ecram-mo]
+    OMP_NUM_THREADS=1 python benchmarks/crossbar_speed.py --threads 1 \
+        --out benchmarks/results/crossbar_speed_cpu_1thread.json
+
+Compare ratios measured in one run: the targets are timed in interleaved rounds (docs/crossbar.md, "Speed").
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 from pathlib import Path
@@ -21,7 +24,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import targets  # noqa: E402
-from benchmarks.step_speed import machine, timed  # noqa: E402
+from benchmarks.cli import chosen_names  # noqa: E402
+from benchmarks.report import machine, write_report  # noqa: E402
+from benchmarks.step_speed import timed  # noqa: E402
 from hwtoolkit import config as config_mod  # noqa: E402
 from hwtoolkit.network.parameters import init_parameters  # noqa: E402
 from hwtoolkit.training.estimators import make_estimator  # noqa: E402
@@ -64,8 +69,8 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     cfg = config_mod.load(args.config)
     batch = args.batch or cfg.train.batch_size
-    cases = [("reference", "", {})] + [("crossbar", p, {"preset": p, "seed": cfg.seed})
-                                         for p in args.presets.split(",")]
+    presets = chosen_names(parser, "--presets", args.presets, PRESETS)
+    cases = [("reference", "", {})] + [("crossbar", p, {"preset": p, "seed": cfg.seed}) for p in presets]
     steps = [batch_step(cfg, name, options, batch) for name, _, options in cases]
     seconds = [[] for _ in cases]
     for _ in range(args.rounds):
@@ -80,11 +85,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'target':10} {'preset':12} {'ms/batch':>9} {'x reference':>12}")
     for r in rows:
         print(f"{r['target']:10} {r['preset']:12} {r['ms_per_batch']:9.2f} {r['vs_reference']:12.2f}")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"config": args.config, "batch": batch, "rounds": args.rounds, "repeats": args.repeats,
-                               "machine": machine(), "rows": rows}, indent=2) + "\n")
-    print(f"wrote {out}")
+    write_report(args.out, {"config": args.config, "batch": batch, "rounds": args.rounds, "repeats": args.repeats,
+                            "rows": rows})
     return 0
 
 

@@ -1,6 +1,11 @@
-"""The simulated analog crossbar target: device physics, periphery, presets (DEVICE_MODELS.md)."""
+"""The simulated analog crossbar target: device physics, periphery, presets (docs/crossbar.md)."""
 
-from .config import CrossbarConfigError, DeviceConfig, Periphery, device_config
+from .config import (Device, Periphery, ReadSettings, TileConfig, TimeEffects, Variation, WriteSettings,
+                     device_config)
+from .errors import CrossbarConfigError
 from .presets import PRESETS
+from .response import RESPONSES, ConstantStep, ExponentialStep, ResponseModel, SoftBounds, TableResponse
 
-__all__ = ["CrossbarConfigError", "DeviceConfig", "PRESETS", "Periphery", "device_config"]
+__all__ = ["ConstantStep", "CrossbarConfigError", "Device", "ExponentialStep", "PRESETS", "Periphery", "RESPONSES",
+           "ReadSettings", "ResponseModel", "SoftBounds", "TableResponse", "TileConfig", "TimeEffects", "Variation",
+           "WriteSettings", "device_config"]

@@ -1,8 +1,9 @@
-"""Device and periphery parameters of the simulated crossbar, validated, with presets and TOML files.
+"""The crossbar's tile configuration: small frozen dataclasses composed into one ``TileConfig``.
 
-Conductances are normalized: a device's nominal range ``[g_min, g_max]`` maps to ``[0, 1]``, steps are
-fractions of that range (DEVICE_MODELS.md). Every parameter has a default that switches its effect off,
-so the ``ideal`` preset is the empty table.
+Conductances are normalized: a device's nominal range ``[g_min, g_max]`` maps to ``[0, 1]``, steps are fractions
+of that range. Every parameter has a default that switches its effect off. Configs, presets and TOML files name
+parameters by flat keys (``crossbar.up_down``, ``crossbar.adc_bits``); ``device_config`` routes each key to the
+dataclass that holds it (docs/crossbar.md, "Configuration").
 """
 
 from __future__ import annotations
@@ -14,22 +15,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+from .errors import CrossbarConfigError, check
 from .presets import PRESETS
+from .response import RESPONSES, ConstantStep, ResponseModel
 
-RESPONSES = ("constant", "soft_bounds", "exponential", "table")
 PULSE_MODES = ("exact", "count", "stochastic")
 PAIRS = ("differential", "one_sided")
 UPDATES = ("combined", "two_trains")
 READ_NOISE_MODES = ("step", "equilibrium")
 
 
-class CrossbarConfigError(ValueError):
-    """A crossbar parameter is invalid; the message names it as ``crossbar.<key>``."""
-
-
-def _check(ok: bool, key: str, value: object, valid: str) -> None:
-    if not ok:
-        raise CrossbarConfigError(f"crossbar.{key} = {value!r} is invalid: expected {valid}")
+def _nonnegative(obj: object, *keys: str) -> None:
+    for key in keys:
+        v = getattr(obj, key)
+        check(math.isfinite(v) and v >= 0, key, v, "a finite number >= 0")
 
 
 @dataclass(frozen=True)
@@ -49,134 +48,169 @@ class Periphery:
     def validate(self, prefix: str) -> None:
         for key in ("dac_bits", "adc_bits"):
             v = getattr(self, key)
-            _check(isinstance(v, int) and (v == 0 or 2 <= v <= 24), prefix + key, v,
-                   "0 (ideal) or an integer in [2, 24]")
-        _check(self.in_bound > 0, prefix + "in_bound", self.in_bound, "a positive number")
-        _check(self.out_bound > 0, prefix + "out_bound", self.out_bound, "a positive number")
-        _check(self.out_noise >= 0, prefix + "out_noise", self.out_noise, "a number >= 0")
-
-
-PERIPHERY_KEYS = tuple(f.name for f in dataclasses.fields(Periphery))
+            check(isinstance(v, int) and (v == 0 or 2 <= v <= 24), prefix + key, v,
+                  "0 (ideal) or an integer in [2, 24]")
+        check(self.in_bound > 0, prefix + "in_bound", self.in_bound, "a positive number")
+        check(self.out_bound > 0, prefix + "out_bound", self.out_bound, "a positive number")
+        check(self.out_noise >= 0, prefix + "out_noise", self.out_noise, "a number >= 0")
 
 
 @dataclass(frozen=True)
-class DeviceConfig:
-    """Everything DEVICE_MODELS.md lists, with its effect off by default."""
+class Device:
+    """The nominal device: conductance range, step, asymmetry, how weights map onto pairs, wear and energy."""
 
-    preset: str = "ideal"
-    # range and weight mapping
     g_min: float = 0.0  # uS, for reports
     g_max: float = 25.0  # uS
-    bound_dtod: float = 0.0  # device-to-device spread of each bound, relative to half the range
     weight_omega: float = 0.15  # the largest |w| first programmed into a tensor takes this fraction of a pair's range
-    # states and response
     dw_min: float = 0.0  # nominal step of one pulse, fraction of the range (0 = continuous: infinite states)
-    dw_min_dtod: float = 0.0  # device-to-device spread of the step (relative std)
-    dw_min_dtod_lognormal: bool = False
-    response: str = "constant"
-    slope_up: float = 1.0  # soft bounds: the up step shrinks by this fraction at the upper bound
-    slope_down: float = 1.0
-    gamma_up: float = 0.0  # exponential: up step ~ exp(-gamma_up * z), z in [-1, 1] across the range
-    gamma_down: float = 0.0
-    table_g: tuple[float, ...] = ()  # measured response: positions in [0, 1] ...
-    table_up: tuple[float, ...] = ()  # ... and the relative up and down step there
-    table_down: tuple[float, ...] = ()
     up_down: float = 0.0  # down step = (1 - up_down) x up step
+    endurance: float = 1e6  # pulses a device takes before it is counted as worn
+    pulse_energy_pj: float = 1.0
+
+    def validate(self) -> None:
+        _nonnegative(self, "g_min", "dw_min", "pulse_energy_pj")
+        check(self.g_max > self.g_min, "g_max", self.g_max, f"a number above g_min = {self.g_min}")
+        check(0 < self.weight_omega <= 1, "weight_omega", self.weight_omega, "a number in (0, 1]")
+        check(self.dw_min < 1, "dw_min", self.dw_min, "a step below the whole range (< 1)")
+        check(-1 < self.up_down < 1, "up_down", self.up_down, "a number in (-1, 1)")
+        check(self.endurance > 0, "endurance", self.endurance, "a positive number of pulses")
+
+
+@dataclass(frozen=True)
+class Variation:
+    """Device-to-device spread (drawn once), cycle-to-cycle and write noise, programming noise, stuck devices."""
+
+    bound_dtod: float = 0.0  # spread of each bound, relative to half the range
+    dw_min_dtod: float = 0.0  # spread of the step (relative std)
+    dw_min_dtod_lognormal: bool = False
     up_down_dtod: float = 0.0
-    # noise and faults
     dw_min_std: float = 0.0  # cycle-to-cycle: std of each pulse's step, x its mean
     write_noise_std: float = 0.0  # per write, x dw_min; seen by reads, does not accumulate
     program_noise: float = 0.0  # std of a programmed conductance, fraction of the range
     stuck_prob: float = 0.0
     stuck_split: tuple[float, ...] = (0.5, 0.5, 0.0)  # stuck at g_min, at g_max, at a random conductance
-    # update
+
+    def validate(self) -> None:
+        _nonnegative(self, "bound_dtod", "dw_min_dtod", "up_down_dtod", "dw_min_std", "write_noise_std",
+                     "program_noise")
+        check(0 <= self.stuck_prob <= 1, "stuck_prob", self.stuck_prob, "a probability in [0, 1]")
+        check(len(self.stuck_split) == 3 and all(p >= 0 for p in self.stuck_split) and sum(self.stuck_split) > 0,
+              "stuck_split", list(self.stuck_split), "3 non-negative weights (at g_min, at g_max, random)")
+
+
+@dataclass(frozen=True)
+class WriteSettings:
+    """How the controller writes an increment: pulse rounding and cap, pair layout, one or two pulse trains."""
+
     pulse_mode: str = "exact"
     max_pulses: int = 31  # per device and write in count/stochastic mode (0 = no cap)
     pair: str = "differential"
     refresh_threshold: float = 0.9  # one_sided pairs are refreshed once a device passes this fraction of its range
     update: str = "combined"
-    # reads
+
+    def validate(self) -> None:
+        check(self.pulse_mode in PULSE_MODES, "pulse_mode", self.pulse_mode, f"one of {PULSE_MODES}")
+        check(self.max_pulses >= 0, "max_pulses", self.max_pulses, "an integer >= 0 (0 = no cap)")
+        check(self.pair in PAIRS, "pair", self.pair, f"one of {PAIRS}")
+        check(0 < self.refresh_threshold <= 1, "refresh_threshold", self.refresh_threshold, "a number in (0, 1]")
+        check(self.update in UPDATES, "update", self.update, f"one of {UPDATES}")
+
+
+@dataclass(frozen=True)
+class ReadSettings:
+    """The read path: converters on each side, per-read device noise and its timing, averaging, IR drop."""
+
+    forward: Periphery = field(default_factory=Periphery)
+    backward: Periphery | None = None  # the transposed reads' converters (None = the forward ones)
     w_read_noise: float = 0.0  # std of a device's conductance per read, fraction of the range
     read_noise: str = "step"  # per relaxation step, or only on the read of the equilibrium
     read_averages: int = 1  # reads averaged per read operation
     ir_drop: float = 0.0  # wire segment resistance x g_max
-    forward: Periphery = field(default_factory=Periphery)
-    backward: Periphery | None = None  # the transposed reads' converters (None = the forward ones)
-    # time
-    time_per_update: float = 1.0  # simulated seconds that pass per weight update
-    drift_nu: float = 0.0  # power-law drift exponent, g(t) = g (t / t0)^-nu after each write
-    drift_nu_dtod: float = 0.0
-    drift_t0: float = 1.0
-    lifetime: float = 0.0  # s, decay towards the pair's zero-weight point (0 = none)
-    diffusion: float = 0.0  # random walk, fraction of the range per sqrt(s)
-    # wear and energy
-    endurance: float = 1e6  # pulses a device takes before it is counted as worn
-    pulse_energy_pj: float = 1.0
 
     @property
     def transposed(self) -> Periphery:
         return self.backward or self.forward
 
     @property
-    def linear_response(self) -> bool:
-        """Whether a step does not depend on the conductance (constant, or soft bounds without slopes)."""
-        return self.response == "constant" or (self.response == "soft_bounds" and not (self.slope_up or self.slope_down))
-
-    @property
-    def has_time_effects(self) -> bool:
-        return self.drift_nu > 0 or self.lifetime > 0 or self.diffusion > 0
+    def has_noise(self) -> bool:
+        return self.w_read_noise > 0 or self.forward.out_noise > 0 or self.transposed.out_noise > 0
 
     def validate(self) -> None:
-        nonneg = ("g_min", "bound_dtod", "dw_min", "dw_min_dtod", "up_down_dtod", "dw_min_std", "write_noise_std",
-                  "program_noise", "w_read_noise", "ir_drop", "drift_nu", "drift_nu_dtod", "lifetime", "diffusion",
-                  "time_per_update", "pulse_energy_pj", "gamma_up", "gamma_down")
-        for key in nonneg:
-            v = getattr(self, key)
-            _check(isinstance(v, (int, float)) and math.isfinite(v) and v >= 0, key, v, "a finite number >= 0")
-        _check(self.g_max > self.g_min, "g_max", self.g_max, f"a number above g_min = {self.g_min}")
-        _check(0 < self.weight_omega <= 1, "weight_omega", self.weight_omega, "a number in (0, 1]")
-        _check(self.dw_min < 1, "dw_min", self.dw_min, "a step below the whole range (< 1)")
-        _check(self.response in RESPONSES, "response", self.response, f"one of {RESPONSES}")
-        for key in ("slope_up", "slope_down"):
-            _check(0 <= getattr(self, key) <= 1, key, getattr(self, key), "a number in [0, 1]")
-        _check(-1 < self.up_down < 1, "up_down", self.up_down, "a number in (-1, 1)")
-        _check(0 <= self.stuck_prob <= 1, "stuck_prob", self.stuck_prob, "a probability in [0, 1]")
-        _check(len(self.stuck_split) == 3 and all(p >= 0 for p in self.stuck_split) and sum(self.stuck_split) > 0,
-               "stuck_split", list(self.stuck_split), "3 non-negative weights (at g_min, at g_max, random)")
-        _check(self.pulse_mode in PULSE_MODES, "pulse_mode", self.pulse_mode, f"one of {PULSE_MODES}")
-        _check(isinstance(self.max_pulses, int) and self.max_pulses >= 0, "max_pulses", self.max_pulses,
-               "an integer >= 0 (0 = no cap)")
-        _check(self.pair in PAIRS, "pair", self.pair, f"one of {PAIRS}")
-        _check(0 < self.refresh_threshold <= 1, "refresh_threshold", self.refresh_threshold, "a number in (0, 1]")
-        _check(self.update in UPDATES, "update", self.update, f"one of {UPDATES}")
-        _check(self.read_noise in READ_NOISE_MODES, "read_noise", self.read_noise, f"one of {READ_NOISE_MODES}")
-        _check(isinstance(self.read_averages, int) and self.read_averages >= 1, "read_averages",
-               self.read_averages, "an integer >= 1")
-        _check(self.drift_t0 > 0, "drift_t0", self.drift_t0, "a positive number of seconds")
-        _check(self.drift_nu > 0 or self.drift_nu_dtod == 0, "drift_nu_dtod", self.drift_nu_dtod,
-               "0 while drift_nu = 0 (the spread is around drift_nu)")
-        _check(self.endurance > 0, "endurance", self.endurance, "a positive number of pulses")
-        if self.dw_min == 0:
-            for key in ("dw_min_std", "write_noise_std"):
-                _check(getattr(self, key) == 0, key, getattr(self, key),
-                       "0 while dw_min = 0 (it is measured in steps; set dw_min for a device with finite states)")
-            _check(self.pulse_mode == "exact", "pulse_mode", self.pulse_mode,
-                   "'exact' while dw_min = 0 (pulses need a finite step)")
-        if self.response == "table":
-            n = len(self.table_g)
-            _check(n >= 2 and len(self.table_up) == n and len(self.table_down) == n, "table_g", list(self.table_g),
-                   "at least 2 positions, with as many table_up and table_down values")
-            _check(all(0 <= a < b <= 1 for a, b in zip(self.table_g, self.table_g[1:])), "table_g",
-                   list(self.table_g), "strictly increasing positions in [0, 1]")
-            for key in ("table_up", "table_down"):
-                _check(all(v > 0 for v in getattr(self, key)), key, list(getattr(self, key)),
-                       "positive relative steps (a zero step would make the device stop)")
+        _nonnegative(self, "w_read_noise", "ir_drop")
+        check(self.read_noise in READ_NOISE_MODES, "read_noise", self.read_noise, f"one of {READ_NOISE_MODES}")
+        check(self.read_averages >= 1, "read_averages", self.read_averages, "an integer >= 1")
         self.forward.validate("")
         if self.backward is not None:
             self.backward.validate("backward.")
 
 
-DEVICE_KEYS = tuple(f.name for f in dataclasses.fields(DeviceConfig))
+@dataclass(frozen=True)
+class TimeEffects:
+    """Simulated time per update, and what time does to the devices: drift, decay, diffusion."""
+
+    time_per_update: float = 1.0  # simulated seconds that pass per weight update
+    drift_nu: float = 0.0  # power-law drift exponent, g(t) = g (t / t0)^-nu after each write
+    drift_nu_dtod: float = 0.0
+    drift_t0: float = 1.0
+    lifetime: float = 0.0  # s, decay towards the pair's zero-weight point (0 = none)
+    diffusion: float = 0.0  # random walk, fraction of the range per sqrt(s)
+
+    @property
+    def active(self) -> bool:
+        return self.drift_nu > 0 or self.lifetime > 0 or self.diffusion > 0
+
+    def validate(self) -> None:
+        _nonnegative(self, "time_per_update", "drift_nu", "drift_nu_dtod", "lifetime", "diffusion")
+        check(self.drift_t0 > 0, "drift_t0", self.drift_t0, "a positive number of seconds")
+        check(self.drift_nu > 0 or self.drift_nu_dtod == 0, "drift_nu_dtod", self.drift_nu_dtod,
+              "0 while drift_nu = 0 (the spread is around drift_nu)")
+
+
+@dataclass(frozen=True)
+class TileConfig:
+    """One crossbar tile: the device and its response model, variation, write and read settings, time effects."""
+
+    preset: str = "ideal"
+    device: Device = field(default_factory=Device)
+    response: ResponseModel = field(default_factory=ConstantStep)
+    variation: Variation = field(default_factory=Variation)
+    write: WriteSettings = field(default_factory=WriteSettings)
+    read: ReadSettings = field(default_factory=ReadSettings)
+    time: TimeEffects = field(default_factory=TimeEffects)
+
+    @property
+    def update(self) -> str:
+        """``combined`` or ``two_trains``: how the learning loop hands updates to the target."""
+        return self.write.update
+
+    def validate(self) -> None:
+        for part in (self.device, self.response, self.variation, self.write, self.read, self.time):
+            part.validate()
+        if self.device.dw_min == 0:
+            for key in ("dw_min_std", "write_noise_std"):
+                check(getattr(self.variation, key) == 0, key, getattr(self.variation, key),
+                      "0 while dw_min = 0 (it is measured in steps; set dw_min for a device with finite states)")
+            check(self.write.pulse_mode == "exact", "pulse_mode", self.write.pulse_mode,
+                  "'exact' while dw_min = 0 (pulses need a finite step)")
+
+
+GROUPS: dict[str, type] = {"device": Device, "variation": Variation, "write": WriteSettings, "read": ReadSettings,
+                           "time": TimeEffects}
+"""The ``TileConfig`` field of each group of flat keys (the response model's keys are routed by model)."""
+
+GROUP_OF: dict[str, str] = {f.name: group for group, cls in GROUPS.items() for f in dataclasses.fields(cls)
+                            if f.name not in ("forward", "backward")}
+PERIPHERY_KEYS = tuple(f.name for f in dataclasses.fields(Periphery))
+
+
+def model_of() -> dict[str, type[ResponseModel]]:
+    """The response model each model parameter belongs to (for every model registered so far)."""
+    return {key: cls for cls in RESPONSES.values() for key in cls.keys()}
+
+
+def keys() -> list[str]:
+    """Every flat ``crossbar.<key>``, sorted."""
+    return sorted({"preset", "response", "forward", "backward", *GROUP_OF, *PERIPHERY_KEYS, *model_of()})
 
 
 def load_preset(name: str) -> dict[str, Any]:
@@ -195,32 +229,61 @@ def load_preset(name: str) -> dict[str, Any]:
         base = table.pop("preset", "ideal")
         if base == name:
             raise CrossbarConfigError(f"crossbar.preset = {name!r} names itself as its base")
-        return {**load_preset(base), **table}
+        return _overlay(load_preset(base), table)
     raise CrossbarConfigError(f"crossbar.preset = {name!r} is invalid: expected one of {sorted(PRESETS)} "
                               f"or the path of a .toml file")
 
 
-def device_config(preset: str = "ideal", **overrides: Any) -> DeviceConfig:
-    """A validated ``DeviceConfig``: the preset's parameters, then ``overrides`` (flat keys, periphery included)."""
+def _overlay(base: Mapping[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
+    """``top``'s keys over ``base``'s; a ``response`` in ``top`` drops ``base``'s parameters of other models."""
+    if "response" in top:
+        model = RESPONSES.get(top["response"]) if isinstance(top["response"], str) else None
+        owners = model_of()
+        base = {k: v for k, v in base.items() if owners.get(k, model) is model}
+    return {**base, **top}
+
+
+def device_config(preset: str = "ideal", **params: Any) -> TileConfig:
+    """A validated ``TileConfig``: the preset's parameters, then ``params`` (flat keys, periphery included)."""
     if not isinstance(preset, str):
         raise CrossbarConfigError(f"crossbar.preset = {preset!r} is invalid: expected a preset name or a .toml path")
-    table = {**load_preset(preset), **overrides}
-    unknown = sorted(set(table) - set(DEVICE_KEYS) - set(PERIPHERY_KEYS) - {"forward"})
+    table = _overlay(load_preset(preset), params)
+    valid = keys()
+    unknown = sorted(set(table) - set(valid))
     if unknown:
-        raise CrossbarConfigError(f"unknown crossbar key(s) {unknown}; valid keys: "
-                                  f"{sorted(set(DEVICE_KEYS) | set(PERIPHERY_KEYS) - {'forward'})}")
-    forward = {k: table.pop(k) for k in PERIPHERY_KEYS if k in table}
-    forward = _periphery({**table.pop("forward", {}), **forward}, "")
-    backward = table.pop("backward", None)
-    if backward is not None:
-        if not isinstance(backward, Mapping):
-            raise CrossbarConfigError(f"crossbar.backward = {backward!r} is invalid: expected a table of "
-                                      f"converter settings {list(PERIPHERY_KEYS)}")
-        backward = _periphery({**dataclasses.asdict(forward), **backward}, "backward.")
-    kwargs = {k: _typed(k, v, DeviceConfig) for k, v in table.items()}
-    cfg = DeviceConfig(preset=preset, forward=forward, backward=backward, **kwargs)
+        raise CrossbarConfigError(f"unknown crossbar key(s) {unknown}; valid keys: {valid}")
+    model = _response_model(table.pop("response", ConstantStep.name))
+    owners = model_of()
+    for key in table:
+        owner = owners.get(key, model)
+        if owner is not model and _typed(key, table[key], _defaults(owner)[key]) != _defaults(owner)[key]:
+            raise CrossbarConfigError(f'crossbar.{key} is a parameter of response = "{owner.name}", not "{model.name}"')
+    read = {"forward": _periphery({**_table(table.pop("forward", {}), "forward"),
+                                   **{k: table.pop(k) for k in PERIPHERY_KEYS if k in table}}, "")}
+    if "backward" in table:
+        backward = _table(table.pop("backward"), "backward")
+        read["backward"] = _periphery({**dataclasses.asdict(read["forward"]), **backward}, "backward.")
+    parts: dict[str, dict[str, Any]] = {group: {} for group in GROUPS}
+    parts["read"].update(read)
+    for key, value in table.items():
+        if key in GROUP_OF:
+            parts[GROUP_OF[key]][key] = _typed(key, value, _defaults(GROUPS[GROUP_OF[key]])[key])
+    response = model(**{k: _typed(k, v, _defaults(model)[k]) for k, v in table.items() if owners.get(k) is model})
+    cfg = TileConfig(preset=preset, response=response, **{group: GROUPS[group](**kw) for group, kw in parts.items()})
     cfg.validate()
     return cfg
+
+
+def _response_model(name: Any) -> type[ResponseModel]:
+    check(isinstance(name, str) and name in RESPONSES, "response", name, f"one of {tuple(RESPONSES)}")
+    return RESPONSES[name]
+
+
+def _table(value: Any, key: str) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping):
+        raise CrossbarConfigError(f"crossbar.{key} = {value!r} is invalid: expected a table of converter settings "
+                                  f"{list(PERIPHERY_KEYS)}")
+    return value
 
 
 def _periphery(table: Mapping[str, Any], prefix: str) -> Periphery:
@@ -228,13 +291,17 @@ def _periphery(table: Mapping[str, Any], prefix: str) -> Periphery:
     if unknown:
         raise CrossbarConfigError(f"unknown crossbar.{prefix or 'forward.'} key(s) {unknown}; "
                                   f"valid keys: {list(PERIPHERY_KEYS)}")
-    return Periphery(**{k: _typed(prefix + k, v, Periphery) for k, v in table.items()})
+    defaults = _defaults(Periphery)
+    return Periphery(**{k: _typed(prefix + k, v, defaults[k]) for k, v in table.items()})
 
 
-def _typed(key: str, value: Any, cls: type) -> Any:
-    """Check a TOML value against the field's default type; lists become tuples."""
-    default = {f.name: f for f in dataclasses.fields(cls)}[key.rsplit(".", 1)[-1]]
-    kind = type(default.default) if default.default is not dataclasses.MISSING else tuple
+def _defaults(cls: type) -> dict[str, Any]:
+    return {f.name: f.default for f in dataclasses.fields(cls)}
+
+
+def _typed(key: str, value: Any, default: Any) -> Any:
+    """Check a TOML value against the type of the field's ``default``; lists become tuples."""
+    kind = type(default)
     if kind is tuple:
         if not isinstance(value, (list, tuple)) or not all(_is_number(v) for v in value):
             raise CrossbarConfigError(f"crossbar.{key} = {value!r} is invalid: expected a list of numbers")

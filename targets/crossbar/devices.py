@@ -1,75 +1,136 @@
 """Conductance pairs that hold one parameter tensor: fixed device draws, the write path, time and wear.
 
-A weight is ``w = scale (g+ - g-)`` with normalized conductances. Device-to-device values (bounds,
-step sizes, asymmetry, stuck devices, drift exponents) are drawn once from the seed on the CPU, so a
-seed gives the same devices on every torch device. Pulses, noise and time are vectorised over all
-devices at once (see ``response`` for the n-pulse closed forms).
+A weight is ``w = scale (g+ - g-)`` with normalized conductances (docs/crossbar.md, "Weights"). Device-to-device
+values (bounds, steps, asymmetry, stuck devices, drift exponents) are drawn once from the seed on the CPU in
+float64, so a seed gives the same devices on every torch device; the per-device constants a write needs are
+computed from them once. Pulses, noise and time are vectorised over all devices at once; a write touches only the
+pulsed devices when they are few, and works in reusable buffers (docs/crossbar.md, "Speed").
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 
-from . import response
-from .config import DeviceConfig
+from .config import TileConfig
+from .response import Move, Value, select
 
 
-_CONSTANTS = ("lo", "hi", "gain_up", "gain_down", "stuck", "stuck_value")
+class Scratch:
+    """Named flat buffers that writes compute into, kept from write to write.
+
+    A fresh large tensor costs page faults that can take longer than the arithmetic on it. The arrays of a target
+    write one after another, so they can share one ``Scratch``; a buffer grows to the largest size asked for.
+    """
+
+    def __init__(self, device: torch.device, dtype: torch.dtype) -> None:
+        self.device, self.dtype = device, dtype
+        self._buffers: dict[tuple[str, torch.dtype], torch.Tensor] = {}
+
+    def __call__(self, name: str, size: int, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """The first ``size`` elements of buffer ``name`` of ``dtype`` (the simulation's by default)."""
+        key = (name, dtype or self.dtype)
+        buffer = self._buffers.get(key)
+        if buffer is None or buffer.numel() < size:
+            buffer = self._buffers[key] = torch.empty(size, device=self.device, dtype=key[1])
+        return buffer if buffer.numel() == size else buffer[:size]
+
+
+def count(mask: torch.Tensor) -> int:
+    """How many entries of a 0/1 float tensor are 1 (exact at any size)."""
+    return int(mask.sum(dtype=torch.float64 if mask.numel() >= 2 ** 24 else None))
+
+
+class Constants:
+    """Per-device constants of the write path: one value, or an (up, down) pair resolved by each device's direction.
+
+    Per-device tensors are stacked once (a pair's up and down values side by side), so that a sparse write gathers
+    all of them in two calls and picks each pair's half by the index.
+    """
+
+    def __init__(self, values: dict[str, Value | tuple[Value, Value]], like: torch.Tensor) -> None:
+        self.values = values
+        self.numel = like.numel()
+        self._one = [k for k, v in values.items() if _per_device(v)]
+        self._pairs = [k for k, v in values.items() if isinstance(v, tuple) and any(map(_per_device, v))]
+        self._stacks = [torch.stack([self._row(values[k], like) for k in names]) if names else None
+                        for names in (self._one, self._pairs)]
+
+    @staticmethod
+    def _row(value: Value | tuple[Value, Value], like: torch.Tensor) -> torch.Tensor:
+        if not isinstance(value, tuple):
+            return value.reshape(-1)
+        return torch.stack([torch.as_tensor(x, dtype=like.dtype, device=like.device).expand(like.shape).reshape(-1)
+                            for x in value], 1).view(-1)
+
+    def at(self, idx: torch.Tensor | None, up: Value, scratch: Scratch) -> dict[str, Value]:
+        """The flat constants of the devices ``idx`` (every device if None) moving in direction ``up`` (1 up, 0 down),
+        computed into ``scratch`` where they have to be."""
+        size = self.numel if idx is None else len(idx)
+        c: dict[str, Value] = {}
+        if idx is not None:
+            if self._one:
+                c.update(zip(self._one, self._gather(0, idx, scratch)))
+            if self._pairs:  # device i's up value sits at 2 i, its down value at 2 i + 1
+                where = scratch("constant.where", size, torch.long)
+                if torch.is_tensor(up):
+                    where.copy_(up).neg_().add_(1).add_(idx, alpha=2)
+                else:
+                    torch.mul(idx, 2, out=where)
+                c.update(zip(self._pairs, self._gather(1, where, scratch)))
+        for name, value in self.values.items():
+            if name not in c:
+                if isinstance(value, tuple):
+                    value = select(up, *(x.view(-1) if _per_device(x) else x for x in value),
+                                   out=scratch(f"constant.{name}", size))
+                c[name] = value.view(-1) if _per_device(value) else value
+        return c
+
+    def _gather(self, which: int, idx: torch.Tensor, scratch: Scratch) -> torch.Tensor:
+        stack = self._stacks[which]
+        rows, size = len(stack), len(idx)
+        return torch.index_select(stack, 1, idx, out=scratch(f"constant.gathered{which}", rows * size).view(rows, size))
+
+
+def _per_device(value: object) -> bool:
+    return torch.is_tensor(value) and value.dim() > 0
 
 
 @dataclass
 class Devices:
-    """One polarity of an array: conductances and the per-device constants drawn for them."""
+    """One polarity of an array: its drawn properties, its state, and the write path's per-device constants."""
 
     g: torch.Tensor  # hidden conductance, what pulses act on
-    lo: torch.Tensor | float
-    hi: torch.Tensor | float
-    gain_up: torch.Tensor | float  # this device's up step / the nominal dw_min
-    gain_down: torch.Tensor | float  # this device's down step / the nominal dw_min
+    lo: Value
+    hi: Value
+    gain_up: Value  # this device's up step / the nominal dw_min
+    gain_down: Value  # this device's down step / the nominal dw_min
     stuck: torch.Tensor | None  # mask of stuck devices ...
     stuck_value: torch.Tensor | None  # ... and the conductance they are stuck at
-    nu: torch.Tensor | float  # drift exponent
+    nu: Value  # drift exponent
+    pulses: torch.Tensor | None = None  # pulses received, per device
     offset: torch.Tensor | None = None  # write noise seen by reads, redrawn at each write
     written_at: torch.Tensor | None = None  # simulated time of each device's last write (drift)
-    pulses: torch.Tensor | None = None  # pulses received, per device
-    soft: response.SoftBounds | None = None  # soft-bounds constants, fixed with the device
-    packed: torch.Tensor | None = None  # the per-device constants above stacked [devices, fields], for one gather
-    packed_rows: dict[str, int] | None = None
+    neg_nu: Value = 0.0  # -nu, the drift factor's exponent
+    refresh_at: Value = 1.0  # where a one-sided pair is refreshed
+    constants: Constants | None = None  # what the write path needs per device
 
-    def constants_at(self, idx: torch.Tensor | None) -> dict[str, object]:
-        """The fixed per-device values (bounds, gains, stuck, soft-bounds constants) of the flat indices ``idx``."""
-        values: dict[str, object] = {name: getattr(self, name) for name in _CONSTANTS}
-        if self.soft is not None:
-            values.update({f"soft.{k}": v for k, v in vars(self.soft).items()})
-        if idx is None or not self.packed_rows:
-            return values
-        rows = self.packed.index_select(0, idx)
-        values.update({name: rows[:, i] for name, i in self.packed_rows.items()})
-        if self.stuck is not None:
-            values["stuck"] = values["stuck"] > 0.5
-        return values
-
-    def pack(self) -> None:
-        """Stack the tensor-valued constants so that a sparse write gathers them in one call."""
-        values = self.constants_at(None)
-        names = [k for k, v in values.items() if torch.is_tensor(v) and v.dim()]
-        if names:
-            self.packed_rows = {k: i for i, k in enumerate(names)}
-            self.packed = torch.stack([values[k].reshape(-1).to(self.g.dtype) for k in names], dim=1)
-
-
-    def visible(self, now: float, t0: float) -> torch.Tensor:
-        """The conductance a read sees: hidden value, write noise and drift since the last write."""
-        g = self.g if self.offset is None else self.g + self.offset
+    def visible(self, now: float, t0: float, out: torch.Tensor | None = None,
+                work: torch.Tensor | None = None) -> torch.Tensor:
+        """The conductance a read sees: hidden value, write noise, drift since the last write (into ``out`` if given,
+        using ``work`` as scratch space)."""
+        g = self.g if self.offset is None else torch.add(self.g, self.offset, out=out)
         if self.written_at is not None:
-            g = g * ((now - self.written_at + t0) / t0).pow(-self.nu)
+            drift = torch.sub(self.written_at, now, out=work).neg_().add_(t0).div_(t0).pow_(self.neg_nu)
+            g = torch.mul(g, drift, out=out)
         return g
 
 
-def _spread(gen: torch.Generator, shape: tuple[int, ...], std: float, lognormal: bool = False) -> torch.Tensor | float:
+def _spread(gen: torch.Generator, shape: tuple[int, ...], std: float, lognormal: bool = False) -> Value:
     """A per-device multiplier with mean 1 and relative spread ``std`` (1.0 when there is none)."""
     if std == 0:
         return 1.0
@@ -79,28 +140,30 @@ def _spread(gen: torch.Generator, shape: tuple[int, ...], std: float, lognormal:
     return (1 + std * xi).clamp_min(0.0)
 
 
-def draw_devices(cfg: DeviceConfig, shape: tuple[int, ...], gen: torch.Generator) -> Devices:
+def draw_devices(cfg: TileConfig, shape: tuple[int, ...], gen: torch.Generator) -> Devices:
     """Draw the fixed (device-to-device) properties of ``prod(shape)`` devices, float64 on the CPU."""
-    lo: torch.Tensor | float = 0.0
-    hi: torch.Tensor | float = 1.0
-    if cfg.bound_dtod:  # each bound's distance from mid-range varies by bound_dtod, relative
-        lo = 0.5 - 0.5 * (1 + cfg.bound_dtod * torch.randn(shape, generator=gen, dtype=torch.float64)).clamp_min(0.05)
-        hi = 0.5 + 0.5 * (1 + cfg.bound_dtod * torch.randn(shape, generator=gen, dtype=torch.float64)).clamp_min(0.05)
-    gain = _spread(gen, shape, cfg.dw_min_dtod, cfg.dw_min_dtod_lognormal)
-    up_down = cfg.up_down
-    if cfg.up_down_dtod:
-        up_down = (cfg.up_down + cfg.up_down_dtod * torch.randn(shape, generator=gen, dtype=torch.float64)).clamp(-0.99, 0.99)
+    var = cfg.variation
+    f64 = {"generator": gen, "dtype": torch.float64}
+    lo: Value = 0.0
+    hi: Value = 1.0
+    if var.bound_dtod:  # each bound's distance from mid-range varies by bound_dtod, relative
+        lo = 0.5 - 0.5 * (1 + var.bound_dtod * torch.randn(shape, **f64)).clamp_min(0.05)
+        hi = 0.5 + 0.5 * (1 + var.bound_dtod * torch.randn(shape, **f64)).clamp_min(0.05)
+    gain = _spread(gen, shape, var.dw_min_dtod, var.dw_min_dtod_lognormal)
+    up_down = cfg.device.up_down
+    if var.up_down_dtod:
+        up_down = (up_down + var.up_down_dtod * torch.randn(shape, **f64)).clamp(-0.99, 0.99)
     stuck = stuck_value = None
-    if cfg.stuck_prob:
-        stuck = torch.rand(shape, generator=gen, dtype=torch.float64) < cfg.stuck_prob
-        split = torch.tensor(cfg.stuck_split, dtype=torch.float64)
+    if var.stuck_prob:
+        stuck = torch.rand(shape, **f64) < var.stuck_prob
+        split = torch.tensor(var.stuck_split, dtype=torch.float64)
         kind = torch.multinomial(split / split.sum(), stuck.numel(), replacement=True, generator=gen).view(shape)
         lo_t, hi_t = (torch.as_tensor(v, dtype=torch.float64).expand(shape) for v in (lo, hi))
-        random = lo_t + (hi_t - lo_t) * torch.rand(shape, generator=gen, dtype=torch.float64)
+        random = lo_t + (hi_t - lo_t) * torch.rand(shape, **f64)
         stuck_value = torch.where(kind == 0, lo_t, torch.where(kind == 1, hi_t, random))
-    nu: torch.Tensor | float = cfg.drift_nu
-    if cfg.drift_nu_dtod:
-        nu = (cfg.drift_nu + cfg.drift_nu_dtod * torch.randn(shape, generator=gen, dtype=torch.float64)).clamp_min(0)
+    nu: Value = cfg.time.drift_nu
+    if cfg.time.drift_nu_dtod:
+        nu = (nu + cfg.time.drift_nu_dtod * torch.randn(shape, **f64)).clamp_min(0)
     return Devices(g=torch.zeros(shape, dtype=torch.float64), lo=lo, hi=hi, gain_up=gain,
                    gain_down=gain * (1 - up_down), stuck=stuck, stuck_value=stuck_value, nu=nu)
 
@@ -111,12 +174,15 @@ def _move(value, device: torch.device, dtype: torch.dtype):
     return value
 
 
-def _bounded(g: torch.Tensor, lo: torch.Tensor | float, hi: torch.Tensor | float) -> torch.Tensor:
-    """``g`` clipped to per-device (tensor) or common (float) bounds."""
-    if torch.is_tensor(lo) or torch.is_tensor(hi):
-        return torch.minimum(torch.maximum(g, lo if torch.is_tensor(lo) else g.new_tensor(lo)),
-                             hi if torch.is_tensor(hi) else g.new_tensor(hi))
-    return g.clamp(lo, hi)
+class Pulses(NamedTuple):
+    """What one polarity's devices get in a write (every device, or those of the write's indices)."""
+
+    travel: torch.Tensor  # nominal travel: pulses x dw_min (the change itself for a continuous device)
+    up: Value  # 1 where a device goes up, 0 where it goes down (1.0: every device up)
+    sign: Value  # +1 / -1 likewise
+    n: torch.Tensor | None  # pulse counts (None for a continuous device)
+    pulsed: torch.Tensor | None  # 1 where a device got pulses, 0 elsewhere (None: every one did)
+    c2c: torch.Tensor | None  # cycle-to-cycle noise per unit of change, 1 / sqrt(n) (None without it)
 
 
 @dataclass
@@ -131,45 +197,61 @@ class WriteStats:
 class PairArray:
     """The differential (or one-sided) pairs holding one parameter tensor, and its write path."""
 
-    def __init__(self, cfg: DeviceConfig, shape: tuple[int, ...], gen: torch.Generator, device: torch.device,
-                 dtype: torch.dtype, table: response.Table | None, scale: float) -> None:
+    def __init__(self, cfg: TileConfig, shape: tuple[int, ...], gen: torch.Generator, device: torch.device,
+                 dtype: torch.dtype, scale: float, scratch: Scratch | None = None) -> None:
         self.cfg = cfg
         self.scale = scale
-        self.table = table
         self.shape = shape
+        self.numel = math.prod(shape)
         self.device, self.dtype = device, dtype
+        self.differential = cfg.write.pair == "differential"
         self.pos, self.neg = (self._place(draw_devices(cfg, shape, gen)) for _ in range(2))
+        self.scratch = scratch or Scratch(device, dtype)
+        self._weight = torch.empty(shape, device=device, dtype=dtype)
+        self._indices = torch.empty(0, 1, device=device, dtype=torch.long)
         self._sparse_skips = 0
 
     def _place(self, d: Devices) -> Devices:
-        moved = Devices(**{k: _move(v, self.device, self.dtype) for k, v in vars(d).items()})
-        if self.cfg.write_noise_std:
+        """The drawn devices on the simulation's device and dtype, with their state and write-path constants."""
+        cast = functools.partial(_move, device=self.device, dtype=self.dtype)
+        moved = Devices(**{k: cast(v) for k, v in vars(d).items()})
+        cfg = self.cfg
+        if cfg.variation.write_noise_std:
             moved.offset = torch.zeros_like(moved.g)
-        if self.cfg.drift_nu:
+        if cfg.time.drift_nu:
             moved.written_at = torch.zeros_like(moved.g)
         moved.pulses = torch.zeros(self.shape, dtype=self.dtype, device=self.device)
-        if self.cfg.response == "soft_bounds" and self.cfg.dw_min > 0:
-            soft = response.SoftBounds.build(self.cfg, d.lo, d.hi, self.cfg.dw_min * d.gain_up,
-                                             self.cfg.dw_min * d.gain_down)
-            moved.soft = response.SoftBounds(*(_move(v, self.device, self.dtype) for v in vars(soft).values()))
-        moved.pack()
+        moved.neg_nu = cast(-d.nu)
+        moved.refresh_at = moved.lo + cfg.write.refresh_threshold * (moved.hi - moved.lo)
+        values: dict[str, Value | tuple[Value, Value]] = {"gain": (moved.gain_up, moved.gain_down),
+                                                          "clip_lo": moved.lo, "clip_hi": moved.hi}
+        if moved.stuck is not None:  # a stuck device's bounds are its stuck value; it does not count as saturated
+            values["clip_lo"], values["clip_hi"] = (torch.where(moved.stuck, moved.stuck_value, torch.as_tensor(
+                v, dtype=self.dtype, device=self.device).expand(self.shape)) for v in (moved.lo, moved.hi))
+            values["free"] = (~moved.stuck).to(self.dtype)
+        dw = cfg.device.dw_min
+        values.update(cfg.response.constants(d.lo, d.hi, dw * d.gain_up, dw * d.gain_down, cast))
+        moved.constants = Constants(values, moved.g)
         return moved
 
     @property
     def reference(self) -> float:
         """Where a pair's devices sit for w = 0: mid-range for differential pairs, the bottom for one-sided."""
-        return 0.5 if self.cfg.pair == "differential" else 0.0
+        return 0.5 if self.differential else 0.0
 
     def weight(self, now: float) -> torch.Tensor:
-        t0 = self.cfg.drift_t0
-        return self.scale * (self.pos.visible(now, t0) - self.neg.visible(now, t0))
+        """The weights reads see now, in a buffer that the next call overwrites."""
+        t0 = self.cfg.time.drift_t0
+        work = self._buffer("drift").view(self.shape)
+        neg = self.neg.visible(now, t0, self._buffer("visible").view(self.shape), work)
+        return torch.sub(self.pos.visible(now, t0, self._weight, work), neg, out=self._weight).mul_(self.scale)
 
     def program(self, w: torch.Tensor, gen: torch.Generator, now: float) -> int:
         """Write ``w`` by write-and-verify (to within ``program_noise``); returns how many weights were clipped."""
         d = w.to(self.device, self.dtype) / self.scale
         clipped = int((d.abs() > 1).sum())
         d = d.clamp(-1, 1)
-        if self.cfg.pair == "differential":
+        if self.differential:
             targets = (self.reference + d / 2, self.reference - d / 2)
         else:
             targets = (d.clamp_min(0), (-d).clamp_min(0))
@@ -178,20 +260,22 @@ class PairArray:
         return clipped
 
     def _set(self, dev: Devices, target: torch.Tensor, gen: torch.Generator, now: float) -> None:
-        if self.cfg.program_noise:
-            target = target + self.cfg.program_noise * self._randn(gen)
+        if self.cfg.variation.program_noise:
+            target = target + self.cfg.variation.program_noise * self._randn(gen)
         dev.g = self._clip(dev, target)
         if dev.offset is not None:
             dev.offset.zero_()
         if dev.written_at is not None:
             dev.written_at.fill_(now)
 
-    def _randn(self, gen: torch.Generator, shape: tuple[int, ...] | torch.Size | None = None) -> torch.Tensor:
-        return torch.randn(shape or self.shape, generator=gen, device=self.device, dtype=self.dtype)
+    def _randn(self, gen: torch.Generator) -> torch.Tensor:
+        return torch.randn(self.shape, generator=gen, device=self.device, dtype=self.dtype)
 
-    def _clip(self, dev: Devices, g: torch.Tensor) -> torch.Tensor:
-        g = _bounded(g, dev.lo, dev.hi)
-        return g if dev.stuck is None else torch.where(dev.stuck, dev.stuck_value, g)
+    @staticmethod
+    def _clip(dev: Devices, g: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """``g`` within each device's bounds; stuck devices at their stuck value."""
+        c = dev.constants.values
+        return torch.clamp(g, c["clip_lo"], c["clip_hi"], out=out)
 
     def write(self, delta_w: torch.Tensor, gen: torch.Generator, now: float) -> WriteStats:
         """Add ``delta_w`` (weight units) through pulses and return what the write did.
@@ -200,58 +284,130 @@ class PairArray:
         differential pair get it, up on one and down on the other; a one-sided pair sends it up the
         device of the change's sign). Only the devices that get pulses are touched when they are few.
         """
-        differential = self.cfg.pair == "differential"
-        d = delta_w.to(self.device, self.dtype) * ((0.5 if differential else 1.0) / self.scale)
-        dw = self.cfg.dw_min
-        if dw == 0:
-            idx, n, signed, total = None, None, d, 0.0
+        s = self._buffer
+        d = torch.mul(delta_w.to(self.device, self.dtype).reshape(-1),
+                      (0.5 if self.differential else 1.0) / self.scale, out=s("d"))
+        dw = self.cfg.device.dw_min
+        if dw == 0:  # continuous: the change itself, no pulses
+            idx, n, travel, total = None, None, torch.abs(d, out=s("travel")), 0.0
         else:
-            sparse = None
-            if self.cfg.pulse_mode == "stochastic":
-                if self._sparse_skips:  # writes were dense lately: try the sparse path again every 16th write
-                    self._sparse_skips -= 1
-                else:
-                    sparse = self._sparse_stochastic(d, gen)
-                    self._sparse_skips = 15 if sparse is None else 0
-            if sparse is not None:
-                idx, n = sparse
-                d = d.view(-1).index_select(0, idx)
-            else:
-                n = self._pulses(d, gen)
-                flat = n.view(-1)
-                idx = flat.nonzero().squeeze(1)
-                if self.cfg.pulse_mode == "exact" or 2 * idx.numel() > flat.numel():  # dense: gathering costs more
-                    idx = None
-                else:
-                    n = flat[idx]
-                    d = d.view(-1)[idx]
-            signed = n.copysign(d).mul_(dw)
-            total = float(n.sum()) * (2 if differential else 1)
-        if differential:
-            stats = self._respond(self.pos, idx, signed, n, gen, now)
-            stats.saturated += self._respond(self.neg, idx, -signed, n, gen, now).saturated
-        else:
-            up, down = signed > 0, signed < 0
-            stats = self._respond(self.pos, idx, signed.clamp_min(0), None if n is None else n * up, gen, now)
-            stats.saturated += self._respond(self.neg, idx, (-signed).clamp_min_(0),
-                                             None if n is None else n * down, gen, now).saturated
-            stats.refreshed = self._refresh(gen, now)
-        stats.pulses = total
+            idx, n, d = self._pulse_counts(d, gen)
+            travel = torch.mul(n, dw, out=s("travel", n.numel()))
+            total = float(n.sum()) * (2 if self.differential else 1)
+        size = travel.numel()
+        sign = torch.sign(d, out=s("sign", size))
+        stats = WriteStats(pulses=total)
+        directions = ((self.pos, sign), (self.neg, torch.neg(sign, out=s("down", size))))
+        if self.differential:  # one count per pair: up on one device, down on the other
+            pulsed = None if idx is not None else torch.sign(travel, out=s("pulsed"))
+            c2c = self._c2c(n)
+            for dev, direction in directions:
+                up = torch.clamp_min(direction, 0, out=s("up", size))
+                stats.saturated += self._respond(dev, idx, Pulses(travel, up, direction, n, pulsed, c2c), gen, now)
+            return stats
+        for dev, direction in directions:  # the device of the change's sign goes up
+            side = torch.clamp_min(direction, 0, out=s("up", size))
+            n_side = None if n is None else torch.mul(n, side, out=s("n_side", size))
+            amount = torch.mul(travel, side, out=s("travel_side", size))
+            pulses = Pulses(amount, 1.0, 1.0, n_side, torch.sign(amount, out=s("pulsed", size)), self._c2c(n_side))
+            stats.saturated += self._respond(dev, idx, pulses, gen, now)
+        stats.refreshed = self._refresh(gen, now)
         return stats
 
-    def _sparse_stochastic(self, request: torch.Tensor, gen: torch.Generator,
+    def _pulse_counts(self, d: torch.Tensor, gen: torch.Generator
+                      ) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:
+        """Pulse counts for the flat requested changes ``d``: (flat indices of the pulsed devices or None for all,
+        their counts, their requests)."""
+        s = self._buffer
+        mode = self.cfg.write.pulse_mode
+        x = torch.abs(d, out=s("n")).mul_(1 / self.cfg.device.dw_min)  # requests in pulses
+        sparse = None
+        if mode == "stochastic":
+            if self._sparse_skips:  # writes were dense lately: try the sparse path again every 16th write
+                self._sparse_skips -= 1
+            else:
+                sparse = self._sparse_stochastic(x, gen)
+                self._sparse_skips = 15 if sparse is None else 0
+        if sparse is not None:
+            idx, n = sparse
+            return idx, n, d.index_select(0, idx)
+        n = x if mode == "exact" else self._round(x, gen)
+        if mode == "exact" or 2 * count(torch.sign(n, out=s("pulsed"))) > n.numel():  # dense: gathering costs more
+            return None, n, d
+        idx = self._nonzero(torch.gt(n, 0, out=s("mask", dtype=torch.bool)))
+        k = idx.numel()
+        return (idx, torch.index_select(n, 0, idx, out=s("n_pulsed", k)),
+                torch.index_select(d, 0, idx, out=s("d_pulsed", k)))
+
+    def _buffer(self, name: str, size: int | None = None, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """Scratch buffer ``name``: ``size`` elements (as many as the array has devices by default)."""
+        return self.scratch(name, self.numel if size is None else size, dtype)
+
+    def _nonzero(self, mask: torch.Tensor) -> torch.Tensor:
+        """The flat indices where ``mask`` is true, in a buffer that the next call overwrites."""
+        return torch.nonzero(mask, out=self._indices.resize_(0)).squeeze(1)
+
+    def _c2c(self, n: torch.Tensor | None) -> torch.Tensor | None:
+        """Cycle-to-cycle noise per unit of change: n relative step errors add up to std |change| / sqrt(n)."""
+        if not self.cfg.variation.dw_min_std:
+            return None
+        return torch.clamp_min(n, 1e-12, out=self._buffer("c2c", n.numel())).rsqrt_()
+
+    def _respond(self, dev: Devices, idx: torch.Tensor | None, p: Pulses, gen: torch.Generator, now: float) -> int:
+        """Give the devices (all, or the flat indices ``idx``) their pulses; returns how many of the pulsed ones
+        ended clipped at a bound."""
+        s, var = self._buffer, self.cfg.variation
+        size = p.travel.numel()
+        c = dev.constants.at(idx, p.up, self.scratch)
+        flat_g = dev.g.view(-1)
+        g = flat_g if idx is None else torch.index_select(flat_g, 0, idx, out=s("g", size))
+        gain = c["gain"]
+        amount = p.travel if not torch.is_tensor(gain) and gain == 1 else torch.mul(p.travel, gain,
+                                                                                    out=s("amount", size))
+        new = self.cfg.response.advance(g, Move(amount, p.up, p.sign), c, lambda name: s(f"response.{name}", size))
+        if p.c2c is not None:
+            noise = s("normal", size).normal_(generator=gen).mul_(var.dw_min_std)
+            new.add_(torch.sub(new, g, out=s("c2c_change", size)).abs_().mul_(p.c2c).mul_(noise))
+        clipped = torch.clamp(new, c["clip_lo"], c["clip_hi"], out=flat_g if idx is None else s("clipped", size))
+        outside = new.sub_(clipped)
+        for mask in (p.pulsed, c.get("free")):
+            if mask is not None:
+                outside.mul_(mask)
+        saturated = count(outside.ne_(0))
+        noise = None
+        if dev.offset is not None:
+            noise = s("normal", size).normal_(generator=gen).mul_(var.write_noise_std * self.cfg.device.dw_min)
+        if idx is None:
+            if p.n is not None:
+                dev.pulses.view(-1).add_(p.n)
+            if noise is not None:
+                dev.offset.view(-1).lerp_(noise, p.pulsed)
+            if dev.written_at is not None:
+                dev.written_at.view(-1).lerp_(dev.written_at.new_tensor(now), p.pulsed)
+        else:
+            flat_g.scatter_(0, idx, clipped)
+            dev.pulses.view(-1).index_add_(0, idx, p.n)
+            if noise is not None:
+                dev.offset.view(-1).scatter_(0, idx, noise)
+            if dev.written_at is not None:
+                dev.written_at.view(-1).index_fill_(0, idx, now)
+        return saturated
+
+    def _sparse_stochastic(self, x: torch.Tensor, gen: torch.Generator,
                            rate: float = 1 / 32) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """Stochastic rounding without a random number per device, when most requests are far below a pulse.
+        """Stochastic rounding of the flat requests ``x`` (in pulses) without a random number per device, when most
+        requests are far below a pulse.
 
         Devices asking for more than ``rate`` pulses are rounded one by one. The others form a Bernoulli(rate)
         candidate set (geometric gaps), and a candidate asking for x pulses gets one with probability x / rate:
         each device still gets a pulse with probability x. Returns the flat indices of the pulsed devices and
         their pulse counts, or None when too many devices ask for more than ``rate`` (round densely then).
         """
-        x = request.abs().view(-1).mul_(1 / self.cfg.dw_min)
         size = x.numel()
-        big = (x > rate).nonzero().squeeze(1)
-        if 4 * big.numel() > size or size < 4096:
+        if size < 4096:
+            return None
+        big = self._nonzero(torch.gt(x, rate, out=self._buffer("mask", dtype=torch.bool)))
+        if 4 * big.numel() > size:
             return None
         kw = {"device": self.device, "dtype": self.dtype}
         n_big = self._round(x.index_select(0, big), gen)
@@ -271,98 +427,42 @@ class PairArray:
         chosen = candidates[accept]
         return torch.cat([big[pulsed], chosen]), torch.cat([n_big[pulsed], x.new_ones(chosen.numel())])
 
-    def _pulses(self, request: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-        """How many pulses (a real number in exact mode) the controller sends for each requested change."""
-        n = request.abs().mul_(1 / self.cfg.dw_min)
-        return n if self.cfg.pulse_mode == "exact" else self._round(n, gen)
-
     def _round(self, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         """Requests in pulses (overwritten) to whole pulses, capped at ``max_pulses``: rounded in count mode,
         ``floor(x + u)`` with u ~ U[0, 1) in stochastic mode (floor(x) plus a Bernoulli(frac(x)) pulse)."""
-        if self.cfg.pulse_mode == "count":
+        if self.cfg.write.pulse_mode == "count":
             n = x.round_()
         else:
-            n = x.add_(torch.rand(x.shape, generator=gen, device=self.device, dtype=self.dtype)).floor_()
-        return n.clamp_max_(self.cfg.max_pulses) if self.cfg.max_pulses else n
-
-    def _respond(self, dev: Devices, idx: torch.Tensor | None, signed: torch.Tensor, n: torch.Tensor | None,
-                 gen: torch.Generator, now: float) -> WriteStats:
-        """The devices' answer to a nominal change ``signed`` (all devices, or the flat indices ``idx``)."""
-        cfg = self.cfg
-
-        c = dev.constants_at(idx)
-        g = dev.g if idx is None else dev.g.view(-1).index_select(0, idx)
-        lo, hi, gain_up, gain_down = c["lo"], c["hi"], c["gain_up"], c["gain_down"]
-        linear = cfg.linear_response
-        if linear and not torch.is_tensor(gain_up) and gain_up == gain_down:
-            new = g + signed * gain_up if gain_up != 1 else g + signed
-        else:
-            up_amount = (signed * gain_up).clamp_min_(0)
-            down_amount = (signed * gain_down).neg_().clamp_min_(0)
-            if linear:
-                new = g + up_amount - down_amount
-            else:
-                soft = None if dev.soft is None else response.SoftBounds(
-                    *(c[f"soft.{k}"] for k in vars(dev.soft)))
-                new = response.advance(cfg, g, up_amount, down_amount, lo, hi, cfg.dw_min * gain_up,
-                                       cfg.dw_min * gain_down, self.table, soft)
-        if cfg.dw_min_std:  # c2c: n independent relative step errors add up to std * |change| / sqrt(n)
-            new = new + (new - g).abs_().mul_(torch.rsqrt(n.clamp_min(1e-12))).mul_(
-                cfg.dw_min_std * self._randn(gen, new.shape))
-        unclipped = new
-        new = _bounded(new, lo, hi)
-        pulsed = signed != 0
-        clipped = (unclipped != new) & pulsed
-        if dev.stuck is not None:
-            stuck = c["stuck"]
-            new = torch.where(stuck, c["stuck_value"], new)
-            clipped &= ~stuck
-        saturated = int(torch.count_nonzero(clipped))
-        noise = None
-        if dev.offset is not None:
-            noise = cfg.write_noise_std * cfg.dw_min * self._randn(gen, new.shape)
-        if n is not None:
-            if idx is None:
-                dev.pulses += n
-            else:
-                dev.pulses.view(-1).index_add_(0, idx, n)
-        if idx is None:
-            dev.g = new
-            if noise is not None:
-                dev.offset = torch.where(pulsed, noise, dev.offset)
-            if dev.written_at is not None:
-                dev.written_at.masked_fill_(pulsed, now)
-        else:
-            dev.g.view(-1)[idx] = new
-            if noise is not None:
-                dev.offset.view(-1)[idx] = noise
-            if dev.written_at is not None:
-                dev.written_at.view(-1)[idx] = now
-        return WriteStats(saturated=saturated)
+            n = x.add_(self._buffer("uniform", x.numel()).uniform_(generator=gen)).floor_()
+        cap = self.cfg.write.max_pulses
+        return n.clamp_max_(cap) if cap else n
 
     def _refresh(self, gen: torch.Generator, now: float) -> int:
         """Reprogram one-sided pairs in which a device has passed ``refresh_threshold`` of its range."""
-        limit = [dev.lo + self.cfg.refresh_threshold * (dev.hi - dev.lo) for dev in (self.pos, self.neg)]
-        full = (self.pos.g > limit[0]) | (self.neg.g > limit[1])
-        count = int(full.sum())
-        if count:
-            d = (self.pos.visible(now, self.cfg.drift_t0) - self.neg.visible(now, self.cfg.drift_t0))
-            keep_p, keep_n = self.pos.g.clone(), self.neg.g.clone()
-            self._set(self.pos, d.clamp_min(0), gen, now)
-            self._set(self.neg, (-d).clamp_min(0), gen, now)
-            self.pos.g = torch.where(full, self.pos.g, keep_p)
-            self.neg.g = torch.where(full, self.neg.g, keep_n)
-        return count
+        s = self._buffer
+        over = torch.sub(self.pos.g, self.pos.refresh_at, out=s("over").view(self.shape))
+        torch.maximum(over, torch.sub(self.neg.g, self.neg.refresh_at, out=s("over_neg").view(self.shape)), out=over)
+        if float(over.max()) <= 0:
+            return 0
+        full = over > 0
+        t0 = self.cfg.time.drift_t0
+        d = self.pos.visible(now, t0) - self.neg.visible(now, t0)
+        keep_p, keep_n = self.pos.g.clone(), self.neg.g.clone()
+        self._set(self.pos, d.clamp_min(0), gen, now)
+        self._set(self.neg, (-d).clamp_min(0), gen, now)
+        self.pos.g = torch.where(full, self.pos.g, keep_p)
+        self.neg.g = torch.where(full, self.neg.g, keep_n)
+        return int(full.sum())
 
     def elapse(self, seconds: float, gen: torch.Generator) -> None:
         """Decay towards the pair's reference and diffuse, for ``seconds`` of simulated time."""
+        time = self.cfg.time
         for dev in (self.pos, self.neg):
-            g = dev.g
-            if self.cfg.lifetime:
-                g = self.reference + (g - self.reference) * math.exp(-seconds / self.cfg.lifetime)
-            if self.cfg.diffusion:
-                g = g + self.cfg.diffusion * seconds ** 0.5 * self._randn(gen)
-            dev.g = self._clip(dev, g)
+            if time.lifetime:
+                dev.g.sub_(self.reference).mul_(math.exp(-seconds / time.lifetime)).add_(self.reference)
+            if time.diffusion:
+                dev.g.add_(self._randn(gen).mul_(time.diffusion * seconds ** 0.5))
+            self._clip(dev, dev.g, out=dev.g)
 
     def symmetry_points(self) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """Per device: the conductance alternating up/down pulses converge to (None without one)."""
@@ -371,5 +471,5 @@ class PairArray:
             ratio = torch.as_tensor(dev.gain_down, dtype=torch.float64) / torch.as_tensor(dev.gain_up,
                                                                                           dtype=torch.float64)
             lo, hi = (torch.as_tensor(v, dtype=torch.float64).cpu() for v in (dev.lo, dev.hi))
-            out.append(response.symmetry_point(self.cfg, ratio.cpu(), lo, hi, self.table))
+            out.append(self.cfg.response.symmetry_point(ratio.cpu(), lo, hi))
         return out[0], out[1]

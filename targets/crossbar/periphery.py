@@ -1,4 +1,4 @@
-"""The read path of the crossbar: converters with a fixed scale, per-read noise, IR drop.
+"""The read path of the crossbar: converters with a fixed scale, per-read noise, IR drop (docs/crossbar.md, "Reads").
 
 A read of ``y = W s`` goes: DAC(s) -> array (conductance pairs, optionally with IR drop) -> per-read
 noise -> ADC, averaged over ``read_averages`` reads. Device read noise is independent per device and
@@ -17,18 +17,19 @@ import torch
 from hwtoolkit.network import layers as L
 from hwtoolkit.network.spec import LayerGeometry
 
-from .config import DeviceConfig, Periphery
+from .config import Periphery, ReadSettings
 
 
-def quantize(x: torch.Tensor, bits: int, bound: float | torch.Tensor, in_place: bool = False) -> torch.Tensor:
+def quantize(x: torch.Tensor, bits: int, bound: float | torch.Tensor, in_place: bool = False,
+             out: torch.Tensor | None = None) -> torch.Tensor:
     """A symmetric ``bits``-bit converter on ``[-bound, bound]``: ``2^bits - 1`` levels, zero included.
 
-    ``in_place`` overwrites ``x`` (for a fresh array output nobody else holds).
+    ``in_place`` overwrites ``x`` (for a fresh array output nobody else holds); ``out`` receives the result otherwise.
     """
     if bits == 0:
         return x
     res = 2 * bound / (2 ** bits - 2)
-    clipped = x.clamp_(-bound, bound) if in_place else x.clamp(-bound, bound)
+    clipped = x.clamp_(-bound, bound) if in_place else torch.clamp(x, -bound, bound, out=out)
     return clipped.mul_(1 / res).round_().mul_(res)
 
 
@@ -40,7 +41,7 @@ class ArrayReads:
     noise on and off.
     """
 
-    def __init__(self, cfg: DeviceConfig, tied: bool, scale_of: Callable[[str], float],
+    def __init__(self, cfg: ReadSettings, tied: bool, scale_of: Callable[[str], float],
                  ir_weight: Callable[[str, bool], torch.Tensor], gen: Callable[[], torch.Generator]) -> None:
         self.cfg = cfg
         self.tied = tied
@@ -48,10 +49,7 @@ class ArrayReads:
         self.ir_weight = ir_weight
         self.gen = gen
         self.noisy = True
-
-    @property
-    def has_noise(self) -> bool:
-        return self.cfg.w_read_noise > 0 or self.cfg.forward.out_noise > 0 or self.cfg.transposed.out_noise > 0
+        self._inputs: dict[tuple, torch.Tensor] = {}  # DAC outputs, one buffer per shape, valid during one read
 
     def reads(self) -> L.Reads:
         return L.Reads(forward=self.forward, transpose=self.transpose)
@@ -59,7 +57,7 @@ class ArrayReads:
     def forward(self, geo: LayerGeometry, w: torch.Tensor, s_prev: torch.Tensor) -> tuple[torch.Tensor, Any]:
         name = f"w{geo.index}"
         p = self.cfg.forward
-        s_in = quantize(s_prev, p.dac_bits, p.in_bound)
+        s_in = self._dac(p, s_prev)
         if geo.kind == "conv":
             return self._average(p, name, lambda: L.forward(geo, self._noisy_kernel(w, name), s_in)[0],
                                  L.forward(geo, w, s_in)[1])
@@ -69,20 +67,30 @@ class ArrayReads:
     def transpose(self, geo: LayerGeometry, w: torch.Tensor, s: torch.Tensor, ctx: Any) -> torch.Tensor:
         name = f"w{geo.index}" if self.tied else f"fb{geo.index}"
         p = self.cfg.transposed
-        s_in = quantize(s, p.dac_bits, p.in_bound)
+        s_in = self._dac(p, s)
         if geo.kind == "conv":
             return self._average(p, name, lambda: L.transpose(geo, self._noisy_kernel(w, name), s_in, ctx))
         exact = s_in.flatten(1) @ (self.ir_weight(name, True) if self.cfg.ir_drop else w)
         return self._dense_reads(p, exact, s_in.flatten(1), name).view(s.shape[0], *geo.in_shape)
 
-    def drive(self, geo: LayerGeometry, w: torch.Tensor, bias: torch.Tensor, x: torch.Tensor) -> Callable[[], torch.Tensor]:
-        """The input drive of a phase as a function that reads it afresh (with new noise) at each call."""
-        if geo.kind == "conv" or not (self.noisy and self.has_noise):
+    def drive(self, geo: LayerGeometry, w: torch.Tensor, bias: torch.Tensor, x: torch.Tensor,
+              memo: dict) -> Callable[[], torch.Tensor]:
+        """The input drive of a phase as a function that reads it afresh (with new noise) at each call.
+
+        A dense layer's array product is kept in ``memo`` for the quiet and the noisy drive of the same input and
+        weights (the caller empties it when either changes).
+        """
+        if geo.kind == "conv":
             fixed = L.add_bias(geo, self.forward(geo, w, x)[0], bias)
             return lambda: fixed
         p = self.cfg.forward
-        x_in = quantize(x.flatten(1), p.dac_bits, p.in_bound)
-        exact = x_in @ (self.ir_weight("w1", False) if self.cfg.ir_drop else w.t())
+        if "product" not in memo:
+            x_in = quantize(x.flatten(1), p.dac_bits, p.in_bound)
+            memo["product"] = x_in, x_in @ (self.ir_weight("w1", False) if self.cfg.ir_drop else w.t())
+        x_in, exact = memo["product"]
+        if not (self.noisy and self.cfg.has_noise):
+            fixed = L.add_bias(geo, quantize(exact, p.adc_bits, p.out_bound * self.unit(p, "w1")), bias)
+            return lambda: fixed
         return lambda: L.add_bias(geo, self._dense_reads(p, exact, x_in, "w1", exact_is_fresh=False), bias)
 
     def unit(self, p: Periphery, name: str) -> float:
@@ -97,8 +105,9 @@ class ArrayReads:
             return quantize(exact, p.adc_bits, bound, in_place=exact_is_fresh)
         k = self.cfg.read_averages
         if p.adc_bits == 0:  # averaging k Gaussian reads is one read with std / sqrt(k)
-            return exact + std * self._randn(exact) / math.sqrt(k)
-        return sum(quantize(exact + std * self._randn(exact), p.adc_bits, bound, in_place=True) for _ in range(k)) / k
+            return self._randn(exact).mul_(std).div_(math.sqrt(k)).add_(exact)
+        return sum(quantize(self._randn(exact).mul_(std).add_(exact), p.adc_bits, bound, in_place=True)
+                   for _ in range(k)) / k
 
     def _noise_std(self, p: Periphery, s_in: torch.Tensor, name: str) -> torch.Tensor | float | None:
         if not self.noisy:
@@ -112,20 +121,29 @@ class ArrayReads:
         return (device ** 2 * s_in.square().sum(1, keepdim=True) + out ** 2).sqrt()
 
     def _average(self, p: Periphery, name: str, read: Callable[[], torch.Tensor], ctx: Any = None):
-        k = self.cfg.read_averages if self.noisy and self.has_noise else 1
+        k = self.cfg.read_averages if self.noisy and self.cfg.has_noise else 1
         unit = self.unit(p, name)
         y = sum(self._out(p, read(), unit) for _ in range(k)) / k
         return y if ctx is None else (y, ctx)
 
     def _out(self, p: Periphery, y: torch.Tensor, unit: float) -> torch.Tensor:
         if self.noisy and p.out_noise:
-            y = y + p.out_noise * unit * self._randn(y)
+            y = self._randn(y).mul_(p.out_noise * unit).add_(y)
         return quantize(y, p.adc_bits, p.out_bound * unit, in_place=True)
 
     def _noisy_kernel(self, w: torch.Tensor, name: str) -> torch.Tensor:
         if not (self.noisy and self.cfg.w_read_noise):
             return w
-        return w + math.sqrt(2) * self.cfg.w_read_noise * self.scale_of(name) * self._randn(w)
+        return self._randn(w).mul_(math.sqrt(2) * self.cfg.w_read_noise * self.scale_of(name)).add_(w)
+
+    def _dac(self, p: Periphery, s: torch.Tensor) -> torch.Tensor:
+        """The input converter's output for states ``s``, in a buffer that the next read of that shape reuses."""
+        if p.dac_bits == 0:
+            return s
+        key = (s.shape, s.dtype, s.device)
+        if key not in self._inputs:
+            self._inputs[key] = torch.empty_like(s)
+        return quantize(s, p.dac_bits, p.in_bound, out=self._inputs[key])
 
     def _randn(self, like: torch.Tensor) -> torch.Tensor:
         return torch.randn(like.shape, generator=self.gen(), device=like.device, dtype=like.dtype)

@@ -1,7 +1,7 @@
-"""Built-in device presets (DEVICE_MODELS.md), in the normalized units of ``config.DeviceConfig``.
+"""Built-in device presets as flat ``crossbar.<key>`` tables, in the normalized units of ``config.TileConfig``.
 
-Each entry cites where its numbers come from. Steps are fractions of a device's range, so
-``dw_min = 1 / states``; c2c and write noise are in units of the step.
+Each entry cites where its numbers come from (docs/crossbar.md, "Presets"). Steps are fractions of a device's
+range, so ``dw_min = 1 / states``; c2c and write noise are in units of the step.
 """
 
 from __future__ import annotations

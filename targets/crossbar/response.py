@@ -1,26 +1,61 @@
-"""How a device's conductance answers pulses: closed forms for n pulses at once, and the symmetry point.
+"""Response models: how a device's conductance answers pulses, one frozen dataclass per model.
 
-A conductance ``g`` lives in the device's bounds ``[lo, hi]``; ``z = (g - mid) / half`` in ``[-1, 1]``.
-``advance`` is the signed sum of the nominal step sizes of the pulses (``n * step``; down steps already
-scaled by the device's down/up ratio). ``n`` pulses are applied at once, never one by one:
+A conductance ``g`` lives in its device's bounds ``[lo, hi]``; ``z = (g - mid) / half`` lies in ``[-1, 1]``. A write
+gives each device pulses of one direction, described by a ``Move``. A model applies ``n`` pulses at once in closed
+form (``advance``), never one by one, and knows where an up and a down pulse are equally large (``symmetry_z``).
+The equations are in docs/crossbar.md, "Response models".
 
-* constant: ``g + advance`` (exact);
-* soft bounds (up step ``1 - slope_up z``, down step ``1 + slope_down z``): the pulse map is affine in
-  ``g``, so the mean after ``n`` pulses is exact: ``g* + (g - g*) (1 - step slope / half)^n``;
-* exponential (up step ``exp(-gamma_up z)``, down ``exp(gamma_down z)``) and measured tables: the
-  solution of ``dg/dn = step f(g)`` (exact up to O(step) per pulse), through the pulse coordinate
-  ``P(z) = integral dz / f(z)``, which ``n`` pulses advance by ``n step / half``.
+A new model is one subclass of ``ResponseModel``: its parameters as fields, ``name`` (the value of
+``crossbar.response`` that selects it), ``advance`` and, if it has one, ``symmetry_z``. Subclassing registers it in
+``RESPONSES``; its field names become ``crossbar.<key>`` parameters.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 from dataclasses import dataclass
+from typing import Callable, ClassVar, Mapping, NamedTuple, Union
 
 import torch
 
-from .config import DeviceConfig
+from .errors import check
+
+Value = Union[torch.Tensor, float]
+"""A per-device tensor, or one value shared by every device."""
+
+RESPONSES: dict[str, type["ResponseModel"]] = {}
+"""Every response model by its ``name``."""
+
+Buffers = Callable[[str], torch.Tensor]
+"""``buf(name)``: a reusable scratch tensor shaped like the conductances of a write, one per name."""
 
 _TABLE_POINTS = 1025
+
+
+class Move(NamedTuple):
+    """The pulses each device of a write gets.
+
+    ``amount``: nominal travel, ``n`` times the device's own step in its direction (>= 0). ``up``: 1 for a device
+    pulsed up, 0 for one pulsed down (a float 1.0 when every device goes up). ``sign``: +1 or -1 likewise.
+    """
+
+    amount: torch.Tensor
+    up: Value
+    sign: Value
+
+
+def select(up: Value, up_value: Value, down_value: Value, out: torch.Tensor | None = None) -> Value:
+    """Per device, ``up_value`` where ``up`` is 1 and ``down_value`` where it is 0 (a lerp: exact at 0 and 1).
+
+    Computed into ``out`` when it differs per device; otherwise one of the values itself (never to be written to).
+    """
+    if not torch.is_tensor(up):
+        return up_value if up else down_value
+    if not (torch.is_tensor(up_value) or torch.is_tensor(down_value)) and up_value == down_value:
+        return up_value
+    kw = {"dtype": up.dtype, "device": up.device}
+    return torch.lerp(torch.as_tensor(down_value, **kw), torch.as_tensor(up_value, **kw), up, out=out)
 
 
 def interp(x: torch.Tensor, xp: torch.Tensor, fp: torch.Tensor) -> torch.Tensor:
@@ -31,124 +66,228 @@ def interp(x: torch.Tensor, xp: torch.Tensor, fp: torch.Tensor) -> torch.Tensor:
     return f0 + t * (f1 - f0)
 
 
-@dataclass
-class Table:
-    """A measured response, resampled on a fine grid with its pulse coordinates for both directions."""
+def _mid_half(lo: Value, hi: Value) -> tuple[Value, Value]:
+    return (lo + hi) / 2, (hi - lo) / 2
+
+
+@dataclass(frozen=True)
+class ResponseModel:
+    """Base of the response models; a subclass registers itself in ``RESPONSES`` under its ``name``."""
+
+    name: ClassVar[str] = ""
+
+    def __init_subclass__(cls, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        RESPONSES[cls.name] = cls
+
+    @classmethod
+    def keys(cls) -> tuple[str, ...]:
+        """The model's parameters, which are the ``crossbar.<key>`` names that belong to it."""
+        return tuple(f.name for f in dataclasses.fields(cls))
+
+    def validate(self) -> None:
+        """Raise ``CrossbarConfigError`` naming a bad parameter."""
+
+    def constants(self, lo: Value, hi: Value, step_up: Value, step_down: Value,
+                  cast: Callable[[Value], Value]) -> dict[str, Value | tuple[Value, Value]]:
+        """Per-device constants ``advance`` needs, from the float64 draws; ``cast`` moves one to the simulation.
+
+        A value may be an ``(up, down)`` pair: ``advance`` then gets the one of each device's direction.
+        """
+        return {}
+
+    def advance(self, g: torch.Tensor, move: Move, c: Mapping[str, Value], buf: Buffers) -> torch.Tensor:
+        """The conductance after ``move``, not clipped, in one of ``buf``'s tensors (or a new one).
+
+        ``c`` holds ``constants()`` for these devices; ``g`` and ``c`` are read only.
+        """
+        raise NotImplementedError
+
+    def symmetry_z(self, down_ratio: torch.Tensor) -> torch.Tensor | None:
+        """Where (in z, float64) an up step equals ``down_ratio`` down steps; None without such a point."""
+        return None
+
+    def symmetry_point(self, down_ratio: Value, lo: Value, hi: Value) -> torch.Tensor | None:
+        """The conductance alternating up and down pulses converge to (float64), or None."""
+        z = self.symmetry_z(torch.as_tensor(down_ratio, dtype=torch.float64))
+        if z is None:
+            return None
+        mid, half = _mid_half(lo, hi)
+        return mid + half * z.clamp(-1, 1).to(mid.dtype if torch.is_tensor(mid) else torch.float64)
+
+
+@dataclass(frozen=True)
+class ConstantStep(ResponseModel):
+    """Every pulse moves the conductance by the device's step, wherever it is (no symmetry point)."""
+
+    name: ClassVar[str] = "constant"
+
+    def advance(self, g, move, c, buf):
+        if torch.is_tensor(move.sign):
+            return torch.addcmul(g, move.sign, move.amount, out=buf("new"))
+        return torch.add(g, move.amount, alpha=move.sign, out=buf("new"))
+
+
+@dataclass(frozen=True)
+class SoftBounds(ResponseModel):
+    """Steps shrink linearly towards the bound they approach: up ``1 - slope_up z``, down ``1 + slope_down z``."""
+
+    name: ClassVar[str] = "soft_bounds"
+    slope_up: float = 1.0
+    slope_down: float = 1.0
+
+    def validate(self) -> None:
+        for key in ("slope_up", "slope_down"):
+            check(0 <= getattr(self, key) <= 1, key, getattr(self, key), "a number in [0, 1]")
+
+    def constants(self, lo, hi, step_up, step_down, cast):
+        """Per direction with a slope: the level pulses approach, and the log of the per-pulse factor per amount."""
+        mid, half = _mid_half(lo, hi)
+        out = {}
+        for d, slope, step, sign in (("up", self.slope_up, step_up, 1), ("down", self.slope_down, step_down, -1)):
+            if slope:
+                out[f"target_{d}"] = cast(mid + sign * half / slope)
+                out[f"rate_{d}"] = cast(_soft_rate(slope, step, half))
+        if self.slope_up and self.slope_down:
+            return {key: (out[f"{key}_up"], out[f"{key}_down"]) for key in ("target", "rate")}
+        return out
+
+    def advance(self, g, move, c, buf):
+        """The pulse map is affine in g, so n pulses give exactly ``g* + (g - g*) (1 - step slope / half)^n``."""
+        if self.slope_up and self.slope_down:
+            return _saturate(g, move.amount, c["target"], c["rate"], buf)
+        ends = [_saturate(g, move.amount, c[f"target_{d}"], c[f"rate_{d}"], buf, d) if slope
+                else torch.add(g, move.amount, alpha=sign, out=buf(d))
+                for d, slope, sign in (("up", self.slope_up, 1), ("down", self.slope_down, -1))]
+        return select(move.up, *ends, out=buf("new"))
+
+    def symmetry_z(self, down_ratio):
+        if not (self.slope_up or self.slope_down):
+            return None
+        return (1 - down_ratio) / (self.slope_up + down_ratio * self.slope_down)
+
+
+def _saturate(g: torch.Tensor, amount: torch.Tensor, target: Value, rate: Value, buf: Buffers,
+              name: str = "new") -> torch.Tensor:
+    """``g + (g - target) expm1(amount rate)`` into ``buf(name)`` (exactly ``g`` where ``amount`` is 0)."""
+    factor = torch.mul(amount, rate, out=buf(name)).expm1_()
+    return factor.mul_(torch.sub(g, target, out=buf("target"))).add_(g)
+
+
+def _soft_rate(slope: float, step: Value, half: Value) -> torch.Tensor:
+    """``log(1 - step slope / half)`` per unit of amount (per pulse / step); ``-slope / half`` as step -> 0."""
+    x = step * slope / half
+    if not torch.is_tensor(x):
+        x = torch.tensor(float(x), dtype=torch.float64)
+    per_unit = torch.where(x > 0, torch.log1p(-x.clamp(max=1 - 1e-7)) / x.clamp(min=1e-30), -torch.ones_like(x))
+    return per_unit * slope / half
+
+
+@dataclass(frozen=True)
+class ExponentialStep(ResponseModel):
+    """Steps fall exponentially towards the bound they approach: up ``exp(-gamma_up z)``, down ``exp(gamma_down z)``."""
+
+    name: ClassVar[str] = "exponential"
+    gamma_up: float = 0.0
+    gamma_down: float = 0.0
+
+    def validate(self) -> None:
+        for key in ("gamma_up", "gamma_down"):
+            check(getattr(self, key) >= 0, key, getattr(self, key), "a finite number >= 0")
+
+    def constants(self, lo, hi, step_up, step_down, cast):
+        return dict(zip(("mid", "half"), _mid_half(cast(lo), cast(hi))))
+
+    def advance(self, g, move, c, buf):
+        """Solves ``dz/dn = (step / half) exp(-sign gamma z)`` exactly; a direction with gamma 0 steps linearly."""
+        mid, half = c["mid"], c["half"]
+        amount, sign = move.amount, move.sign
+        z = torch.sub(g, mid, out=buf("z")).div_(half)
+        linear = torch.mul(amount, sign, out=buf("new")).div_(half).add_(z)
+        gamma = select(move.up, self.gamma_up, self.gamma_down, out=buf("gamma"))
+        signed_gamma = torch.mul(sign, gamma, out=buf("curve")) if torch.is_tensor(sign) else sign * gamma
+        curve = torch.mul(z, signed_gamma, out=buf("curve")).exp_()  # z is free from here on
+        curve.add_(torch.mul(amount, gamma, out=buf("z")).div_(half)).log_().div_(gamma).mul_(sign)
+        if self.gamma_up > 0 and self.gamma_down > 0:
+            linear.lerp_(curve, torch.sign(amount, out=buf("z")))
+        else:
+            linear.copy_(torch.where((amount > 0) & (torch.as_tensor(gamma, device=g.device) > 0), curve, linear))
+        return linear.mul_(half).add_(mid)
+
+    def symmetry_z(self, down_ratio):
+        if not (self.gamma_up or self.gamma_down):
+            return None
+        return -torch.log(down_ratio) / (self.gamma_up + self.gamma_down)
+
+
+@dataclass(frozen=True)
+class TableResponse(ResponseModel):
+    """A measured response: relative steps ``table_up`` and ``table_down`` at positions ``table_g`` in [0, 1]."""
+
+    name: ClassVar[str] = "table"
+    table_g: tuple[float, ...] = ()
+    table_up: tuple[float, ...] = ()
+    table_down: tuple[float, ...] = ()
+
+    def validate(self) -> None:
+        n = len(self.table_g)
+        check(n >= 2 and len(self.table_up) == n and len(self.table_down) == n, "table_g", list(self.table_g),
+              "at least 2 positions, with as many table_up and table_down values")
+        check(all(0 <= a < b <= 1 for a, b in zip(self.table_g, self.table_g[1:])), "table_g", list(self.table_g),
+              "strictly increasing positions in [0, 1]")
+        for key in ("table_up", "table_down"):
+            check(all(v > 0 for v in getattr(self, key)), key, list(getattr(self, key)),
+                  "positive relative steps (a zero step would make the device stop)")
+
+    def constants(self, lo, hi, step_up, step_down, cast):
+        return dict(zip(("mid", "half"), _mid_half(cast(lo), cast(hi))))
+
+    def advance(self, g, move, c, buf):
+        """n pulses advance the pulse coordinate ``P(z) = integral dz / f(z)`` by ``amount / half``."""
+        grid = _grid(self, g.device, g.dtype)
+        mid, half = c["mid"], c["half"]
+        z = (g - mid) / half
+        travel = move.amount / half
+        new = interp(interp(z, grid.z, grid.p_up) + travel, grid.p_up, grid.z)
+        if torch.is_tensor(move.up):
+            down = interp(interp(z, grid.z, grid.p_down) - travel, grid.p_down, grid.z)
+            new = torch.lerp(down, new, move.up)
+        return mid + half * torch.lerp(z, new, move.amount.sign())
+
+    def symmetry_z(self, down_ratio):
+        grid = _grid(self, torch.device("cpu"), torch.float64)
+        lo_z, hi_z = -torch.ones_like(down_ratio), torch.ones_like(down_ratio)
+        for _ in range(60):  # bisection on f_up - ratio f_down, which falls with z
+            m = (lo_z + hi_z) / 2
+            above = interp(m, grid.z, grid.up) - down_ratio * interp(m, grid.z, grid.down) > 0
+            lo_z, hi_z = torch.where(above, m, lo_z), torch.where(above, hi_z, m)
+        return (lo_z + hi_z) / 2
+
+
+class Grid(NamedTuple):
+    """A measured response on a fine grid of z, with its pulse coordinates for both directions."""
 
     z: torch.Tensor
     up: torch.Tensor
     down: torch.Tensor
     p_up: torch.Tensor  # integral from -1 to z of dz / f_up: grows with z
-    p_down: torch.Tensor  # integral from z to 1 of dz / f_down: grows as z falls
-
-    @staticmethod
-    def build(cfg: DeviceConfig, device: torch.device, dtype: torch.dtype) -> "Table":
-        kw = {"device": device, "dtype": torch.float64}
-        zp = torch.tensor(cfg.table_g, **kw) * 2 - 1
-        z = torch.linspace(-1, 1, _TABLE_POINTS, **kw)
-        up = interp(z, zp, torch.tensor(cfg.table_up, **kw))
-        down = interp(z, zp, torch.tensor(cfg.table_down, **kw))
-        dz = z[1] - z[0]
-
-        def cumulative(f: torch.Tensor) -> torch.Tensor:
-            inv = 1 / f
-            return torch.cat([inv.new_zeros(1), torch.cumsum((inv[1:] + inv[:-1]) * dz / 2, 0)])
-
-        p_up = cumulative(up)
-        p_down = cumulative(down.flip(0)).flip(0)
-        p_down = p_down.max() - p_down  # increasing in z for interpolation; falls as z falls
-        cast = {"device": device, "dtype": dtype}
-        return Table(z.to(**cast), up.to(**cast), down.to(**cast), p_up.to(**cast), p_down.to(**cast))
+    p_down: torch.Tensor  # integral from z to 1 of dz / f_down, flipped to grow with z
 
 
-@dataclass
-class SoftBounds:
-    """Per-device constants of the soft-bounds closed form: where each direction saturates and how fast.
+@functools.lru_cache(maxsize=32)
+def _grid(table: TableResponse, device: torch.device, dtype: torch.dtype) -> Grid:
+    kw = {"device": device, "dtype": torch.float64}
+    zp = torch.tensor(table.table_g, **kw) * 2 - 1
+    z = torch.linspace(-1, 1, _TABLE_POINTS, **kw)
+    up = interp(z, zp, torch.tensor(table.table_up, **kw))
+    down = interp(z, zp, torch.tensor(table.table_down, **kw))
+    dz = z[1] - z[0]
 
-    ``n`` pulses adding up to ``amount`` move ``g`` to ``target + (g - target) exp(amount * rate)``.
-    ``None`` for a direction with slope 0 (a constant step).
-    """
+    def cumulative(f: torch.Tensor) -> torch.Tensor:
+        inv = 1 / f
+        return torch.cat([inv.new_zeros(1), torch.cumsum((inv[1:] + inv[:-1]) * dz / 2, 0)])
 
-    target_up: torch.Tensor | float | None
-    rate_up: torch.Tensor | float | None
-    target_down: torch.Tensor | float | None
-    rate_down: torch.Tensor | float | None
-
-    @staticmethod
-    def build(cfg: DeviceConfig, lo, hi, step_up, step_down) -> "SoftBounds":
-        mid, half = (lo + hi) / 2, (hi - lo) / 2
-
-        def rate(slope: float, step):
-            # log(1 - step slope / half) per unit of amount, i.e. per pulse / step; -slope / half as step -> 0
-            x = step * slope / half
-            if not torch.is_tensor(x):
-                x = torch.tensor(float(x), dtype=torch.float64)
-            per_unit = torch.where(x > 0, torch.log1p(-x.clamp(max=1 - 1e-7)) / x.clamp(min=1e-30), -torch.ones_like(x))
-            return per_unit * slope / half
-
-        up = (mid + half / cfg.slope_up, rate(cfg.slope_up, step_up)) if cfg.slope_up else (None, None)
-        down = (mid - half / cfg.slope_down, rate(cfg.slope_down, step_down)) if cfg.slope_down else (None, None)
-        return SoftBounds(up[0], up[1], down[0], down[1])
-
-
-def advance(cfg: DeviceConfig, g: torch.Tensor, up_amount: torch.Tensor, down_amount: torch.Tensor,
-            lo, hi, step_up, step_down, table: Table | None = None, soft: SoftBounds | None = None) -> torch.Tensor:
-    """The conductance after pulses that add up to ``up_amount`` (>= 0) up or ``down_amount`` (>= 0) down.
-
-    ``step_up``/``step_down`` are the per-device sizes of one pulse (0 for continuous writes), used by the
-    exact discrete soft-bounds form (``soft``: its constants, precomputed by the caller or built here).
-    Each device gets pulses of one direction only; a device without pulses keeps ``g`` exactly. Not
-    clipped: the caller applies the bounds (and stuck devices).
-    """
-    r = cfg.response
-    if cfg.linear_response:
-        return g + up_amount - down_amount
-    if r == "soft_bounds":
-        soft = soft or SoftBounds.build(cfg, lo, hi, step_up, step_down)
-        new = g
-        for target, rate, amount, sign in ((soft.target_up, soft.rate_up, up_amount, 1),
-                                           (soft.target_down, soft.rate_down, down_amount, -1)):
-            if target is None:
-                new = new + sign * amount
-            else:  # g + (g - target) expm1(amount rate): exactly g where amount is 0
-                new = new + (g - target) * torch.expm1(amount * rate)
-        return new
-    mid, half = (lo + hi) / 2, (hi - lo) / 2
-    z = (g - mid) / half
-    if r == "exponential":
-        new = z + (up_amount - down_amount) / half
-        if cfg.gamma_up > 0:
-            gu = cfg.gamma_up
-            new = torch.where(up_amount > 0, torch.log(torch.exp(gu * z) + gu * up_amount / half) / gu, new)
-        if cfg.gamma_down > 0:
-            gd = cfg.gamma_down
-            new = torch.where(down_amount > 0, -torch.log(torch.exp(-gd * z) + gd * down_amount / half) / gd, new)
-        return mid + half * new
-    zu = interp(interp(z, table.z, table.p_up) + up_amount / half, table.p_up, table.z)
-    zd = interp(interp(z, table.z, table.p_down) - down_amount / half, table.p_down, table.z)
-    return mid + half * torch.where(up_amount > 0, zu, torch.where(down_amount > 0, zd, z))
-
-
-def symmetry_point(cfg: DeviceConfig, down_ratio, lo, hi, table: Table | None = None):
-    """The conductance where an up and a down pulse are equally large (``f_up = down_ratio f_down``).
-
-    Alternating up and down pulses converge there; ``None`` for a constant response (no such point:
-    any asymmetry drives the device to a bound).
-    """
-    mid, half = (lo + hi) / 2, (hi - lo) / 2
-    ratio = torch.as_tensor(down_ratio, dtype=torch.float64)
-    if cfg.response == "soft_bounds" and (cfg.slope_up or cfg.slope_down):
-        z = (1 - ratio) / (cfg.slope_up + ratio * cfg.slope_down)
-    elif cfg.response == "exponential" and (cfg.gamma_up or cfg.gamma_down):
-        z = -torch.log(ratio) / (cfg.gamma_up + cfg.gamma_down)
-    elif cfg.response == "table":
-        lo_z, hi_z = -torch.ones_like(ratio), torch.ones_like(ratio)
-        tz, tu, td = (t.double().cpu() for t in (table.z, table.up, table.down))
-        for _ in range(60):  # bisection on f_up - ratio f_down, which falls with z
-            m = (lo_z + hi_z) / 2
-            above = interp(m, tz, tu) - ratio * interp(m, tz, td) > 0
-            lo_z, hi_z = torch.where(above, m, lo_z), torch.where(above, hi_z, m)
-        z = (lo_z + hi_z) / 2
-    else:
-        return None
-    return mid + half * z.clamp(-1, 1).to(mid.dtype if torch.is_tensor(mid) else torch.float64)
+    p_up = cumulative(up)
+    p_down = cumulative(down.flip(0)).flip(0)
+    p_down = p_down.max() - p_down
+    return Grid(*(t.to(device, dtype) for t in (z, up, down, p_up, p_down)))

@@ -19,16 +19,16 @@ from hwtoolkit.network.spec import NetworkSpec
 from ..base import Capabilities, Init, InputMemo, Target, TargetError, Trains, UpdateReport, initial_states
 from ..options import parse_device, parse_dtype
 from ..registry import register
-from . import response
-from .config import CrossbarConfigError, DeviceConfig, device_config
-from .devices import PairArray
+from .config import TileConfig, device_config
+from .devices import PairArray, Scratch
+from .errors import CrossbarConfigError
 from .ir_drop import effective_conductance
 from .periphery import ArrayReads
 
 
 @register("crossbar")
 class CrossbarTarget(Target):
-    """A simulated analog crossbar (DEVICE_MODELS.md): pass ``preset=`` and any device parameter as options."""
+    """A simulated analog crossbar (docs/crossbar.md): pass ``preset=`` and any device parameter as options."""
 
     description = ("simulated analog crossbar with device non-idealities (options: preset = 'ideal' | 'reram-exp' | "
                    "... | a .toml file, any device parameter, seed, device, dtype)")
@@ -37,10 +37,10 @@ class CrossbarTarget(Target):
                  seed: int = 0, **params: Any) -> None:
         super().__init__(spec)
         try:
-            self.config: DeviceConfig = device_config(preset, **params)
+            self.config: TileConfig = device_config(preset, **params)
         except CrossbarConfigError as e:
             raise TargetError(str(e)) from None
-        if self.config.ir_drop and spec.conv:
+        if self.config.read.ir_drop and spec.conv:
             raise TargetError("crossbar.ir_drop is modelled for dense layers only; this network has convolutions")
         if isinstance(seed, bool) or not isinstance(seed, int):
             raise TargetError(f"crossbar seed = {seed!r} is invalid: expected an integer")
@@ -50,15 +50,14 @@ class CrossbarTarget(Target):
         self.now = 0.0  # simulated seconds since the devices were made
         self._cpu_gen = torch.Generator().manual_seed(seed)
         self._gen = torch.Generator(device=self.device).manual_seed(seed + 1)
-        self._table = response.Table.build(self.config, self.device, self.dtype) if self.config.response == "table" else None
         self.arrays: dict[str, PairArray] = {}
         self._weights: dict[str, torch.Tensor] | None = None
         self._ir_weights: dict[tuple[str, bool], torch.Tensor] = {}
         self._last: Relaxation | None = None
         self._drive_memo = InputMemo()
-        self._drives: dict[bool, object] = {}
+        self._drives: dict = {}  # the phase drives (quiet, noisy) and their array product, per input and weights
         self._version = 0
-        self._reads = ArrayReads(self.config, spec.tied, lambda n: self.arrays[n].scale, self._ir_weight,
+        self._reads = ArrayReads(self.config.read, spec.tied, lambda n: self.arrays[n].scale, self._ir_weight,
                                  lambda: self._gen)
         self.totals = {"saturated": 0, "refreshed": 0, "clipped_on_program": 0, "writes": 0}
 
@@ -82,10 +81,11 @@ class CrossbarTarget(Target):
         """Fix each tensor's weight scale from the first weights programmed, and draw its devices."""
         peaks = {n: float(w.detach().abs().max()) for n, w in weights.items()}
         fallback = max(peaks.values()) or 1.0
+        scratch = Scratch(self.device, self.dtype)  # the arrays write one after another
         for name, shape in self.spec.parameter_shapes().items():
-            scale = (peaks[name] or fallback) / self.config.weight_omega
-            self.arrays[name] = PairArray(self.config, tuple(shape), self._cpu_gen, self.device, self.dtype,
-                                          self._table, scale)
+            scale = (peaks[name] or fallback) / self.config.device.weight_omega
+            self.arrays[name] = PairArray(self.config, tuple(shape), self._cpu_gen, self.device, self.dtype, scale,
+                                          scratch)
 
     def _changed(self) -> None:
         self._weights = None
@@ -94,7 +94,10 @@ class CrossbarTarget(Target):
 
     @property
     def weights(self) -> dict[str, torch.Tensor]:
-        """What the arrays hold now, as weights on the target's device (what every read starts from)."""
+        """What the arrays hold now, as weights on the target's device (what every read starts from).
+
+        The tensors are the arrays' buffers, overwritten when the weights change; ``read_weights`` gives copies.
+        """
         if not self.arrays:
             raise TargetError("the target holds no weights yet: call program(weights) first")
         if self._weights is None:
@@ -106,10 +109,10 @@ class CrossbarTarget(Target):
         key = (name, transposed)
         if key not in self._ir_weights:
             a = self.arrays[name]
-            pos, neg = (d.visible(self.now, self.config.drift_t0).flatten(1) for d in (a.pos, a.neg))
+            pos, neg = (d.visible(self.now, self.config.time.drift_t0).flatten(1) for d in (a.pos, a.neg))
             if not transposed:
                 pos, neg = pos.t(), neg.t()
-            r = self.config.ir_drop
+            r = self.config.read.ir_drop
             self._ir_weights[key] = a.scale * (effective_conductance(pos, r) - effective_conductance(neg, r))
         return self._ir_weights[key]
 
@@ -126,7 +129,7 @@ class CrossbarTarget(Target):
         params = self.weights
         if self._drive_memo.changed(x, self._version):
             self._drives = {}  # drives of another input or other weights
-        per_step = self.config.read_noise == "step"
+        per_step = self.config.read.read_noise == "step"
         with torch.no_grad():
             if per_step or steps == 1:
                 drive = self._phase_drive(x, noisy=True)
@@ -148,11 +151,11 @@ class CrossbarTarget(Target):
         read noise on it at each call. ``relax`` has checked the cache against ``x`` already.
         """
         self._reads.noisy = noisy
-        noisy = noisy and self._reads.has_noise
+        noisy = noisy and self.config.read.has_noise
         if noisy not in self._drives:
             normalized = dynamics.normalize_input(self.spec, x)
             self._drives[noisy] = self._reads.drive(self.spec.layers[0], self.weights["w1"], self.weights["b1"],
-                                                    normalized)
+                                                    normalized, self._drives)
         return self._drives[noisy]
 
     # ---- updates ---------------------------------------------------------------------------------------------
@@ -185,7 +188,7 @@ class CrossbarTarget(Target):
         self.totals["saturated"] += report.saturated
         self.totals["writes"] += 1
         report.details = {"pulses": pulses}
-        self.wait(self.config.time_per_update)
+        self.wait(self.config.time.time_per_update)
         self._changed()
         return report
 
@@ -194,10 +197,10 @@ class CrossbarTarget(Target):
         if seconds < 0:
             raise TargetError(f"wait({seconds}) is invalid: time only moves forward")
         self.now += seconds
-        if self.config.lifetime or self.config.diffusion:
+        if self.config.time.lifetime or self.config.time.diffusion:
             for a in self.arrays.values():
                 a.elapse(seconds, self._gen)
-        if self.config.has_time_effects:
+        if self.config.time.active:
             self._changed()
 
     # ---- reports ---------------------------------------------------------------------------------------------
@@ -212,9 +215,9 @@ class CrossbarTarget(Target):
             "pulses_total": float(counts.sum()),
             "pulses_per_device_mean": float(counts.mean()),
             "pulses_per_device_max": float(counts.max()),
-            "worn_fraction": float((counts > self.config.endurance).double().mean()),
-            "lifetime_used_max": float(counts.max() / self.config.endurance),
-            "write_energy_uj": float(counts.sum()) * self.config.pulse_energy_pj * 1e-6,
+            "worn_fraction": float((counts > self.config.device.endurance).double().mean()),
+            "lifetime_used_max": float(counts.max() / self.config.device.endurance),
+            "write_energy_uj": float(counts.sum()) * self.config.device.pulse_energy_pj * 1e-6,
             "saturated_pulsed_devices": self.totals["saturated"],
             "refreshes": self.totals["refreshed"],
             "clipped_on_program": self.totals["clipped_on_program"],

@@ -2,6 +2,8 @@
 
 import json
 import math
+from dataclasses import dataclass
+from typing import ClassVar
 
 import pytest
 import torch
@@ -14,7 +16,9 @@ from hwtoolkit.network.spec import ConvLayer, NetworkSpec
 from hwtoolkit.training.estimators import make_estimator
 from hwtoolkit.training.loop import train
 from targets import TargetError
-from targets.crossbar import PRESETS, device_config
+from targets.crossbar import (PRESETS, RESPONSES, CrossbarConfigError, Device, ExponentialStep, Periphery,
+                              ResponseModel, SoftBounds, TableResponse, TileConfig, device_config)
+from targets.crossbar.devices import PairArray
 from tests.conftest import tiny_config_text
 
 MLP = NetworkSpec(input_shape=(1, 6, 6), hidden=(12, 8), classes=4, output="ce")
@@ -90,7 +94,7 @@ def test_registry_lists_and_opens_crossbar() -> None:
     assert "crossbar" in targets.available()
     xb = targets.open("crossbar", MLP, preset="reram-sb", seed=2)
     assert xb.capabilities.name == "crossbar" and not xb.capabilities.exact
-    assert xb.config.response == "soft_bounds"
+    assert xb.config.response.name == "soft_bounds"
 
 
 @pytest.mark.parametrize("preset", sorted(PRESETS))
@@ -122,8 +126,8 @@ def test_user_preset_from_toml_file(tmp_path) -> None:
     path = tmp_path / "mydevice.toml"
     path.write_text('preset = "ecram-li"\ndw_min = 0.002\nadc_bits = 6\n')
     cfg = device_config(str(path), up_down=0.05)
-    assert cfg.response == "soft_bounds" and cfg.slope_down == PRESETS["ecram-li"]["slope_down"]
-    assert cfg.dw_min == 0.002 and cfg.forward.adc_bits == 6 and cfg.up_down == 0.05
+    assert cfg.response.name == "soft_bounds" and cfg.response.slope_down == PRESETS["ecram-li"]["slope_down"]
+    assert cfg.device.dw_min == 0.002 and cfg.read.forward.adc_bits == 6 and cfg.device.up_down == 0.05
     path.write_text('dw_min = -1\n')
     with pytest.raises(ValueError, match=r"crossbar.dw_min = -1.0 is invalid"):
         device_config(str(path))
@@ -131,10 +135,66 @@ def test_user_preset_from_toml_file(tmp_path) -> None:
         device_config(str(tmp_path / "missing.toml"))
 
 
+def test_flat_keys_fill_the_composed_configuration() -> None:
+    """A preset's flat keys land in the dataclass that holds them; update and preset stay reachable on the top."""
+    cfg = device_config("reram-exp", max_pulses=15)
+    assert isinstance(cfg, TileConfig) and cfg.preset == "reram-exp" and cfg.update == "combined"
+    assert cfg.response == ExponentialStep(gamma_up=1.0, gamma_down=1.0)
+    assert cfg.device.dw_min == PRESETS["reram-exp"]["dw_min"] and cfg.device.up_down == 0.26
+    assert cfg.variation.dw_min_std == 5.0 and cfg.variation.write_noise_std == 75.0
+    assert cfg.write.pulse_mode == "stochastic" and cfg.write.max_pulses == 15
+    assert cfg.read.forward == Periphery(dac_bits=7, adc_bits=9, out_noise=0.06)
+    assert cfg.read.read_noise == "equilibrium"
+    assert device_config("pcm").time.drift_nu == 0.05 and device_config("fefet").response.table_g[-1] == 1.0
+    assert device_config("ideal") == TileConfig(device=Device(weight_omega=0.01))
+
+
+def test_a_parameter_of_another_response_model_is_refused(tmp_path) -> None:
+    """A response model's parameter is an error under another model, unless at its default; a preset's parameters
+    of its own model give way when the response is changed on top of it."""
+    with pytest.raises(CrossbarConfigError,
+                       match='crossbar.gamma_up is a parameter of response = "exponential", not "soft_bounds"'):
+        device_config("ideal", response="soft_bounds", gamma_up=1.0)
+    with pytest.raises(TargetError, match='crossbar.slope_up is a parameter of response = "soft_bounds"'):
+        targets.open("crossbar", MLP, preset="reram-exp", slope_up=0.5)
+    assert device_config("ideal", response="soft_bounds", gamma_up=0).response == SoftBounds()
+    assert device_config("reram-exp", response="soft_bounds", slope_up=0.5).response == SoftBounds(slope_up=0.5)
+    path = tmp_path / "measured.toml"
+    path.write_text('preset = "reram-exp"\nresponse = "table"\ntable_g = [0, 1]\ntable_up = [1, 0.5]\n'
+                    'table_down = [0.5, 1]\n')
+    cfg = device_config(str(path))
+    assert cfg.response == TableResponse((0.0, 1.0), (1.0, 0.5), (0.5, 1.0)) and cfg.device.up_down == 0.26
+
+
+def test_a_new_response_model_is_one_class() -> None:
+    """Subclassing ``ResponseModel`` registers a model: its fields become crossbar keys and its closed form runs."""
+
+    @dataclass(frozen=True)
+    class Doubled(ResponseModel):
+        name: ClassVar[str] = "test_doubled"
+        factor: float = 2.0
+
+        def advance(self, g, move, c, buf):
+            return g + self.factor * move.sign * move.amount
+
+    try:
+        cfg = device_config("ideal", response="test_doubled", factor=3.0, dw_min=0.01, pulse_mode="count")
+        assert cfg.response == Doubled(3.0)
+        with pytest.raises(CrossbarConfigError, match='crossbar.factor is a parameter of response = "test_doubled"'):
+            device_config("ideal", factor=3.0)
+        array = PairArray(cfg, (4, 5), torch.Generator().manual_seed(0), torch.device("cpu"), torch.float64, 1.0)
+        array.program(torch.zeros(4, 5, dtype=torch.float64), torch.Generator(), 0.0)
+        array.write(torch.full((4, 5), 2 * 2 * 0.01, dtype=torch.float64), torch.Generator(), 0.0)  # 2 pulses each
+        torch.testing.assert_close(array.pos.g, torch.full((4, 5), 0.5 + 3 * 2 * 0.01, dtype=torch.float64))
+        torch.testing.assert_close(array.neg.g, torch.full((4, 5), 0.5 - 3 * 2 * 0.01, dtype=torch.float64))
+    finally:
+        RESPONSES.pop("test_doubled")
+
+
 def test_separate_backward_periphery() -> None:
     cfg = device_config("ideal", adc_bits=8, backward={"adc_bits": 5})
-    assert cfg.forward.adc_bits == 8 and cfg.transposed.adc_bits == 5
-    assert device_config("ideal", adc_bits=8).transposed.adc_bits == 8
+    assert cfg.read.forward.adc_bits == 8 and cfg.read.transposed.adc_bits == 5
+    assert device_config("ideal", adc_bits=8).read.transposed.adc_bits == 8
 
 
 def test_bad_program_and_update_keep_the_devices() -> None:

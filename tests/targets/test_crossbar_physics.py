@@ -1,5 +1,4 @@
-"""Statistical checks of the crossbar's device physics (DEVICE_MODELS.md, "Checks that would make the simulator
-trustworthy").
+"""Statistical checks of the crossbar's device physics (docs/crossbar.md, "Checks").
 
 Each test draws many devices (or reads) from a fixed seed and compares a measured statistic with the configured
 model through an interval whose confidence its docstring states: a chi-square interval for a variance, a z-bound
@@ -22,7 +21,6 @@ import torch
 import targets
 from hwtoolkit.network.parameters import init_parameters
 from hwtoolkit.network.spec import NetworkSpec
-from targets.crossbar import response
 from targets.crossbar.config import device_config
 from targets.crossbar.devices import PairArray
 from targets.crossbar.periphery import quantize
@@ -123,8 +121,7 @@ def wilson(k: int, n: int, conf: float = CONF) -> tuple[float, float]:
 def pair_array(shape: tuple[int, ...] = SHAPE, seed: int = 0, **params) -> PairArray:
     """A PairArray at scale 1, float64 on the CPU, programmed to w = 0 (both devices at mid-range)."""
     cfg = device_config(**params)
-    table = response.Table.build(cfg, CPU, F64) if cfg.response == "table" else None
-    a = PairArray(cfg, shape, torch.Generator().manual_seed(seed), CPU, F64, table, 1.0)
+    a = PairArray(cfg, shape, torch.Generator().manual_seed(seed), CPU, F64, 1.0)
     a.program(torch.zeros(shape, dtype=F64), gen(seed + 1), 0.0)
     return a
 
@@ -342,7 +339,7 @@ def test_alternating_pulses_converge_to_the_symmetry_point(params: dict) -> None
         a.write(pulses(1, dw, shape), g, 0.0)
         after_up = (a.pos.g.clone(), a.neg.g.clone())
         a.write(pulses(-1, dw, shape), g, 0.0)
-    nom = response.symmetry_point(a.cfg, torch.tensor(1 - params["up_down"], dtype=F64), 0.0, 1.0, a.table)
+    nom = a.cfg.response.symmetry_point(torch.tensor(1 - params["up_down"], dtype=F64), 0.0, 1.0)
     for dev, up_state, sym, after_down in zip((a.pos, a.neg), after_up, a.symmetry_points(), (a.pos.g, a.neg.g)):
         # pos ends each cycle after a down pulse, neg after an up pulse: the cycle is (after_up, after_down)
         mid = (up_state + after_down) / 2
@@ -388,7 +385,7 @@ def test_sparse_stochastic_rounding_is_unbiased_per_device() -> None:
     shape = (4, group)
     a = pair_array(shape, dw_min=dw, pulse_mode="stochastic")
     request = (rates.view(4, 1) * dw * 2 * torch.ones(shape, dtype=F64))  # a pair splits a change in halves
-    assert a._sparse_stochastic(request / 2, gen(0)) is not None  # the sparse path is the one exercised
+    assert a._sparse_stochastic((request / 2 / dw).view(-1), gen(0)) is not None  # the sparse path is exercised
     a.write(request, gen(7), 0.0)
     for i, r in enumerate(rates.tolist()):
         k = int((a.pos.pulses[i] > 0).sum())
@@ -596,7 +593,7 @@ def test_drift_exponent_spread() -> None:
     nu, sd = 0.1, 0.02
     a = pair_array(drift_nu=nu, drift_nu_dtod=sd)
     a.program(torch.full(SHAPE, 0.5, dtype=F64), gen(1), 0.0)
-    t0, now = a.cfg.drift_t0, 100.0
+    t0, now = a.cfg.time.drift_t0, 100.0
     est = torch.cat([-(a.pos.visible(now, t0) / a.pos.g).log().flatten(),
                      -(a.neg.visible(now, t0) / a.neg.g).log().flatten()]) / math.log((now + t0) / t0)
     check_mean(est, nu, "drift exponent mean", sigma=sd)
