@@ -34,7 +34,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from hwtoolkit.training.loop import evaluate_run
+    from hwtoolkit.runs import evaluate_run
 
     evaluate_run(args.run_dir, wait=args.wait)
     return 0
@@ -47,7 +47,7 @@ def cmd_gdu(args: argparse.Namespace) -> int:
     from hwtoolkit.network.parameters import init_parameters
     from hwtoolkit.plots import plot_gdu
     from hwtoolkit.training import checkpoint
-    from hwtoolkit.training.loop import load_splits
+    from hwtoolkit.runs import load_splits
 
     cfg = _load_config(args)
     spec = cfg.network

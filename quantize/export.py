@@ -143,13 +143,13 @@ def _qonnx_scores(path: Path, x: torch.Tensor) -> np.ndarray:
 
 def reference_target(cfg: Config):
     """The PyTorch network the export must match: the reference target (quantized as the run is), whatever
-    device trained the weights: an export deploys the weights, not the device that learned them."""
+    device trained the weights: an export deploys the weights, not the device that learned them. A run on
+    the reference target itself keeps its options (device, dtype, how phases are computed)."""
     import targets
 
-    options = dict(cfg.target.options) if cfg.target.name == "reference" else {}
-    if cfg.quant.enabled:
-        options["quant"] = dataclasses.asdict(cfg.quant)
-    return targets.open("reference", cfg.network, **options)
+    cls = targets.get("reference")
+    options = cfg.target.options if targets.get(cfg.target.name) is cls else {}
+    return cls(cfg.network, cls.build_options(options, cfg.run_context()))
 
 
 def reference_scores(target, x: torch.Tensor, steps: int, batch: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
@@ -269,13 +269,12 @@ def export_run(run_dir: str | Path, fmt: str, out: str | Path, steps: int | None
                check: bool = True, report_json: str | Path | None = None,
                log: Callable[[str], None] = print) -> CheckReport | None:
     """Export a run's best weights; the check sample is the first ``samples`` images of its test split (0 = all)."""
-    from hwtoolkit.training import checkpoint
-    from hwtoolkit.training.loop import load_splits, read_run
+    from hwtoolkit.runs import load_splits, read_run
 
     if samples < 0:
         raise ExportError(f"--check-samples {samples} is invalid: expected >= 0 (0 = the whole test split)")
-    run, cfg = read_run(run_dir)
-    weights = checkpoint.load(run.best_checkpoint)["weights"]
+    run = read_run(run_dir)
+    cfg, weights = run.config, run.best_weights()
     splits = load_splits(cfg)
     n = splits.test_x.shape[0] if samples == 0 else min(samples, splits.test_x.shape[0])
     sample = splits.test_x[:n].float().div_(255.0)

@@ -356,15 +356,26 @@ def test_layer_lrs_broadcasts_a_single_value() -> None:
 # --------------------------------------------------------------------------- target options
 
 
-def test_target_options_pass_through() -> None:
-    text = BASE + '\n[target]\nname = "reference"\ndevice = "cpu"\ndtype = "float64"\ngain = 2\n[target.extra]\nk = [1, 2]\n'
+def test_target_options_are_kept_as_written() -> None:
+    text = BASE + '\n[target]\nname = "reference"\ndevice = "cpu"\ndtype = "float64"\nsolver = "anderson"\n'
     cfg = config.loads(text)
     assert cfg.target.name == "reference"
-    assert cfg.target.options == {"device": "cpu", "dtype": "float64", "gain": 2, "extra": {"k": [1, 2]}}
+    assert cfg.target.options == {"device": "cpu", "dtype": "float64", "solver": "anderson"}
     assert "name" not in cfg.target.options
     # to_dict flattens the options back next to the name
-    assert cfg.to_dict()["target"] == {"name": "reference", "device": "cpu", "dtype": "float64", "gain": 2,
-                                       "extra": {"k": [1, 2]}}
+    assert cfg.to_dict()["target"] == {"name": "reference", "device": "cpu", "dtype": "float64", "solver": "anderson"}
+
+
+def test_target_options_are_validated_by_the_target() -> None:
+    """The registry validates [target] keys with the target's own options dataclass, at load time."""
+    with pytest.raises(config.ConfigError, match=r"unknown key\(s\) \['gain'\] in \[target\]; valid keys: .*solver"):
+        config.loads(BASE, ["target.gain=2"])
+    with pytest.raises(config.ConfigError, match=r"target.anderson_memory = 'x' is invalid: expected an integer"):
+        config.loads(BASE, ["target.anderson_memory='x'"])
+    with pytest.raises(config.ConfigError, match=r"target.solver = 'newton' is invalid"):
+        config.loads(BASE, ["target.solver=newton"])
+    with pytest.raises(config.ConfigError, match=r"target.quant is set by the \[quant\] table"):
+        config.loads(BASE, ["target.quant={weight_bits=8}", "quant.weight_bits=8"])
 
 
 def test_target_name_defaults_to_reference() -> None:
@@ -373,10 +384,9 @@ def test_target_name_defaults_to_reference() -> None:
     assert cfg.target.options == {"device": "cpu"}
 
 
-def test_other_target_name_is_kept() -> None:
-    cfg = config.loads(BASE, ["target.name=mychip", "target.port=/dev/ttyUSB0"])
-    assert cfg.target.name == "mychip"
-    assert cfg.target.options == {"port": "/dev/ttyUSB0"}
+def test_unknown_target_name_lists_the_available_ones() -> None:
+    with pytest.raises(config.ConfigError, match=r"unknown target 'mychip'; available: .*crossbar.*reference.*serial"):
+        config.loads(BASE, ["target.name=mychip", "target.port=/dev/ttyUSB0"])
 
 
 # --------------------------------------------------------------------------- round trip

@@ -14,7 +14,7 @@ from hwtoolkit.network.parameters import init_parameters
 from hwtoolkit.plots import plot_sweep
 from hwtoolkit.sweep import (COLUMNS, SweepError, SweepValue, aggregate, cosine, measure_fidelity, parse_values,
                              point_dirname, run_sweep, split_values)
-from hwtoolkit.training.loop import load_splits
+from hwtoolkit.runs import load_splits
 from targets.reference import ReferenceTarget
 
 # ------------------------------------------------------------------------------------------------ values
