@@ -184,7 +184,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="evaluate a run's best weights on its validation and test splits")
     p.add_argument("run_dir")
     p.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
-                   help="simulated seconds between programming and reading the weights (drift, decay; crossbar)")
+                   help="simulated seconds between programming and reading the weights (drift, decay), on targets "
+                        "that model time")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("gdu", help="compare per-step EP updates with BPTT gradients (GDU property)")

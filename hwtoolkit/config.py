@@ -109,7 +109,7 @@ class TargetConfig:
     kept as written, so that the stored config round-trips.
     """
 
-    name: str = "reference"
+    name: str = targets.DEFAULT
     options: dict[str, Any] = field(default_factory=dict)
     tables: dict[str, dict[str, Any]] = field(default_factory=dict)
 
@@ -216,7 +216,7 @@ def from_dict(raw: dict[str, Any]) -> Config:
     tables = {k: raw.pop(k) for k in [k for k, v in raw.items() if k not in own and isinstance(v, dict)]}
     cfg = _build(Config, raw, "")
     options = dict(target)
-    name = options.pop("name", "reference")
+    name = options.pop("name", targets.DEFAULT)
     _check(isinstance(name, str), "target.name", name, "a string")
     cfg.target = TargetConfig(name=name, options=options, tables=tables)
     cfg.validate()

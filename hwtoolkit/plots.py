@@ -13,6 +13,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 if TYPE_CHECKING:
     from hwtoolkit.diagnostics.gdu import GDUResult
 
+# the cosines of hwtoolkit.diagnostics.fidelity.COSINES, in the order they are drawn
+COSINE_LABELS = {"applied_vs_ideal": "applied vs ideal EP (lr-scaled)", "device_vs_ideal": "device EP vs ideal EP",
+                 "ideal_vs_bptt": "ideal EP vs -BPTT"}
+
 
 def plot_training(metrics: list[dict], path: Path, title: str = "") -> Path:
     """Accuracy, loss and free-phase residual per epoch."""
@@ -77,10 +81,12 @@ def plot_sweep(report: dict, path: Path) -> Path:
     (logarithmic when all are positive and span two decades or more); strings, lists and booleans are
     categories in the order given.
     """
+    from hwtoolkit.sweep.values import is_numeric
+
     path.parent.mkdir(parents=True, exist_ok=True)
     agg = report["aggregate"]
     values = [a["value"] for a in agg]
-    numeric = bool(values) and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+    numeric = is_numeric(values)
     if numeric:
         order = sorted(range(len(agg)), key=lambda i: values[i])
         xs = [float(values[i]) for i in order]
@@ -106,10 +112,8 @@ def plot_sweep(report: dict, path: Path) -> Path:
     ax.legend(fontsize=8)
 
     ax = axes[1]
-    names = {"applied_vs_ideal": "applied vs ideal EP (lr-scaled)", "device_vs_ideal": "device EP vs ideal EP",
-             "ideal_vs_bptt": "ideal EP vs -BPTT"}
     drawn = False
-    for k, (name, label) in enumerate(names.items()):
+    for k, (name, label) in enumerate(COSINE_LABELS.items()):
         pts = [(x, a[name]) for x, a in zip(xs, agg) if a.get(name)]
         if not pts:
             continue

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -169,7 +168,7 @@ def export(cfg: Config, weights: dict[str, torch.Tensor], fmt: str, out: str | P
 
     With ``labels`` the report also gives the test accuracy of PyTorch and of the export on the sample.
     """
-    from hwtoolkit.training.rundir import temp_file_next_to
+    from hwtoolkit.files import atomic_path
 
     if fmt not in FORMATS:
         raise ExportError(f"--format {fmt!r} is not known; valid: {list(FORMATS)}")
@@ -188,8 +187,7 @@ def export(cfg: Config, weights: dict[str, torch.Tensor], fmt: str, out: str | P
     out = Path(out)
     with reference_target(cfg) as target:
         target.program(weights)
-        tmp = temp_file_next_to(out)
-        try:
+        with atomic_path(out) as tmp:
             if fmt == "fixed":
                 report = _export_fixed(cfg, target, tmp, sample, steps, batch, check, labels)
             else:
@@ -199,9 +197,6 @@ def export(cfg: Config, weights: dict[str, torch.Tensor], fmt: str, out: str | P
                 if not report.passed:
                     raise ExportCheckError(f"{report.line()}; tolerance {report.tolerance}. Nothing was written "
                                            f"to {str(out)!r} (use --no-check to keep an unchecked export)")
-            os.replace(tmp, out)
-        finally:
-            tmp.unlink(missing_ok=True)
     return report
 
 

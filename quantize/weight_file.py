@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from firmware_interface import tensor
-from hwtoolkit.training.rundir import write_bytes_atomic
+from hwtoolkit.files import write_bytes_atomic
 
 MAGIC = b"EPQW"
 VERSION = 1

@@ -2,8 +2,9 @@
 
 from .base import Capabilities, Init, NoOptions, Quantization, RunContext, Start, Target, TargetError, Update, \
     UpdateReport
-from .registry import ENTRY_POINT_GROUP, available, configure, get, open, register, table_owners
+from .registry import DEFAULT, ENTRY_POINT_GROUP, available, configure, get, open, open_exact, register, \
+    table_owners
 
-__all__ = ["Capabilities", "ENTRY_POINT_GROUP", "Init", "NoOptions", "Quantization", "RunContext", "Start", "Target",
+__all__ = ["Capabilities", "DEFAULT", "ENTRY_POINT_GROUP", "Init", "NoOptions", "Quantization", "RunContext", "Start", "Target",
            "TargetError", "Update", "UpdateReport", "available", "configure", "get", "open", "register",
            "table_owners"]

@@ -20,6 +20,7 @@ from hwtoolkit.network.spec import NetworkSpec
 from .base import RunContext, Target, TargetError
 
 ENTRY_POINT_GROUP = "hwtoolkit.targets"
+DEFAULT = "reference"  # the target a config without target.name trains on
 
 # Built-in targets, imported on first use so that opening one does not import the others.
 _BUILTIN = {
@@ -78,6 +79,11 @@ def get(name: str) -> type[Target]:
 def open(name: str, spec: NetworkSpec, **options: object) -> Target:  # noqa: A001 - mirrors can.Bus / serial_for_url
     """Open target ``name`` for the network ``spec``; ``options`` are the target's own settings."""
     return get(name)(spec, **options)
+
+
+def open_exact(spec: NetworkSpec, dtype: str = "float64") -> Target:
+    """An exact float target for host-side references (the ideal update a device is compared with)."""
+    return open(DEFAULT, spec, dtype=dtype)
 
 
 def configure(name: str, options: Mapping[str, Any], tables: Mapping[str, Mapping[str, Any]] | None = None,

@@ -1,19 +1,20 @@
 """Atomic, weights-only checkpoints: plain tensors and numbers, never pickled modules.
 
-A checkpoint is written to a temporary file in the same directory, flushed to
-disk and renamed over the old one, so a run killed at any moment leaves either
-the previous checkpoint or the new one, never a half-written file. Loading uses
-``torch.load(weights_only=True)``, which refuses arbitrary pickled objects.
+A checkpoint is written through ``hwtoolkit.files.atomic_path`` (a temporary file
+in the same directory, flushed to disk and renamed over the old one), so a run
+killed at any moment leaves either the previous checkpoint or the new one, never
+a half-written file. Loading uses ``torch.load(weights_only=True)``, which
+refuses arbitrary pickled objects.
 """
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from hwtoolkit.files import atomic_path
 
 FORMAT = "hwtoolkit-checkpoint/1"
 
@@ -26,23 +27,8 @@ def save(path: str | Path, payload: dict[str, Any]) -> None:
     """Write ``payload`` (tensors, numbers, strings, dicts and lists of them) atomically to ``path``."""
     if "format" in payload:
         raise ValueError("a checkpoint payload must not have a 'format' key: it is the file's format marker")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save({"format": FORMAT, **payload}, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        torch.save({"format": FORMAT, **payload}, f)
 
 
 def load(path: str | Path) -> dict[str, Any]:

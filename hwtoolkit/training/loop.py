@@ -29,7 +29,9 @@ from .distributed import Workers, from_environment
 from .estimators import make_estimator
 from .evaluate import PhaseStats, evaluate
 from .optimizer import SGD, lr_factor
-from .rundir import RunDir, write_text_atomic
+from hwtoolkit.files import write_text_atomic
+
+from .rundir import RunDir
 
 
 class RunExistsError(RuntimeError):

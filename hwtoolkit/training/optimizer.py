@@ -8,7 +8,7 @@ it never touches device weights itself. Its arithmetic is torch.optim.SGD's
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Mapping
+from typing import TYPE_CHECKING, Callable, Mapping
 
 import torch
 
@@ -62,12 +62,24 @@ class SGD:
         self.buffers = {n: (b.to(like.device, like.dtype) if like is not None else b).clone() for n, b in state.items()}
 
 
+def _constant(epoch: int, epochs: int, final: float) -> float:
+    return 1.0
+
+
+def _cosine(epoch: int, epochs: int, final: float) -> float:
+    return final + (1.0 - final) * 0.5 * (1.0 + math.cos(math.pi * epoch / epochs))
+
+
+# the learning-rate schedules by name, in the order config.SCHEDULES lists them
+SCHEDULES: dict[str, Callable[[int, int, float], float]] = {"cosine": _cosine, "constant": _constant}
+
+
 def lr_factor(schedule: str, epoch: int, epochs: int, final: float = 0.0) -> float:
     """The learning-rate multiplier of ``epoch`` (0-based): constant, or cosine from 1 down towards ``final``."""
     if epochs < 1:
         raise ValueError(f"epochs = {epochs}: a schedule needs at least one epoch")
-    if schedule == "constant":
-        return 1.0
-    if schedule == "cosine":
-        return final + (1.0 - final) * 0.5 * (1.0 + math.cos(math.pi * epoch / epochs))
-    raise ValueError(f"optim.schedule = {schedule!r} is invalid; valid: ['constant', 'cosine']")
+    try:
+        factor = SCHEDULES[schedule]
+    except KeyError:
+        raise ValueError(f"optim.schedule = {schedule!r} is invalid; valid: {sorted(SCHEDULES)}") from None
+    return factor(epoch, epochs, final)

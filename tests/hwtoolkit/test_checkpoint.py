@@ -11,9 +11,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from hwtoolkit.files import write_text_atomic
 from hwtoolkit.training import checkpoint
 from hwtoolkit.training.checkpoint import FORMAT, CheckpointError
-from hwtoolkit.training.rundir import RunDir, write_text_atomic
+from hwtoolkit.training.rundir import RunDir
 
 
 def payload() -> dict:

@@ -12,9 +12,11 @@ from hwtoolkit import config
 from hwtoolkit.cli import main
 from hwtoolkit.network.parameters import init_parameters
 from hwtoolkit.plots import plot_sweep
-from hwtoolkit.sweep import (COLUMNS, SweepError, SweepValue, aggregate, cosine, measure_fidelity, parse_values,
-                             point_dirname, run_sweep, split_values)
+from hwtoolkit.diagnostics.fidelity import cosine, measure_fidelity
 from hwtoolkit.runs import load_splits
+from hwtoolkit.sweep import SweepError, run_sweep
+from hwtoolkit.sweep.report import COLUMNS, aggregate
+from hwtoolkit.sweep.values import SweepValue, parse_values, point_dirname, split_values
 from targets.reference import ReferenceTarget
 
 # ------------------------------------------------------------------------------------------------ values

@@ -1,0 +1,199 @@
+"""The sweep driver: build and validate every point, then train them one after the other and measure fidelity.
+
+Each point is an ordinary run directory, ``DIR/points/<KEY>=<VALUE>/seed<S>``, trained by
+``training.loop.train``; after training, the gradient fidelity of the device is measured on its best-validation
+weights (``fidelity.json`` next to ``summary.json``, see ``hwtoolkit.diagnostics.fidelity``).
+
+Seeds: the points of a value use seeds ``seed + k`` for ``k`` in ``range(seeds)``, where ``seed`` is the
+config's seed after the overrides and the value (so sweeping ``seed`` itself works too).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from tqdm import tqdm
+
+import targets
+from hwtoolkit import config as config_mod
+from hwtoolkit.config import Config, ConfigError
+from hwtoolkit.diagnostics.fidelity import COSINES, run_fidelity
+from hwtoolkit.files import write_text_atomic
+from hwtoolkit.runs import open_target
+from hwtoolkit.training.loop import train
+from hwtoolkit.training.rundir import RunDir
+
+from .errors import SweepError
+from .report import ERROR_BARS, aggregate, json_safe, write_outputs
+from .values import SweepValue, is_numeric, parse_values, point_dirname, safe_name
+
+FIDELITY_FILE = "fidelity.json"
+
+
+@dataclass(frozen=True)
+class Point:
+    """One training run of the sweep."""
+
+    value: SweepValue
+    seed: int
+    cfg: Config
+    dir: Path
+
+
+# ----------------------------------------------------------------------------------------------- points
+
+
+def point_config(raw: dict[str, Any], sets: Sequence[str], key: str, value: SweepValue,
+                 seed: int | None = None) -> Config:
+    """The validated config of one point; an invalid value raises a ``ConfigError`` naming it."""
+    overrides = [*sets, f"{key}={value.text}"]
+    if seed is not None:
+        overrides.append(f"seed={seed}")
+    try:
+        return config_mod.from_dict(config_mod.apply_overrides(raw, overrides))
+    except ConfigError as e:
+        raise ConfigError(f"--param {key} value {value.text}: {e}") from None
+
+
+def build_points(raw: dict[str, Any], key: str, values: Sequence[SweepValue], seeds: int, sets: Sequence[str],
+                 out: Path) -> list[Point]:
+    """Every point's validated config and run directory, values first, then seeds."""
+    if seeds < 1:
+        raise SweepError(f"--seeds {seeds}: expected an integer >= 1")
+    if not values:
+        raise SweepError("--values: no values given")
+    names: dict[str, SweepValue] = {}
+    points = []
+    for value in values:
+        name = point_dirname(key, value.label)
+        if name in names:
+            raise SweepError(f"--values: {names[name].text} and {value.text} are the same point ({name})")
+        names[name] = value
+        base = point_config(raw, sets, key, value).seed
+        for k in range(seeds):
+            cfg = point_config(raw, sets, key, value, base + k)
+            points.append(Point(value, cfg.seed, cfg, out / "points" / name / f"seed{cfg.seed}"))
+    return points
+
+
+def check_out_dir(out: Path, resume: bool) -> None:
+    """Refuse an output directory that holds anything unless the sweep is resumed."""
+    if out.exists() and not out.is_dir():
+        raise SweepError(f"--out {str(out)!r} is a file, not a directory")
+    if not resume and out.is_dir() and any(out.iterdir()):
+        raise SweepError(f"--out {str(out)!r} already exists and is not empty; pass --resume to continue the "
+                         f"sweep there (finished points are kept) or choose another --out")
+
+
+def check_finished_points(points: Sequence[Point]) -> None:
+    """On ``--resume``: a finished point must have been trained with the config it would get now."""
+    for p in points:
+        run = RunDir(p.dir)
+        if run.summary.exists() and run.config.exists():
+            stored = config_mod.loads(run.config.read_text())
+            if stored.to_dict() != p.cfg.to_dict():
+                raise SweepError(f"--resume: {str(p.dir)!r} was trained with a different config than this sweep "
+                                 f"gives it (other --set options or config file?); choose another --out")
+
+
+def check_targets(points: Sequence[Point], key: str) -> None:
+    """Open (and close) the target of every value once, so a bad target option fails before any training."""
+    seen: set[str] = set()
+    for p in points:
+        if p.value.label in seen:
+            continue
+        seen.add(p.value.label)
+        try:
+            with open_target(p.cfg):
+                pass
+        except targets.TargetError as e:
+            raise targets.TargetError(f"--param {key} value {p.value.text}: {e}") from None
+
+
+# ------------------------------------------------------------------------------------------ one point
+
+
+def run_point(point: Point, key: str, fidelity_batches: int, resume: bool, out: Path,
+              log: Callable[[str], None]) -> dict:
+    """Train one point (unless it is finished), measure its fidelity (unless stored), and return its row."""
+    run = RunDir(point.dir)
+    trained = not run.summary.exists()
+    if trained:
+        summary = train(point.cfg, point.dir, resume=resume, progress=False, log=log)
+    else:
+        summary = json.loads(run.summary.read_text())
+        log(f"finished earlier, kept: {point.dir}")
+    fidelity: dict | None = None
+    fidelity_path = point.dir / FIDELITY_FILE
+    if fidelity_batches > 0:
+        if fidelity_path.exists() and not trained:
+            stored = json.loads(fidelity_path.read_text())
+            fidelity = stored if stored.get("batches") == fidelity_batches else None
+        if fidelity is None:
+            fidelity = run_fidelity(point.cfg, point.dir, fidelity_batches)
+            write_text_atomic(fidelity_path, json.dumps(json_safe(fidelity), indent=2) + "\n")
+    row: dict[str, Any] = {
+        "key": key, "value": point.value.value, "label": point.value.label, "seed": point.seed,
+        "test_accuracy": summary["test_accuracy"], "val_accuracy": summary.get("val_accuracy"),
+        "train_seconds": summary.get("train_seconds"), "test_loss": summary.get("test_loss"),
+    }
+    for c in COSINES:
+        row[c] = fidelity[c] if fidelity else None
+    row["point"] = str(point.dir.relative_to(out)) if point.dir.is_relative_to(out) else str(point.dir)
+    return row
+
+
+# ----------------------------------------------------------------------------------------------- sweep
+
+
+def default_out(raw: dict[str, Any], key: str) -> Path:
+    name = raw.get("name") if isinstance(raw.get("name"), str) else "experiment"
+    return Path("runs") / f"{name}-sweep-{safe_name(key)}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def run_sweep(config_path: str | Path, key: str, values_text: str, seeds: int = 1, sets: Sequence[str] = (),
+              out: str | Path | None = None, fidelity_batches: int = 4, resume: bool = False,
+              progress: bool | None = None, log: Callable[[str], None] = print) -> dict:
+    """Validate every point, then train them one after the other; return the report written to ``sweep.json``."""
+    key = key.strip()
+    if not key:
+        raise SweepError("--param: expected a dotted config key, e.g. ep.beta")
+    if fidelity_batches < 0:
+        raise SweepError(f"--fidelity-batches {fidelity_batches}: expected an integer >= 0 (0 = no fidelity)")
+    sets = list(sets)
+    values = parse_values(key, values_text)
+    raw = config_mod.read_raw(config_path)
+    out = Path(out) if out else default_out(raw, key)
+    points = build_points(raw, key, values, seeds, sets, out)
+    check_out_dir(out, resume)
+    if resume:
+        check_finished_points(points)
+    check_targets(points, key)
+
+    report: dict[str, Any] = {
+        "key": key, "config": str(config_path), "sets": sets, "values": [v.value for v in values],
+        "labels": [v.label for v in values], "numeric": is_numeric([v.value for v in values]), "seeds": seeds,
+        "fidelity_batches": fidelity_batches, "error_bars": ERROR_BARS, "out": str(out), "rows": [],
+        "aggregate": [],
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    show = sys.stderr.isatty() if progress is None else progress
+    bar = tqdm(points, desc=f"sweep {key}", unit="run", disable=not show)
+    write = tqdm.write if show else log
+    try:
+        for point in bar:
+            name = f"{key}={point.value.label} seed {point.seed}"
+            bar.set_postfix_str(name)
+            row = run_point(point, key, fidelity_batches, resume, out, lambda m, name=name: write(f"[{name}] {m}"))
+            report["rows"].append(row)
+            report["aggregate"] = aggregate(report["rows"], values)
+            write_outputs(out, report, plot=False)
+    finally:
+        bar.close()
+    write_outputs(out, report, plot=True)
+    return report
