@@ -50,7 +50,7 @@ class DataConfig:
 
 @dataclass
 class EPConfig:
-    """Phase lengths and nudging (EP_PRIMER section 3)."""
+    """Phase lengths and nudging (docs/ep.md#phases-and-estimators)."""
 
     beta: float = 0.5
     free_steps: int = 30

@@ -1,6 +1,6 @@
 """Estimators: how one batch becomes a descent direction, driving the target through its interface.
 
-EP estimators only relax and read states back (docs/ep.md). The BPTT
+EP estimators only relax and read states back (docs/ep.md#phases-and-estimators). The BPTT
 baseline computes the exact gradient of the same dynamics on the host from the
 weights the target reports, and writes its step through the same update path.
 """

@@ -17,6 +17,7 @@ from hwtoolkit.runs import load_splits
 from hwtoolkit.sweep import SweepError, run_sweep
 from hwtoolkit.sweep.report import COLUMNS, aggregate
 from hwtoolkit.sweep.values import SweepValue, parse_values, point_dirname, split_values
+from targets import Update
 from targets.reference import ReferenceTarget
 
 # ------------------------------------------------------------------------------------------------ values
@@ -248,8 +249,8 @@ def test_string_values_sweep_categorically_and_bptt_runs_use_symmetric_ep_for_fi
 class _WritePathTarget(ReferenceTarget):
     """Exact relaxations, but the write path drops every update of the first layer and doubles the rest."""
 
-    def apply_update(self, delta, *args, **kwargs):
-        return super().apply_update({n: 2 * d for n, d in delta.items() if n not in ("w1", "b1")}, *args, **kwargs)
+    def _apply_update(self, update):
+        return super()._apply_update(Update({n: 2 * d for n, d in update.delta.items() if n not in ("w1", "b1")}))
 
 
 class _NoisyReadTarget(ReferenceTarget):
