@@ -55,7 +55,7 @@ def breakdown(config: str, sets: list[str], batches: int, warmup: int) -> dict:
             marks.append(time.perf_counter())
 
         with target.compute_context(), torch.no_grad():
-            target._input_drive(x.to(target.device, target.dtype))  # the reference target keeps it for the phases
+            target.input_drive(x.to(target.device, target.dtype))  # the reference target keeps it for the phases
         mark()
         free = target.relax(x, ep.free_steps, stop_tolerance=ep.stop_tolerance)
         mark()

@@ -11,8 +11,10 @@ from pathlib import Path
 import targets
 from hwtoolkit import config as config_mod
 from hwtoolkit.data import DatasetNotFoundError
+from hwtoolkit.diagnostics.gdu import ESTIMATORS as GDU_ESTIMATORS
 from hwtoolkit.training.checkpoint import CheckpointError
 from hwtoolkit.training.loop import RunExistsError
+from quantize.export import FORMATS as EXPORT_FORMATS
 from targets import TargetError
 
 
@@ -67,7 +69,7 @@ def cmd_gdu(args: argparse.Namespace) -> int:
     beta = args.beta if args.beta is not None else cfg.ep.beta
     steps = args.steps or cfg.ep.nudged_steps
     free_steps = args.free_steps or cfg.ep.free_steps
-    estimators = ["one_sided", "symmetric"] if args.estimator == "both" else [args.estimator]
+    estimators = list(GDU_ESTIMATORS) if args.estimator == "both" else [args.estimator]
     report = {"config": str(args.config), "network": spec.describe(), "batch": int(x.shape[0]), "results": []}
     for est in estimators:
         result = gdu(spec, params, x, y, beta=beta, steps=steps, free_steps=free_steps, estimator=est)
@@ -191,7 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("gdu", help="compare per-step EP updates with BPTT gradients (GDU property)")
     add_config_args(p)
     p.add_argument("--beta", type=float, help="nudging strength (default: the config's ep.beta)")
-    p.add_argument("--estimator", choices=["one_sided", "symmetric", "both"], default="both")
+    p.add_argument("--estimator", choices=[*GDU_ESTIMATORS, "both"], default="both")
     p.add_argument("--steps", type=int, help="K, the steps compared (default: ep.nudged_steps)")
     p.add_argument("--free-steps", type=int, help="free-phase steps (default: ep.free_steps)")
     p.add_argument("--batch", type=int, default=16, help="samples in the batch (default 16)")
@@ -221,7 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="export a run's network: the unrolled free phase as ONNX/QCDQ/QONNX, or its "
                                       "integer weights for a board (fixed); checked against PyTorch")
     p.add_argument("run_dir")
-    p.add_argument("--format", required=True, choices=["onnx", "qcdq", "qonnx", "fixed"],
+    p.add_argument("--format", required=True, choices=EXPORT_FORMATS,
                    help="onnx: float graph (quantization as round/clip ops); qcdq: QuantizeLinear/Clip/"
                         "DequantizeLinear graph; qonnx: QONNX Quant nodes; fixed: the .epqw integer weight file")
     p.add_argument("--out", required=True, help="the file to write (written only if the check passes)")

@@ -22,8 +22,10 @@ from quantize.config import QuantConfig, QuantConfigError
 from . import schema
 from .network.spec import NetworkSpec, SpecError
 
-ESTIMATORS = ("symmetric", "one_sided", "random_sign", "bptt")
-SCHEDULES = ("cosine", "constant")
+from .training.optimizer import SCHEDULES as _SCHEDULE_FACTORS
+
+ESTIMATORS = ("symmetric", "one_sided", "random_sign", "bptt")  # the source: training.estimators follows it
+SCHEDULES = tuple(_SCHEDULE_FACTORS)
 
 
 class ConfigError(ValueError):

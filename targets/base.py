@@ -102,11 +102,6 @@ class NoOptions:
     """The options of a target that has none."""
 
 
-def options_field(options: object, name: str) -> bool:
-    """Whether the options dataclass declares ``name``."""
-    return name in {f.name for f in dataclasses.fields(options)}
-
-
 class Target(ABC):
     """A device that holds an EP network. Open one with ``targets.open(name, spec, **options)``.
 
@@ -189,6 +184,11 @@ class Target(ABC):
 
     def program(self, weights: Parameters) -> None:
         """Write every parameter through the device's write path."""
+        caps = self.capabilities
+        if self.spec.conv and not caps.conv:
+            raise TargetError(f"the {self.name} target cannot hold convolutional layers ({self.spec.describe()})")
+        if not self.spec.tied and not caps.untied:
+            raise TargetError(f"the {self.name} target cannot hold untied feedback weights ({self.spec.describe()})")
         check_parameters(self.spec, weights)
         self._program(weights)
         self._programmed = True

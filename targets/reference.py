@@ -118,7 +118,8 @@ class ReferenceTarget(Target):
     def _read_weights(self) -> dict[str, torch.Tensor]:
         return {n: t.detach().cpu().clone() for n, t in self._params.items()}
 
-    def _input_drive(self, x: torch.Tensor) -> torch.Tensor:
+    def input_drive(self, x: torch.Tensor) -> torch.Tensor:
+        """``P(W_1 x) + b_1`` for input ``x`` on the target's device, kept for every phase on the same input."""
         # The drive P(W_1 x) + b_1 is the same for every phase on the same input and weights; comparing the
         # input by value is one pass over x, far cheaper than the layer-1 product.
         if self._drive_memo.changed(x, self._version):
@@ -130,7 +131,7 @@ class ReferenceTarget(Target):
         x = in_memory_format(x.to(self.device, self.dtype), self._layout)
         y = None if y is None else y.to(self.device)
         with self.compute_context():
-            drive = self._input_drive(x)
+            drive = self.input_drive(x)
         states = start_states(start, self.device, self.dtype)
         if self._layout != torch.contiguous_format:
             states = [in_memory_format(s, self._layout) for s in (states or dynamics.zero_states(

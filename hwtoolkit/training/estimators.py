@@ -12,7 +12,7 @@ from typing import Callable
 
 import torch
 
-from hwtoolkit.config import EPConfig
+from hwtoolkit.config import ESTIMATORS as config_estimators, EPConfig
 from hwtoolkit.network.bptt import bptt_grads
 from hwtoolkit.network.dynamics import Relaxation
 from hwtoolkit.network.energy import ep_update, phase_grads
@@ -108,9 +108,10 @@ def bptt(ep: EPConfig) -> Estimator:
     return estimate
 
 
-ESTIMATORS: dict[str, Callable[[EPConfig], Estimator]] = {
+_FACTORIES: dict[str, Callable[[EPConfig], Estimator]] = {
     "symmetric": symmetric, "one_sided": one_sided, "random_sign": random_sign, "bptt": bptt,
 }
+ESTIMATORS = {name: _FACTORIES[name] for name in config_estimators}  # one factory per name the config accepts
 
 
 def make_estimator(name: str, ep: EPConfig) -> Estimator:

@@ -14,7 +14,7 @@ import dataclasses
 import logging
 import math
 import random
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any, Callable, Mapping, TypeVar
 
 import numpy as np
@@ -290,6 +290,16 @@ class SerialTarget(Target):
                 diff -= part
             self._image = dataclasses.replace(self._image, tensors={**self._image.tensors, tid: (new, code)})
 
+    @property
+    def image(self) -> BoardImage | None:
+        """What the host last wrote to the board: the network record and its integer tensors."""
+        return self._image
+
+    @property
+    def fixed_point(self):
+        """The fixed-point network (``quantize.fixed_point.FixedPointNetwork``) the board runs."""
+        return self._fp
+
     def verify(self) -> list[int]:
         """Ids of the tensors whose CRC on the board differs from the host's (empty when all agree)."""
         return self._run(self._mismatches)
@@ -435,12 +445,6 @@ class SerialTarget(Target):
             logits = states[-1].flatten(1).clone()
         residual = torch.from_numpy(np.concatenate([p[2] for p in parts]).astype(np.float32)).mul_(scale)
         return Relaxation(states, logits, max(p[3] for p in parts), residual)
-
-    def link_report(self) -> dict:
-        """Counts of uploads, updates, recoveries and the client's traffic."""
-        stats = asdict(self.client.stats)
-        stats.pop("events")
-        return {**asdict(self.report), **stats}
 
     def close(self) -> None:
         self.client.close()
