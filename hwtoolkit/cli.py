@@ -8,8 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-import targets
-from hwtoolkit import config as config_mod
+from hwtoolkit import api, config as config_mod
 from hwtoolkit.data import DatasetNotFoundError
 from hwtoolkit.diagnostics.gdu import ESTIMATORS as GDU_ESTIMATORS
 from hwtoolkit.training.checkpoint import CheckpointError
@@ -19,63 +18,39 @@ from targets import TargetError
 
 
 def _load_config(args: argparse.Namespace) -> config_mod.Config:
-    overrides = list(args.set or [])
-    if getattr(args, "target", None):
-        overrides.append(f"target.name={json.dumps(args.target)}")
-    return config_mod.load(args.config, overrides)
+    return api.load_config(args.config, args.set or [], target=getattr(args, "target", None))
+
+
+def _progress(args: argparse.Namespace) -> bool | None:
+    return False if args.no_progress else None  # None: a progress bar where stderr is a terminal
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from hwtoolkit.training.loop import train
-
     cfg = _load_config(args)
     out = Path(args.out) if args.out else Path("runs") / f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    summary = train(cfg, out, resume=args.resume, progress=False if args.no_progress else None)
+    summary = api.train(cfg, out, resume=args.resume, progress=_progress(args))
     print(json.dumps(summary, indent=2))
     return 0
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from hwtoolkit.runs import evaluate_run
-
-    evaluate_run(args.run_dir, wait=args.wait)
+    api.evaluate(args.run_dir, wait=args.wait)
     return 0
 
 
 def cmd_gdu(args: argparse.Namespace) -> int:
-    import torch
-
-    from hwtoolkit.diagnostics.gdu import gdu
-    from hwtoolkit.network.parameters import init_parameters
     from hwtoolkit.plots import plot_gdu
-    from hwtoolkit.training import checkpoint
-    from hwtoolkit.runs import load_splits
 
     cfg = _load_config(args)
-    spec = cfg.network
-    gen = torch.Generator().manual_seed(cfg.seed)
-    if args.random_input:
-        x = torch.rand(args.batch, *spec.input_shape, generator=gen, dtype=torch.float64)
-        y = torch.randint(0, spec.classes, (args.batch,), generator=gen)
-    else:
-        splits = load_splits(cfg)
-        pool_x, pool_y = (splits.val_x, splits.val_y) if splits.val_x.shape[0] else (splits.train_x, splits.train_y)
-        x = pool_x[:args.batch].double() / 255.0
-        y = pool_y[:args.batch]
-    if args.weights:
-        params = {n: t.double() for n, t in checkpoint.load(args.weights)["weights"].items()}
-    else:
-        params = init_parameters(spec, cfg.seed, torch.float64)
-    beta = args.beta if args.beta is not None else cfg.ep.beta
-    steps = args.steps or cfg.ep.nudged_steps
-    free_steps = args.free_steps or cfg.ep.free_steps
     estimators = list(GDU_ESTIMATORS) if args.estimator == "both" else [args.estimator]
-    report = {"config": str(args.config), "network": spec.describe(), "batch": int(x.shape[0]), "results": []}
-    for est in estimators:
-        result = gdu(spec, params, x, y, beta=beta, steps=steps, free_steps=free_steps, estimator=est)
+    results = api.gdu(cfg, beta=args.beta, estimators=estimators, steps=args.steps, free_steps=args.free_steps,
+                      batch=args.batch, weights=args.weights, random_input=args.random_input)
+    report = {"config": str(args.config), "network": cfg.network.describe(), "batch": args.batch, "results": []}
+    for est, result in results.items():
+        beta = result.beta
         report["results"].append(result.as_dict())
-        print(f"GDU check, {est} EP, beta = {beta:g}, K = {steps} steps, free phase {free_steps} steps "
-              f"(residual {result.free_residual:.1e})")
+        print(f"GDU check, {est} EP, beta = {beta:g}, K = {result.steps} steps, free phase "
+              f"{args.free_steps or cfg.ep.free_steps} steps (residual {result.free_residual:.1e})")
         if result.free_residual > 1e-3 * beta:
             print(f"  warning: the free phase has not converged: its last step still moved a unit by "
                   f"{result.free_residual:.1e}, not small against beta = {beta:g}. The GDU property assumes a "
@@ -97,11 +72,11 @@ def cmd_gdu(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from hwtoolkit.sweep import format_table, run_sweep
+    from hwtoolkit.sweep import format_table
 
-    report = run_sweep(args.config, args.param, args.values, seeds=args.seeds, sets=args.set or [], out=args.out,
-                       fidelity_batches=args.fidelity_batches, resume=args.resume,
-                       progress=False if args.no_progress else None)
+    report = api.sweep(args.config, args.param, args.values, seeds=args.seeds, overrides=args.set or [],
+                       out=args.out, fidelity_batches=args.fidelity_batches, resume=args.resume,
+                       progress=_progress(args))
     print(format_table(report))
     out = Path(report["out"])
     print(f"wrote {out / 'sweep.csv'}, {out / 'sweep.json'}, {out / 'sweep.png'} (error bars: {report['error_bars']})")
@@ -109,10 +84,10 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from quantize.export import ExportCheckError, export_run
+    from quantize.export import ExportCheckError
 
     try:
-        export_run(args.run_dir, args.format, args.out, steps=args.steps, samples=args.check_samples,
+        api.export(args.run_dir, args.format, args.out, steps=args.steps, samples=args.check_samples,
                    check=not args.no_check, report_json=args.json)
     except ExportCheckError as e:
         print(f"hwtoolkit export: check failed: {e}", file=sys.stderr)
@@ -122,12 +97,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_targets(args: argparse.Namespace) -> int:
-    for name in targets.available():
-        try:
-            cls = targets.get(name)
-            print(f"{name:12} {cls.description}")
-        except Exception as e:  # a broken third-party entry point must not hide the others
-            print(f"{name:12} (cannot be loaded: {e})")
+    for name, description in api.available_targets().items():
+        print(f"{name:12} {description}")
     return 0
 
 
