@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, Mapping
 
 import torch
 
@@ -71,3 +72,17 @@ class TorchOptions:
     @property
     def torch_dtype(self) -> torch.dtype:
         return parse_dtype(self.dtype)
+
+
+def parse_quant(value: Any) -> Any:
+    """The ``quant`` option as a ``quantize.config.QuantConfig`` (from its table where given as one), or ``None``."""
+    if not isinstance(value, Mapping):
+        return value
+    from quantize.config import QuantConfig, QuantConfigError
+
+    try:
+        return QuantConfig(**value)
+    except TypeError as e:
+        raise TargetError(f"target option quant = {dict(value)!r} is invalid: {e}") from None
+    except QuantConfigError as e:
+        raise TargetError(str(e)) from None

@@ -21,7 +21,7 @@ from hwtoolkit.network.spec import NetworkSpec
 
 from .base import Capabilities, InputMemo, Quantization, Start, Target, TargetError, Update, UpdateReport, \
     start_states
-from .options import TorchOptions, in_memory_format, parse_device
+from .options import TorchOptions, in_memory_format, parse_device, parse_quant
 from .relaxation import RelaxationOptions
 
 
@@ -33,26 +33,13 @@ class ReferenceOptions(TorchOptions, RelaxationOptions):
 
     def __post_init__(self) -> None:
         TorchOptions.__post_init__(self)
-        if isinstance(self.quant, Mapping):
-            object.__setattr__(self, "quant", _quant_config(self.quant))
+        object.__setattr__(self, "quant", parse_quant(self.quant))
         quantized = self.quant is not None and self.quant.enabled
         self.relaxation.check(parse_device(self.device, available=False), self.torch_dtype, quantized=quantized)
 
     @property
     def relaxation(self) -> RelaxationOptions:
         return RelaxationOptions(**{f.name: getattr(self, f.name) for f in fields(RelaxationOptions)})
-
-
-def _quant_config(table: Mapping[str, object]):
-    """A ``QuantConfig`` from its table, with the errors of the ``[quant]`` table."""
-    from quantize.config import QuantConfig, QuantConfigError
-
-    try:
-        return QuantConfig(**table)
-    except TypeError as e:
-        raise TargetError(f"target option quant = {dict(table)!r} is invalid: {e}") from None
-    except QuantConfigError as e:
-        raise TargetError(str(e)) from None
 
 
 class ReferenceTarget(Target):

@@ -29,6 +29,7 @@ from hwtoolkit.network.dynamics import Relaxation
 from hwtoolkit.network.spec import NetworkSpec
 
 from ..base import Capabilities, Quantization, Start, Target, TargetError, Update, UpdateReport
+from ..options import parse_quant
 from .image import BoardImage, ImageError, board_image
 
 log = logging.getLogger(__name__)
@@ -71,19 +72,7 @@ class SerialOptions:
         if self.client is None and not self.url:
             raise TargetError("target.url is required for the serial target: a device path (/dev/ttyACM0), a pty "
                               "path, or socket://127.0.0.1:PORT")
-        if isinstance(self.quant, Mapping):
-            object.__setattr__(self, "quant", _quant_config(self.quant))
-
-
-def _quant_config(table: Mapping[str, object]):
-    from quantize.config import QuantConfig, QuantConfigError
-
-    try:
-        return QuantConfig(**table)
-    except TypeError as e:
-        raise TargetError(f"target option quant = {dict(table)!r} is invalid: {e}") from None
-    except QuantConfigError as e:
-        raise TargetError(str(e)) from None
+        object.__setattr__(self, "quant", parse_quant(self.quant))
 
 
 class SerialTarget(Target):
