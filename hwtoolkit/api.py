@@ -18,7 +18,7 @@ from hwtoolkit.runs import Run, open_target, read_run
 ConfigLike = Config | str | Path
 
 __all__ = ["Config", "Run", "available_targets", "evaluate", "export", "gdu", "load_config", "open_target", "read_run",
-           "sweep", "train"]
+           "run_sweep", "train"]
 
 
 def load_config(path: str | Path, overrides: Sequence[str] = (), *, target: str | None = None) -> Config:
@@ -53,17 +53,19 @@ def evaluate(run_dir: str | Path, *, wait: float = 0.0, log: Callable[[str], Non
     return evaluate_run(run_dir, log=log, wait=wait)
 
 
-def sweep(config: str | Path, key: str, values: str | Sequence[Any], *, seeds: int = 1,
+def run_sweep(config: str | Path, key: str, values: str | Sequence[Any], *, seeds: int = 1,
           overrides: Sequence[str] = (), out: str | Path | None = None, fidelity_batches: int = 4,
           resume: bool = False, progress: bool | None = False, log: Callable[[str], None] = print) -> dict:
     """Train ``config`` at every value of ``key`` and seed; the report written to ``sweep.json``.
 
+    (Named ``run_sweep`` because ``hwtoolkit.sweep`` is the package that implements it.)
+
     ``values`` is the command line's comma-separated text or a list of values (each written as TOML).
     """
-    from hwtoolkit.sweep import run_sweep
+    from hwtoolkit.sweep import run_sweep as run
 
     text = values if isinstance(values, str) else ",".join(_toml_value(v) for v in values)
-    return run_sweep(config, key, text, seeds=seeds, sets=list(overrides), out=out,
+    return run(config, key, text, seeds=seeds, sets=list(overrides), out=out,
                      fidelity_batches=fidelity_batches, resume=resume, progress=progress, log=log)
 
 
@@ -85,7 +87,7 @@ def gdu(config: ConfigLike, *, overrides: Sequence[str] = (), beta: float | None
     import torch
 
     from hwtoolkit.diagnostics.gdu import gdu as gdu_check
-    from hwtoolkit.network.parameters import init_parameters
+    from hwtoolkit.network.parameters import check_parameters, init_parameters
     from hwtoolkit.runs import load_splits
     from hwtoolkit.training import checkpoint
 
@@ -103,6 +105,7 @@ def gdu(config: ConfigLike, *, overrides: Sequence[str] = (), beta: float | None
         params = {n: t.double() for n, t in checkpoint.load(weights)["weights"].items()}
     else:
         params = init_parameters(spec, cfg.seed, torch.float64)
+    check_parameters(spec, params)  # a checkpoint of another network is refused here, by name
     beta = cfg.ep.beta if beta is None else beta
     steps = steps or cfg.ep.nudged_steps
     free_steps = free_steps or cfg.ep.free_steps
@@ -111,16 +114,17 @@ def gdu(config: ConfigLike, *, overrides: Sequence[str] = (), beta: float | None
 
 
 def export(run_dir: str | Path, fmt: str, out: str | Path, *, steps: int | None = None, samples: int = 1000,
-           check: bool = True, report_json: str | Path | None = None, log: Callable[[str], None] = print):
+           check: bool = True, report_json: str | Path | None = None, force: bool = False,
+           log: Callable[[str], None] = print):
     """Export a run's best weights as ``fmt`` (``onnx``, ``qcdq``, ``qonnx``, ``fixed``), checked against PyTorch.
 
     Returns the check report (``None`` with ``check=False``); a failed check raises ``ExportCheckError`` and
-    writes nothing.
+    writes nothing. An existing ``out`` is replaced only with ``force``.
     """
     from quantize.export import export_run
 
     return export_run(run_dir, fmt, out, steps=steps, samples=samples, check=check, report_json=report_json,
-                      log=log)
+                      force=force, log=log)
 
 
 def available_targets() -> dict[str, str]:

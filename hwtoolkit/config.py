@@ -24,6 +24,16 @@ from .network.spec import NetworkSpec, SpecError
 
 from .training.optimizer import SCHEDULES as _SCHEDULE_FACTORS
 
+# Upper bounds on numbers that size memory or time (README, "Configuration"): past them a run would hang or
+# train to chance rather than do anything useful.
+MAX_STEPS = 100_000  # steps of one phase
+MAX_EPOCHS = 100_000
+MAX_BATCH = 65_536  # samples of a batch
+MAX_SAMPLES = 100_000_000  # images taken from a data set, batches between checkpoints
+MAX_BETA = 10.0  # the nudging strength; the papers use 0.01 to 1
+MAX_LR = 10.0  # a learning rate; the papers use 0.001 to 0.5
+MAX_SEED = 2**63 - 1
+
 ESTIMATORS = ("symmetric", "one_sided", "random_sign", "bptt")  # the source: training.estimators follows it
 SCHEDULES = tuple(_SCHEDULE_FACTORS)
 
@@ -45,9 +55,9 @@ class DataConfig:
     downsample: int = 1  # average k x k pixel blocks (28x28 -> 14x14 with 2), for boards with little memory
 
     def validate(self) -> None:
-        _check(self.val_size >= 0, "data.val_size", self.val_size, "an integer >= 0")
-        _check(self.limit >= 0, "data.limit", self.limit, "an integer >= 0 (0 = all)")
-        _check(self.downsample >= 1, "data.downsample", self.downsample, "an integer >= 1 (1 = full size)")
+        _number("data.val_size", self.val_size, 0, MAX_SAMPLES, integer=True)
+        _number("data.limit", self.limit, 0, MAX_SAMPLES, integer=True)  # 0 = all
+        _number("data.downsample", self.downsample, 1, 64, integer=True)  # 1 = full size
 
 
 @dataclass
@@ -61,11 +71,11 @@ class EPConfig:
     stop_tolerance: float = 0.0  # end a phase early once no unit moves by more (0 = always run every step)
 
     def validate(self) -> None:
-        _check(self.beta > 0, "ep.beta", self.beta, "a positive number")
-        _check(self.free_steps >= 1, "ep.free_steps", self.free_steps, "an integer >= 1")
-        _check(self.nudged_steps >= 1, "ep.nudged_steps", self.nudged_steps, "an integer >= 1")
-        _check(self.tolerance > 0, "ep.tolerance", self.tolerance, "a positive number")
-        _check(self.stop_tolerance >= 0, "ep.stop_tolerance", self.stop_tolerance, "a number >= 0 (0 = off)")
+        _number("ep.beta", self.beta, 0, MAX_BETA, low_open=True)
+        _number("ep.free_steps", self.free_steps, 1, MAX_STEPS, integer=True)
+        _number("ep.nudged_steps", self.nudged_steps, 1, MAX_STEPS, integer=True)
+        _number("ep.tolerance", self.tolerance, 0, 1, low_open=True)
+        _number("ep.stop_tolerance", self.stop_tolerance, 0, 1)  # 0 = off
 
 
 @dataclass
@@ -79,10 +89,11 @@ class OptimConfig:
     final_lr_factor: float = 0.0  # the cosine schedule ends at lr * final_lr_factor
 
     def validate(self) -> None:
-        _check(len(self.lr) >= 1 and all(v > 0 for v in self.lr), "optim.lr", list(self.lr),
-               "positive learning rates")
+        _check(len(self.lr) >= 1, "optim.lr", list(self.lr), "positive learning rates")
+        for i, lr in enumerate(self.lr):
+            _number(f"optim.lr[{i}]", lr, 0, MAX_LR, low_open=True)
         _check(0 <= self.momentum < 1, "optim.momentum", self.momentum, "a number in [0, 1)")
-        _check(self.weight_decay >= 0, "optim.weight_decay", self.weight_decay, "a number >= 0")
+        _number("optim.weight_decay", self.weight_decay, 0, 1)
         _check(self.schedule in SCHEDULES, "optim.schedule", self.schedule, f"one of {SCHEDULES}")
         _check(0 <= self.final_lr_factor <= 1, "optim.final_lr_factor", self.final_lr_factor, "a number in [0, 1]")
 
@@ -97,10 +108,10 @@ class TrainConfig:
     checkpoint_every: int = 100  # batches between mid-epoch checkpoints (0 = only at epoch ends)
 
     def validate(self) -> None:
-        _check(self.epochs >= 1, "train.epochs", self.epochs, "an integer >= 1")
-        _check(self.batch_size >= 1, "train.batch_size", self.batch_size, "an integer >= 1")
-        _check(self.eval_batch_size >= 1, "train.eval_batch_size", self.eval_batch_size, "an integer >= 1")
-        _check(self.checkpoint_every >= 0, "train.checkpoint_every", self.checkpoint_every, "an integer >= 0")
+        _number("train.epochs", self.epochs, 1, MAX_EPOCHS, integer=True)
+        _number("train.batch_size", self.batch_size, 1, MAX_BATCH, integer=True)
+        _number("train.eval_batch_size", self.eval_batch_size, 1, MAX_BATCH, integer=True)
+        _number("train.checkpoint_every", self.checkpoint_every, 0, MAX_SAMPLES, integer=True)
 
 
 @dataclass
@@ -150,7 +161,10 @@ class Config:
     quant: QuantConfig = field(default_factory=QuantConfig)  # a quantized network, on targets that run one
 
     def validate(self) -> None:
+        _number("seed", self.seed, 0, MAX_SEED, integer=True)
         _check(self.estimator in ESTIMATORS, "estimator", self.estimator, f"one of {ESTIMATORS}")
+        _check(bool(self.name) and "/" not in self.name and "\\" not in self.name and self.name not in (".", ".."),
+               "name", self.name, "a name without path separators (it names the default run directory)")
         for part in (self.data, self.ep, self.optim, self.train, self.target):
             part.validate()
         if self.quant.enabled:
@@ -189,6 +203,14 @@ class Config:
 
     def to_toml(self) -> str:
         return tomli_w.dumps(self.to_dict())
+
+
+def _number(name: str, value: object, low: float, high: float, *, integer: bool = False,
+            low_open: bool = False) -> None:
+    try:
+        schema.check_number(name, value, low, high, integer=integer, low_open=low_open)
+    except schema.SchemaError as e:
+        raise ConfigError(str(e)) from None
 
 
 def _check(ok: bool, name: str, value: object, valid: str) -> None:

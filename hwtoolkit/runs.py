@@ -7,6 +7,7 @@ none of them reaches into another's internals.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -79,12 +80,20 @@ class Run:
         return checkpoint.load(self.dir.best_checkpoint)["weights"]
 
 
+def read_config(path: Path) -> Config:
+    """A run directory's stored config; errors name the file."""
+    try:
+        return loads(path.read_text())
+    except ConfigError as e:
+        raise ConfigError(f"{str(path)!r}: {e}") from None
+
+
 def read_run(run_dir: str | Path) -> Run:
     """A run directory and its stored config; an error if the directory holds no run."""
     run = RunDir(Path(run_dir))
     if not run.config.exists():
         raise FileNotFoundError(f"{str(run.root)!r} is not a run directory (no config.toml)")
-    return Run(run, loads(run.config.read_text()))
+    return Run(run, read_config(run.config))
 
 
 def evaluate_run(run_dir: str | Path, log: Callable[[str], None] = print, wait: float = 0.0) -> dict:
@@ -93,8 +102,8 @@ def evaluate_run(run_dir: str | Path, log: Callable[[str], None] = print, wait: 
     ``wait``: simulated seconds that pass between programming the weights and reading them (drift,
     decay and diffusion act), for targets that model time.
     """
-    if wait < 0:
-        raise ValueError(f"wait = {wait} is invalid: expected simulated seconds >= 0")
+    if not math.isfinite(wait) or wait < 0:
+        raise ValueError(f"wait = {wait} is invalid: expected finite simulated seconds >= 0")
     run = read_run(run_dir)
     cfg = run.config
     splits = load_splits(cfg)

@@ -77,3 +77,20 @@ def build(cls: type, table: Mapping[str, Any], prefix: str) -> Any:
         where = f"[{prefix}]" if prefix else "the top level"
         raise SchemaError(f"unknown key(s) {unknown} in {where}; valid keys: {names}")
     return cls(**{k: convert(v, hints[k], f"{prefix}.{k}" if prefix else k) for k, v in table.items()})
+
+
+def check_number(name: str, value: object, low: float, high: float, *, integer: bool = False,
+                 low_open: bool = False) -> float | int:
+    """``value`` if it is a finite number (an integer where ``integer``) in ``[low, high]`` (``(low, high]`` with
+    ``low_open``); else a ``SchemaError`` naming ``name``, the value and the range.
+
+    The one check behind every number a user gives: config fields and command-line options alike.
+    """
+    kind = "an integer" if integer else "a finite number"
+    valid = f"{kind} in {'(' if low_open else '['}{low:g}, {high:g}]"
+    ok = not isinstance(value, bool) and (isinstance(value, int) if integer else isinstance(value, (int, float)))
+    if ok:
+        ok = math.isfinite(value) and (value > low if low_open else value >= low) and value <= high
+    if not ok:
+        raise SchemaError(f"{name} = {value!r} is invalid: expected {valid}")
+    return value

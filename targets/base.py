@@ -116,6 +116,8 @@ class Target(ABC):
     Options: ClassVar[type] = NoOptions
     tables: ClassVar[tuple[str, ...]] = ()
     quantization: ClassVar[Quantization] = Quantization.NONE
+    reconnect_options: ClassVar[tuple[str, ...]] = ()  # options a resumed run may change: how the device is
+    # reached (a port, a baud rate), never what it computes
 
     def __init__(self, spec: NetworkSpec, options: object | None = None, /, **kwargs: object) -> None:
         if options is None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import sys
 import time
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Callable
 
@@ -19,7 +20,7 @@ import torch
 from tqdm import tqdm
 
 import targets
-from hwtoolkit.config import Config, ConfigError, loads
+from hwtoolkit.config import Config, ConfigError
 from hwtoolkit.data import BatchSampler, augment_cifar10
 from hwtoolkit.network.parameters import init_parameters
 from hwtoolkit.runs import Splits, load_splits, open_target
@@ -29,7 +30,8 @@ from .distributed import Workers, from_environment
 from .estimators import make_estimator
 from .evaluate import PhaseStats, evaluate
 from .optimizer import SGD, lr_factor
-from hwtoolkit.files import write_text_atomic
+from hwtoolkit.files import LOCK_FILE, locked_directory, remove_stale_temporaries, write_text_atomic
+from hwtoolkit.runs import read_config
 
 from .rundir import RunDir
 
@@ -44,8 +46,18 @@ def batch_generator(seed: int, epoch: int, batch: int) -> torch.Generator:
     return torch.Generator().manual_seed(int(state[0] >> np.uint64(1)))
 
 
-def _config_difference(stored: Config, current: Config) -> list[str]:
+def config_difference(stored: Config, current: Config) -> list[str]:
+    """``"key: old -> new"`` for every field a resumed run may not change.
+
+    Everything counts except the options the target declares as how it is reached (``reconnect_options``,
+    such as a board's URL): the network, the data, the learning settings and what the device computes are
+    fixed for the life of a run.
+    """
     a, b = stored.to_dict(), current.to_dict()
+    if stored.target.name == current.target.name:
+        for key in targets.get(current.target.name).reconnect_options:
+            a["target"].pop(key, None)
+            b["target"].pop(key, None)
 
     def walk(x: object, y: object, path: str) -> list[str]:
         if isinstance(x, dict) and isinstance(y, dict):
@@ -81,29 +93,50 @@ def train(cfg: Config, out_dir: str | Path, resume: bool = False, progress: bool
 def _prepare_and_train(cfg: Config, out_dir: Path, resume: bool, progress: bool | None,
                        log: Callable[[str], None], workers: Workers, on_epoch: EpochHook | None = None) -> dict:
     run = RunDir(out_dir)
-    run.root.mkdir(parents=True, exist_ok=True)
+    created = workers.leader and not run.root.exists()
+    try:
+        # one writer per run directory: the leader holds its lock until training ends, however it ends
+        with locked_directory(run.root, "run directory") if workers.leader else nullcontext():
+            return _prepare_locked(cfg, run, resume, progress, log, workers, on_epoch)
+    except BaseException:
+        if created:
+            _remove_if_unused(run.root)
+        raise
+
+
+def _prepare_locked(cfg: Config, run: RunDir, resume: bool, progress: bool | None, log: Callable[[str], None],
+                    workers: Workers, on_epoch: EpochHook | None) -> dict:
     state = None
     if run.last_checkpoint.exists() or run.summary.exists():
         if not resume:
             raise RunExistsError(f"{str(run.root)!r} already holds a run; pass --resume to continue it "
                                  f"or choose another --out")
         if run.config.exists():
-            diff = _config_difference(loads(run.config.read_text()), cfg)
+            diff = config_difference(read_config(run.config), cfg)
             if diff:
                 raise ConfigError(f"--resume with a config that differs from the run's: {'; '.join(diff)}")
+        if workers.leader:
+            for stale in remove_stale_temporaries(run.root / "checkpoints"):
+                log(f"removed {stale}, left by a process killed while writing it")
         if run.last_checkpoint.exists():
             state = checkpoint.load(run.last_checkpoint)
-    workers.barrier()  # every worker has checked the run directory before the leader writes into it
-    if workers.leader:
-        write_text_atomic(run.config, cfg.to_toml())
-
     splits = load_splits(cfg)
     target = open_target(cfg)
     try:
+        workers.barrier()  # every worker has checked the run directory before the leader writes into it
+        if workers.leader:
+            write_text_atomic(run.config, cfg.to_toml())
         return _train(cfg, run, target, splits, state, progress, log if workers.leader else _quiet, workers,
                       on_epoch)
     finally:
         target.close()
+
+
+def _remove_if_unused(root: Path) -> None:
+    """Remove a run directory this process created and wrote nothing into (only its lock file)."""
+    if root.is_dir() and {p.name for p in root.iterdir()} <= {LOCK_FILE}:
+        (root / LOCK_FILE).unlink(missing_ok=True)
+        root.rmdir()
 
 
 def _quiet(message: str) -> None:

@@ -25,6 +25,7 @@ from firmware_interface.client import BoardClient, BoardError, BoardLinkError, B
 from firmware_interface.protocol import BETA_FRAC, BIAS, FEEDBACK, RESIDUAL, SCORES, W, Capability, Init, Phase, Snapshot, \
     Status, tensor_id
 from firmware_interface.tensor import DTYPES, I32, U16
+from hwtoolkit import schema
 from hwtoolkit.network.dynamics import Relaxation
 from hwtoolkit.network.spec import NetworkSpec
 
@@ -63,6 +64,13 @@ class SerialOptions:
     client: Any = None  # an open BoardClient to use instead of opening url (tests, custom transports)
 
     def __post_init__(self) -> None:
+        for name, low, high, integer in (("baudrate", 50, 50_000_000, True), ("timeout", 0, 3600, False),
+                                         ("retries", 0, 1000, True)):
+            try:
+                schema.check_number(f"target.{name}", getattr(self, name), low, high, integer=integer,
+                                    low_open=name == "timeout")
+            except schema.SchemaError as e:
+                raise TargetError(str(e)) from None
         for name in ("max_batch", "verify_every", "max_recoveries"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
@@ -83,6 +91,7 @@ class SerialTarget(Target):
                    "max_recoveries; needs a [quant] table with weight_bits, state_bits and scale = \"pow2\")")
     Options = SerialOptions
     quantization = Quantization.FIXED_POINT
+    reconnect_options = ("url", "baudrate", "timeout", "retries")  # a relaunched board may have a new address
 
     def __init__(self, spec: NetworkSpec, options: SerialOptions | None = None, /, **kwargs: Any) -> None:
         super().__init__(spec, options, **kwargs)
