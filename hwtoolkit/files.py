@@ -108,3 +108,11 @@ def remove_stale_temporaries(directory: str | Path) -> list[Path]:
     for tmp in stale:
         tmp.unlink(missing_ok=True)
     return stale
+
+
+def remove_if_unused(directory: str | Path) -> None:
+    """Remove a directory that holds nothing but its lock file (one a failed writer created)."""
+    directory = Path(directory)
+    if directory.is_dir() and {p.name for p in directory.iterdir()} <= {LOCK_FILE}:
+        (directory / LOCK_FILE).unlink(missing_ok=True)
+        directory.rmdir()

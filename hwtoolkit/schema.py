@@ -87,7 +87,8 @@ def check_number(name: str, value: object, low: float, high: float, *, integer: 
     The one check behind every number a user gives: config fields and command-line options alike.
     """
     kind = "an integer" if integer else "a finite number"
-    valid = f"{kind} in {'(' if low_open else '['}{low:g}, {high:g}]"
+    show = (lambda v: str(int(v))) if integer else (lambda v: f"{v:g}")
+    valid = f"{kind} in {'(' if low_open else '['}{show(low)}, {show(high)}]"
     ok = not isinstance(value, bool) and (isinstance(value, int) if integer else isinstance(value, (int, float)))
     if ok:
         ok = math.isfinite(value) and (value > low if low_open else value >= low) and value <= high

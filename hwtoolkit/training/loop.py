@@ -30,7 +30,7 @@ from .distributed import Workers, from_environment
 from .estimators import make_estimator
 from .evaluate import PhaseStats, evaluate
 from .optimizer import SGD, lr_factor
-from hwtoolkit.files import LOCK_FILE, locked_directory, remove_stale_temporaries, write_text_atomic
+from hwtoolkit.files import locked_directory, remove_if_unused, remove_stale_temporaries, write_text_atomic
 from hwtoolkit.runs import read_config
 
 from .rundir import RunDir
@@ -100,7 +100,7 @@ def _prepare_and_train(cfg: Config, out_dir: Path, resume: bool, progress: bool 
             return _prepare_locked(cfg, run, resume, progress, log, workers, on_epoch)
     except BaseException:
         if created:
-            _remove_if_unused(run.root)
+            remove_if_unused(run.root)
         raise
 
 
@@ -130,13 +130,6 @@ def _prepare_locked(cfg: Config, run: RunDir, resume: bool, progress: bool | Non
                       on_epoch)
     finally:
         target.close()
-
-
-def _remove_if_unused(root: Path) -> None:
-    """Remove a run directory this process created and wrote nothing into (only its lock file)."""
-    if root.is_dir() and {p.name for p in root.iterdir()} <= {LOCK_FILE}:
-        (root / LOCK_FILE).unlink(missing_ok=True)
-        root.rmdir()
 
 
 def _quiet(message: str) -> None:

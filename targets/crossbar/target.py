@@ -47,13 +47,12 @@ class CrossbarTarget(Target):
         """Device parameters may come from the ``[crossbar]`` table or, as keywords, with the target's options."""
         super().configure({}, tables, context)  # rejects tables the crossbar does not read
         own = {f.name for f in fields(CrossbarOptions)} - {"config"}
-        params = {k: v for k, v in options.items() if k not in own}
-        params.update((tables or {}).get("crossbar", {}))
+        merged = {**options, **(tables or {}).get("crossbar", {})}
         try:
-            config = device_config(**params)
+            config = device_config(**{k: v for k, v in merged.items() if k not in own})
         except CrossbarConfigError as e:
             raise TargetError(str(e)) from None
-        return cls.build_options({**{k: v for k, v in options.items() if k in own}, "config": config}, context)
+        return cls.build_options({**{k: v for k, v in merged.items() if k in own}, "config": config}, context)
 
     @classmethod
     def writes_trains(cls, options: CrossbarOptions) -> bool:

@@ -447,3 +447,17 @@ def test_non_finite_numbers_are_rejected(override):
     base = (REPO / "configs" / "fmnist_mlp.toml").read_text()
     with pytest.raises(ConfigError, match="finite"):
         config.loads(base, [override])
+
+
+def test_the_run_seed_reaches_a_target_that_takes_one_unless_set() -> None:
+    """A target whose options declare ``seed`` gets the run's seed; the [crossbar] table (or [target]) may set it."""
+    import targets
+
+    def options(overrides):
+        cfg = config.loads(BASE, ["seed=11", "target.name=crossbar", *overrides])
+        return targets.configure(cfg.target.name, cfg.target.options, cfg.target.tables, cfg.run_context())
+
+    assert options([]).seed == 11
+    assert options(["crossbar.seed=7"]).seed == 7
+    assert options(["target.seed=5"]).seed == 5
+    assert options(["crossbar.preset=pcm"]).config.preset == "pcm"
