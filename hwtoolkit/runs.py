@@ -99,6 +99,9 @@ def read_run(run_dir: str | Path) -> Run:
 def evaluate_run(run_dir: str | Path, log: Callable[[str], None] = print, wait: float = 0.0) -> dict:
     """Re-evaluate a finished run's best weights on its validation and test splits.
 
+    A target with device state is first restored to the device the run ended on (``checkpoints/device.pt``),
+    so that the test figure is the summary's, draw for draw.
+
     ``wait``: simulated seconds that pass between programming the weights and reading them (drift,
     decay and diffusion act), for targets that model time.
     """
@@ -108,14 +111,18 @@ def evaluate_run(run_dir: str | Path, log: Callable[[str], None] = print, wait: 
     cfg = run.config
     splits = load_splits(cfg)
     with open_target(cfg) as target:
+        if run.dir.device_checkpoint.exists():  # the device the training run evaluated its test figure on
+            target.load_device_state(checkpoint.load(run.dir.device_checkpoint)["device"])
         target.program(run.best_weights())
         if wait:
             if not target.capabilities.models_time:
                 raise ValueError(f"--wait {wait}: the {cfg.target.name} target does not model time")
             target.wait(wait)
         result = {}
-        for name, x, y in (("val", splits.val_x, splits.val_y), ("test", splits.test_x, splits.test_y)):
+        # the test split first: on a noisy device it then sees the very draws the run's own test evaluation saw
+        for name, x, y in (("test", splits.test_x, splits.test_y), ("val", splits.val_x, splits.val_y)):
             if x.shape[0]:
                 result.update(evaluate(target, x, y, cfg.ep, cfg.train.eval_batch_size, name))
+        result = {k: result[k] for k in sorted(result, key=lambda k: not k.startswith("val"))}
     log(json.dumps(result, indent=2))
     return result

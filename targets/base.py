@@ -61,6 +61,7 @@ class Capabilities:
     max_steps: int | None = None  # longest phase it can relax
     update_trains: bool = False  # writes an update as two pulse trains: ``apply_update`` needs ``Update.trains``
     models_time: bool = False  # ``wait(seconds)`` lets simulated time pass (drift, decay)
+    device_state: bool = False  # holds state beyond its weights (``device_state()``), saved with checkpoints
     address: str = ""  # where the device is reached (a serial port or URL), for devices outside the host
     notes: str = ""
 
@@ -239,6 +240,19 @@ class Target(ABC):
             raise TargetError(f"wait({seconds}) is invalid: expected finite simulated seconds >= 0")
         self._wait(float(seconds))
 
+    def device_state(self) -> dict[str, Any]:
+        """What the device holds beyond its weights (hidden conductances, time, counters, random state), as
+        tensors and plain data, so that a checkpoint can restore the very same device; ``{}`` for none."""
+        self._require_weights()
+        return self._device_state() if self.capabilities.device_state else {}
+
+    def load_device_state(self, state: Mapping[str, Any]) -> None:
+        """Become the device ``device_state()`` described: its weights and everything else, bit for bit."""
+        if not self.capabilities.device_state:
+            raise TargetError(f"the {self.name} target holds no device state to restore")
+        self._load_device_state(state)
+        self._programmed = True
+
     def compute_context(self) -> ContextManager[object]:
         """The numerical setting (e.g. a compute precision) for host math on this target's states; none by default."""
         return nullcontext()
@@ -273,6 +287,14 @@ class Target(ABC):
 
     def _wait(self, seconds: float) -> None:
         """Let simulated time pass (only called where ``capabilities.models_time``)."""
+        raise NotImplementedError
+
+    def _device_state(self) -> dict[str, Any]:
+        """The device's state (only called where ``capabilities.device_state``)."""
+        raise NotImplementedError
+
+    def _load_device_state(self, state: Mapping[str, Any]) -> None:
+        """Restore ``_device_state()``'s output (only called where ``capabilities.device_state``)."""
         raise NotImplementedError
 
     # ---- generic checks ---------------------------------------------------------------------------------------

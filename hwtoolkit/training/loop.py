@@ -132,6 +132,14 @@ def _prepare_locked(cfg: Config, run: RunDir, resume: bool, progress: bool | Non
         target.close()
 
 
+def restore(target: targets.Target, state: dict) -> None:
+    """The target as the checkpoint left it: the very same device where it saved one, else its weights."""
+    if state.get("device"):
+        target.load_device_state(state["device"])
+    else:
+        target.program(state["weights"])
+
+
 def _quiet(message: str) -> None:
     """The log of a worker that is not the leader."""
 
@@ -155,7 +163,7 @@ def _train(cfg: Config, run: RunDir, target: targets.Target, splits: Splits, sta
         if workers.leader:
             run.truncate_metrics(1)
     else:
-        target.program(state["weights"])
+        restore(target, state)
         optimizer.load_state_dict(state["optimizer"])
         epoch, batch, elapsed = int(state["epoch"]), int(state["batch"]), float(state["elapsed"])
         best = dict(state["best"])
@@ -169,7 +177,8 @@ def _train(cfg: Config, run: RunDir, target: targets.Target, splits: Splits, sta
         total = workers.total_stats(stats)  # a collective: every worker takes part
         if workers.leader:
             checkpoint.save(run.last_checkpoint, {
-                "weights": target.read_weights(), "optimizer": optimizer.state_dict(), "epoch": next_epoch,
+                "weights": target.read_weights(), "device": target.device_state(),
+                "optimizer": optimizer.state_dict(), "epoch": next_epoch,
                 "batch": next_batch, "elapsed": seconds, "best": best, "stats": total.state()})
 
     show = (sys.stderr.isatty() if progress is None else progress) and workers.leader
@@ -232,6 +241,8 @@ def _epoch_line(cfg: Config, r: dict) -> str:
 def _finish(cfg: Config, run: RunDir, target: targets.Target, splits: Splits, best: dict, elapsed: float,
             log: Callable[[str], None]) -> dict:
     """Evaluate the best validation weights on the test set, once, and write the summary and plots."""
+    if target.capabilities.device_state:  # evaluate_run restores this device to reproduce the test figure
+        checkpoint.save(run.device_checkpoint, {"device": target.device_state()})
     target.program(checkpoint.load(run.best_checkpoint)["weights"])
     test = evaluate(target, splits.test_x, splits.test_y, cfg.ep, cfg.train.eval_batch_size, "test")
     metrics = run.read_metrics()

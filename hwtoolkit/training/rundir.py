@@ -37,6 +37,11 @@ class RunDir:
         return self.root / "checkpoints" / "best.pt"
 
     @property
+    def device_checkpoint(self) -> Path:
+        """The device's state when the test set was evaluated (targets with ``capabilities.device_state``)."""
+        return self.root / "checkpoints" / "device.pt"
+
+    @property
     def plots(self) -> Path:
         return self.root / "plots"
 
