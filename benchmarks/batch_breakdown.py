@@ -25,7 +25,7 @@ from benchmarks.report import write_report  # noqa: E402
 from hwtoolkit import config as config_mod  # noqa: E402
 from hwtoolkit.network.parameters import init_parameters  # noqa: E402
 from hwtoolkit.network.energy import ep_update  # noqa: E402
-from hwtoolkit.training.loop import load_splits, open_target  # noqa: E402
+from hwtoolkit.runs import load_splits, open_target  # noqa: E402
 from hwtoolkit.training.optimizer import SGD  # noqa: E402
 
 PARTS = ("input drive", "free phase", "+beta phase", "-beta phase", "EP update", "optimizer and write")
@@ -55,7 +55,7 @@ def breakdown(config: str, sets: list[str], batches: int, warmup: int) -> dict:
             marks.append(time.perf_counter())
 
         with target.compute_context(), torch.no_grad():
-            target._input_drive(x.to(target.device, target.dtype))  # the reference target keeps it for the phases
+            target.input_drive(x.to(target.device, target.dtype))  # the reference target keeps it for the phases
         mark()
         free = target.relax(x, ep.free_steps, stop_tolerance=ep.stop_tolerance)
         mark()

@@ -36,7 +36,7 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.report import machine  # noqa: E402
 from firmware_interface.client import BoardClient, BoardTimeout, StaleVersionError, tensor_crc  # noqa: E402
-from firmware_interface.faults import FaultConfig, FaultyPort  # noqa: E402
+from firmware_interface.faults import FaultConfig, FaultyPort, open_faulty  # noqa: E402
 from firmware_interface.protocol import Command, LayerRecord, NetworkRecord  # noqa: E402
 
 #: The acceptance link: per byte 1% of bytes get a bit flipped, 0.5% are dropped, 0.1% sent twice; 1% of
@@ -256,9 +256,7 @@ class Mix:
 def open_faulty_client(url: str, tx: FaultConfig, rx: FaultConfig, timeout: float, retries: int = 8
                        ) -> tuple[BoardClient, FaultyPort]:
     """A greeted client on ``url`` (a pty) behind a clean ``FaultyPort``; faults start with ``configure``."""
-    import serial
-
-    port = FaultyPort(serial.serial_for_url(url, baudrate=115_200, timeout=0.01), FaultConfig())
+    port = open_faulty(url, FaultConfig(), baudrate=115_200, timeout=0.01)
     client = BoardClient(port, timeout=timeout, retries=retries, byte_rate=1e6)  # a pty: no line rate
     client.hello()
     port.configure(tx=tx, rx=rx)

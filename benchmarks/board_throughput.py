@@ -46,7 +46,7 @@ def nak_round_trip(client, payload: bytes) -> None:
     body = bytearray(Frame(Kind.REQUEST, 0xFFFF, Command.PING, 0, payload).body())
     body[-1] ^= 0xFF
     client.port.write(cobs.encode(bytes(body)) + b"\x00")
-    if client._await(0xFFFF, Command.PING, 30.0, False) is None:
+    if client.await_frame(0xFFFF, Command.PING, 30.0) is None:
         raise TimeoutError("the board did not NAK a frame with a bad CRC")
 
 
@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         target = SerialTarget(spec, client=client, quant={k: v for k, v in vars(cfg.quant).items()})
         weights = init_parameters(spec, cfg.seed)
         target.program(weights)
-        image = target._image
+        image = target.image
 
         def upload() -> None:  # the protocol's part of programming: no host-side quantization
             client.configure(image.record.pack())
@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
                                  "direction": "host_to_board"}
 
         x = torch.rand(args.batch, *spec.input_shape, generator=torch.Generator().manual_seed(0))
-        x_int = target._fp.encode_input(x).numpy()
+        x_int = target.fixed_point.encode_input(x).numpy()
         code = image.input_code
         t = timed(lambda: client.set_input(x_int, code), args.repeats)
         rows["input upload"] = {"payload_bytes": x_int.size, "seconds": t, "bytes_per_second": x_int.size / t,

@@ -39,7 +39,7 @@ def batch_step(cfg: config_mod.Config, name: str, options: dict, batch: int) -> 
     spec = cfg.network
     target = targets.open(name, spec, **options)
     target.program(init_parameters(spec, cfg.seed))
-    estimator = make_estimator(cfg.estimator, cfg.ep, target.capabilities.update_trains)
+    estimator = make_estimator(cfg.estimator, cfg.ep)
     lrs = cfg.layer_lrs()
     optimizer = SGD({n: lrs[i] for n, i in spec.parameter_layers().items()}, cfg.optim.momentum)
     gen = torch.Generator().manual_seed(0)
@@ -48,7 +48,7 @@ def batch_step(cfg: config_mod.Config, name: str, options: dict, batch: int) -> 
 
     def one_batch() -> None:
         result = estimator(target, x, y, gen)
-        target.apply_update(optimizer.step(result.direction, None))
+        target.apply_update(optimizer.update(result, None))
 
     return one_batch
 

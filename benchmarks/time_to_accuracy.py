@@ -36,7 +36,8 @@ def run_schedule(config: str, sets: list[str], target: float, out: Path) -> dict
 
     from hwtoolkit import config as config_mod
     from hwtoolkit.training.evaluate import evaluate
-    from hwtoolkit.training.loop import load_splits, train
+    from hwtoolkit.runs import load_splits
+    from hwtoolkit.training.loop import train
 
     cfg = config_mod.load(config, sets)
     splits = load_splits(cfg)

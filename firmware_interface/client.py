@@ -197,6 +197,13 @@ class BoardClient:
         raise BoardTimeout(f"{command_name(command)} (seq {self._seq}): no valid response in "
                            f"{self.retries + 1} attempts of {timeout:.3f} s each")
 
+    def await_frame(self, seq: int, command: int, timeout: float) -> Frame | None:
+        """The board's next frame answering ``(seq, command)`` (a response or a NAK), or ``None`` after ``timeout``.
+
+        For measuring the link with frames sent by hand (``port.write``); requests go through ``request``.
+        """
+        return self._await(seq, command, timeout, False)
+
     def _await(self, seq: int, command: int, timeout: float, expect_boot: bool) -> Frame | None:
         deadline = time.monotonic() + timeout
         while True:

@@ -4,76 +4,107 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
+from typing import Callable, NoReturn
 
-import targets
-from hwtoolkit import config as config_mod
+from hwtoolkit import api, config as config_mod, schema
 from hwtoolkit.data import DatasetNotFoundError
+from hwtoolkit.diagnostics.gdu import ESTIMATORS as GDU_ESTIMATORS
 from hwtoolkit.training.checkpoint import CheckpointError
+from hwtoolkit.files import DirectoryLockedError
 from hwtoolkit.training.loop import RunExistsError
+from quantize.export import FORMATS as EXPORT_FORMATS, MAX_UNROLLED_STEPS
 from targets import TargetError
 
 
+MAX_WAIT = 1e12  # simulated seconds (about 30,000 years)
+
+
+class UsageError(ValueError):
+    """A command-line option is invalid in a way argparse cannot see."""
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (``hwtoolkit train: error: ...``, status 2), like every other error here."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def number(low: float, high: float, *, integer: bool = False, low_open: bool = False) -> Callable[[str], float]:
+    """An argparse type: a finite number in range, checked by the same helper as the config's numbers."""
+    def parse(text: str) -> float | int:
+        try:
+            value = int(text) if integer else float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if integer else 'a number'}") from None
+        try:
+            return schema.check_number("", value, low, high, integer=integer, low_open=low_open)
+        except schema.SchemaError as e:
+            raise argparse.ArgumentTypeError(str(e).removeprefix(" = ")) from None
+    return parse
+
+
+def writable_file(option: str, path: str | None) -> None:
+    """Fail before any work if ``path`` (an output file) cannot be written: a directory, or no such folder."""
+    if path is None:
+        return
+    p = Path(path)
+    if p.is_dir():
+        raise UsageError(f"{option} {path!r} is a directory; give a file name")
+    parent = p.parent if str(p.parent) else Path(".")
+    if not parent.is_dir():
+        raise UsageError(f"{option} {path!r}: the folder {str(parent)!r} does not exist")
+    if not os.access(parent, os.W_OK) or (p.exists() and not os.access(p, os.W_OK)):
+        raise UsageError(f"{option} {path!r} is not writable")
+
+
 def _load_config(args: argparse.Namespace) -> config_mod.Config:
-    overrides = list(args.set or [])
-    if getattr(args, "target", None):
-        overrides.append(f"target.name={json.dumps(args.target)}")
-    return config_mod.load(args.config, overrides)
+    return api.load_config(args.config, args.set or [], target=getattr(args, "target", None))
+
+
+def _progress(args: argparse.Namespace) -> bool | None:
+    return False if args.no_progress else None  # None: a progress bar where stderr is a terminal
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from hwtoolkit.training.loop import train
-
+    if args.resume and not args.out:
+        raise UsageError("--resume needs --out, the run directory to continue")
+    if args.resume and not Path(args.out, "config.toml").is_file():
+        raise UsageError(f"--resume: {args.out!r} holds no run to continue (no config.toml); leave out --resume "
+                         f"to start one there")
     cfg = _load_config(args)
     out = Path(args.out) if args.out else Path("runs") / f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    summary = train(cfg, out, resume=args.resume, progress=False if args.no_progress else None)
+    summary = api.train(cfg, out, resume=args.resume, progress=_progress(args))
     print(json.dumps(summary, indent=2))
     return 0
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from hwtoolkit.training.loop import evaluate_run
-
-    evaluate_run(args.run_dir, wait=args.wait)
+    api.evaluate(args.run_dir, wait=args.wait)
     return 0
 
 
 def cmd_gdu(args: argparse.Namespace) -> int:
-    import torch
-
-    from hwtoolkit.diagnostics.gdu import gdu
-    from hwtoolkit.network.parameters import init_parameters
     from hwtoolkit.plots import plot_gdu
-    from hwtoolkit.training import checkpoint
-    from hwtoolkit.training.loop import load_splits
 
+    writable_file("--json", args.json)
+    writable_file("--plot", args.plot)
     cfg = _load_config(args)
-    spec = cfg.network
-    gen = torch.Generator().manual_seed(cfg.seed)
-    if args.random_input:
-        x = torch.rand(args.batch, *spec.input_shape, generator=gen, dtype=torch.float64)
-        y = torch.randint(0, spec.classes, (args.batch,), generator=gen)
-    else:
-        splits = load_splits(cfg)
-        pool_x, pool_y = (splits.val_x, splits.val_y) if splits.val_x.shape[0] else (splits.train_x, splits.train_y)
-        x = pool_x[:args.batch].double() / 255.0
-        y = pool_y[:args.batch]
-    if args.weights:
-        params = {n: t.double() for n, t in checkpoint.load(args.weights)["weights"].items()}
-    else:
-        params = init_parameters(spec, cfg.seed, torch.float64)
-    beta = args.beta if args.beta is not None else cfg.ep.beta
-    steps = args.steps or cfg.ep.nudged_steps
-    free_steps = args.free_steps or cfg.ep.free_steps
-    estimators = ["one_sided", "symmetric"] if args.estimator == "both" else [args.estimator]
-    report = {"config": str(args.config), "network": spec.describe(), "batch": int(x.shape[0]), "results": []}
-    for est in estimators:
-        result = gdu(spec, params, x, y, beta=beta, steps=steps, free_steps=free_steps, estimator=est)
+    estimators = list(GDU_ESTIMATORS) if args.estimator == "both" else [args.estimator]
+    results = api.gdu(cfg, beta=args.beta, estimators=estimators, steps=args.steps, free_steps=args.free_steps,
+                      batch=args.batch, weights=args.weights, random_input=args.random_input)
+    report = {"config": str(args.config), "network": cfg.network.describe(), "batch": args.batch, "results": []}
+    for est, result in results.items():
+        beta = result.beta
         report["results"].append(result.as_dict())
-        print(f"GDU check, {est} EP, beta = {beta:g}, K = {steps} steps, free phase {free_steps} steps "
-              f"(residual {result.free_residual:.1e})")
+        print(f"GDU check, {est} EP, beta = {beta:g}, K = {result.steps} steps, free phase "
+              f"{args.free_steps or cfg.ep.free_steps} steps (residual {result.free_residual:.1e})")
         if result.free_residual > 1e-3 * beta:
             print(f"  warning: the free phase has not converged: its last step still moved a unit by "
                   f"{result.free_residual:.1e}, not small against beta = {beta:g}. The GDU property assumes a "
@@ -95,11 +126,11 @@ def cmd_gdu(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from hwtoolkit.sweep import format_table, run_sweep
+    from hwtoolkit.sweep import format_table
 
-    report = run_sweep(args.config, args.param, args.values, seeds=args.seeds, sets=args.set or [], out=args.out,
-                       fidelity_batches=args.fidelity_batches, resume=args.resume,
-                       progress=False if args.no_progress else None)
+    report = api.run_sweep(args.config, args.param, args.values, seeds=args.seeds, overrides=args.set or [],
+                       out=args.out, fidelity_batches=args.fidelity_batches, resume=args.resume,
+                       progress=_progress(args))
     print(format_table(report))
     out = Path(report["out"])
     print(f"wrote {out / 'sweep.csv'}, {out / 'sweep.json'}, {out / 'sweep.png'} (error bars: {report['error_bars']})")
@@ -107,11 +138,13 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from quantize.export import ExportCheckError, export_run
+    from quantize.export import ExportCheckError
 
+    writable_file("--out", args.out)
+    writable_file("--json", args.json)
     try:
-        export_run(args.run_dir, args.format, args.out, steps=args.steps, samples=args.check_samples,
-                   check=not args.no_check, report_json=args.json)
+        api.export(args.run_dir, args.format, args.out, steps=args.steps, samples=args.check_samples,
+                   check=not args.no_check, report_json=args.json, force=args.force)
     except ExportCheckError as e:
         print(f"hwtoolkit export: check failed: {e}", file=sys.stderr)
         return 1
@@ -120,12 +153,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_targets(args: argparse.Namespace) -> int:
-    for name in targets.available():
-        try:
-            cls = targets.get(name)
-            print(f"{name:12} {cls.description}")
-        except Exception as e:  # a broken third-party entry point must not hide the others
-            print(f"{name:12} (cannot be loaded: {e})")
+    for name, description in api.available_targets().items():
+        print(f"{name:12} {description}")
     return 0
 
 
@@ -163,7 +192,7 @@ def cmd_board(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="hwtoolkit", description="Equilibrium Propagation on real and simulated "
+    parser = Parser(prog="hwtoolkit", description="Equilibrium Propagation on real and simulated "
                                                                    "hardware.")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -183,17 +212,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("evaluate", help="evaluate a run's best weights on its validation and test splits")
     p.add_argument("run_dir")
-    p.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
-                   help="simulated seconds between programming and reading the weights (drift, decay; crossbar)")
+    p.add_argument("--wait", type=number(0, MAX_WAIT), default=0.0, metavar="SECONDS",
+                   help="simulated seconds between programming and reading the weights (drift, decay), on targets "
+                        "that model time")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("gdu", help="compare per-step EP updates with BPTT gradients (GDU property)")
     add_config_args(p)
-    p.add_argument("--beta", type=float, help="nudging strength (default: the config's ep.beta)")
-    p.add_argument("--estimator", choices=["one_sided", "symmetric", "both"], default="both")
-    p.add_argument("--steps", type=int, help="K, the steps compared (default: ep.nudged_steps)")
-    p.add_argument("--free-steps", type=int, help="free-phase steps (default: ep.free_steps)")
-    p.add_argument("--batch", type=int, default=16, help="samples in the batch (default 16)")
+    p.add_argument("--beta", type=number(0, config_mod.MAX_BETA, low_open=True),
+                   help="nudging strength (default: the config's ep.beta)")
+    p.add_argument("--estimator", choices=[*GDU_ESTIMATORS, "both"], default="both")
+    p.add_argument("--steps", type=number(1, config_mod.MAX_STEPS, integer=True),
+                   help="K, the steps compared (default: ep.nudged_steps)")
+    p.add_argument("--free-steps", type=number(1, config_mod.MAX_STEPS, integer=True),
+                   help="free-phase steps (default: ep.free_steps)")
+    p.add_argument("--batch", type=number(1, config_mod.MAX_BATCH, integer=True), default=16,
+                   help="samples in the batch (default 16)")
     p.add_argument("--weights", help="a checkpoint (run/checkpoints/best.pt) instead of the initial weights")
     p.add_argument("--random-input", action="store_true", help="uniform random inputs instead of the data set")
     p.add_argument("--json", help="write the figures to this JSON file")
@@ -208,11 +242,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the values, split on commas outside brackets and quotes, each read as TOML like a --set "
                         "value (a bare word is a string): 0,0.1,0.2 or '\"ideal\",\"reram-exp\"' or "
                         "'[0.1,0.05],[0.2,0.1]'; write --values=-1,0 when the first value starts with '-'")
-    p.add_argument("--seeds", type=int, default=1, help="runs per value, with seeds seed, seed+1, ... (default 1)")
+    p.add_argument("--seeds", type=number(1, 1000, integer=True), default=1, help="runs per value, with seeds seed, seed+1, ... (default 1)")
     p.add_argument("--out", help="sweep directory (default: runs/NAME-sweep-KEY-TIMESTAMP); must be new or empty")
     p.add_argument("--resume", action="store_true", help="continue the sweep in --out: finished points are kept, "
                                                          "interrupted ones resume from their last checkpoint")
-    p.add_argument("--fidelity-batches", type=int, default=4, metavar="K",
+    p.add_argument("--fidelity-batches", type=number(0, 10_000, integer=True), default=4, metavar="K",
                    help="training batches for the gradient-fidelity cosines of each point (default 4; 0 = none)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_sweep)
@@ -220,12 +254,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="export a run's network: the unrolled free phase as ONNX/QCDQ/QONNX, or its "
                                       "integer weights for a board (fixed); checked against PyTorch")
     p.add_argument("run_dir")
-    p.add_argument("--format", required=True, choices=["onnx", "qcdq", "qonnx", "fixed"],
+    p.add_argument("--format", required=True, choices=EXPORT_FORMATS,
                    help="onnx: float graph (quantization as round/clip ops); qcdq: QuantizeLinear/Clip/"
                         "DequantizeLinear graph; qonnx: QONNX Quant nodes; fixed: the .epqw integer weight file")
-    p.add_argument("--out", required=True, help="the file to write (written only if the check passes)")
-    p.add_argument("--steps", type=int, help="T, free-phase steps unrolled (default: the run's ep.free_steps)")
-    p.add_argument("--check-samples", type=int, default=1000, metavar="N",
+    p.add_argument("--out", required=True, help="the file to write (written only if the check passes; never inside "
+                                                "the run's checkpoints)")
+    p.add_argument("--force", action="store_true", help="overwrite --out if it exists")
+    p.add_argument("--steps", type=number(1, config_mod.MAX_STEPS, integer=True),
+                   help=f"T, free-phase steps unrolled (default: the run's ep.free_steps; at most "
+                        f"{MAX_UNROLLED_STEPS} for the ONNX formats)")
+    p.add_argument("--check-samples", type=number(0, config_mod.MAX_SAMPLES, integer=True), default=1000, metavar="N",
                    help="test images the check runs (default 1000; 0 = the whole test split)")
     p.add_argument("--no-check", action="store_true", help="write the file without running the check")
     p.add_argument("--json", metavar="FILE", help="write the check's figures (differences, agreement, accuracy) here")
@@ -236,25 +274,56 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("board", help="greet a board on a serial link: its version, limits, self-test and counters")
     p.add_argument("url", help="pyserial URL: /dev/ttyACM0, a pty path, or socket://127.0.0.1:PORT")
-    p.add_argument("--baudrate", type=int, default=115_200, help="baud rate of a real serial port (default 115200)")
-    p.add_argument("--timeout", type=float, default=0.5, help="seconds to wait for a small response (default 0.5)")
+    p.add_argument("--baudrate", type=number(50, 50_000_000, integer=True), default=115_200,
+                   help="baud rate of a real serial port (default 115200)")
+    p.add_argument("--timeout", type=number(0, 3600, low_open=True), default=0.5,
+                   help="seconds to wait for a small response (default 0.5)")
     p.add_argument("--self-test", action="store_true", help="run the board's self-tests (exit status 1 if one fails)")
     p.add_argument("--json", action="store_true", help="print everything as JSON")
     p.set_defaults(func=cmd_board)
     return parser
 
 
+class Terminated(BaseException):
+    """SIGTERM, raised so that every ``finally`` and temporary-file cleanup runs before the process ends."""
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise Terminated()
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as e:  # argparse's usage errors and --help, as a status
+        return e.code if isinstance(e.code, int) else 2
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _terminate)
     try:
         return args.func(args)
-    except (config_mod.ConfigError, DatasetNotFoundError, TargetError, FileNotFoundError, ValueError,
-            RunExistsError, CheckpointError) as e:
-        print(f"hwtoolkit {args.command}: error: {e}", file=sys.stderr)
-        return 2
+    except (config_mod.ConfigError, DatasetNotFoundError, TargetError, ValueError, RunExistsError, CheckpointError,
+            DirectoryLockedError) as e:
+        return _fail(args, str(e))
+    except OSError as e:  # files and devices: name the path, not a traceback
+        where = f"{e.filename!r}: " if e.filename else ""
+        return _fail(args, f"{where}{e.strerror or e}")
+    except MemoryError:
+        return _fail(args, "not enough memory for this network and batch; make them smaller")
+    except RuntimeError as e:
+        if "alloc" in str(e) or "out of memory" in str(e):  # torch's allocator failing on a huge tensor
+            return _fail(args, f"not enough memory for this network and batch ({str(e).splitlines()[0]})")
+        raise
     except KeyboardInterrupt:
         print(f"hwtoolkit {args.command}: interrupted", file=sys.stderr)
         return 130
+    except Terminated:
+        print(f"hwtoolkit {args.command}: terminated", file=sys.stderr)
+        return 143
+
+
+def _fail(args: argparse.Namespace, message: str) -> int:
+    print(f"hwtoolkit {args.command}: error: {message.splitlines()[0] if message else 'failed'}", file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":

@@ -9,23 +9,33 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import math
 import tomllib
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import tomli_w
 
+import targets
 from quantize.config import QuantConfig, QuantConfigError
 
+from . import schema
 from .network.spec import NetworkSpec, SpecError
 
-ESTIMATORS = ("symmetric", "one_sided", "random_sign", "bptt")
-SCHEDULES = ("cosine", "constant")
-QUANT_TARGETS = ("reference", "serial")  # targets that run a [quant] network
+from .training.optimizer import SCHEDULES as _SCHEDULE_FACTORS
+
+# Upper bounds on numbers that size memory or time (README, "Configuration"): past them a run would hang or
+# train to chance rather than do anything useful.
+MAX_STEPS = 100_000  # steps of one phase
+MAX_EPOCHS = 100_000
+MAX_BATCH = 65_536  # samples of a batch
+MAX_SAMPLES = 100_000_000  # images taken from a data set, batches between checkpoints
+MAX_BETA = 10.0  # the nudging strength; the papers use 0.01 to 1
+MAX_LR = 10.0  # a learning rate; the papers use 0.001 to 0.5
+MAX_SEED = 2**63 - 1
+
+ESTIMATORS = ("symmetric", "one_sided", "random_sign", "bptt")  # the source: training.estimators follows it
+SCHEDULES = tuple(_SCHEDULE_FACTORS)
 
 
 class ConfigError(ValueError):
@@ -45,14 +55,14 @@ class DataConfig:
     downsample: int = 1  # average k x k pixel blocks (28x28 -> 14x14 with 2), for boards with little memory
 
     def validate(self) -> None:
-        _check(self.val_size >= 0, "data.val_size", self.val_size, "an integer >= 0")
-        _check(self.limit >= 0, "data.limit", self.limit, "an integer >= 0 (0 = all)")
-        _check(self.downsample >= 1, "data.downsample", self.downsample, "an integer >= 1 (1 = full size)")
+        _number("data.val_size", self.val_size, 0, MAX_SAMPLES, integer=True)
+        _number("data.limit", self.limit, 0, MAX_SAMPLES, integer=True)  # 0 = all
+        _number("data.downsample", self.downsample, 1, 64, integer=True)  # 1 = full size
 
 
 @dataclass
 class EPConfig:
-    """Phase lengths and nudging (EP_PRIMER section 3)."""
+    """Phase lengths and nudging (docs/ep.md#phases-and-estimators)."""
 
     beta: float = 0.5
     free_steps: int = 30
@@ -61,11 +71,11 @@ class EPConfig:
     stop_tolerance: float = 0.0  # end a phase early once no unit moves by more (0 = always run every step)
 
     def validate(self) -> None:
-        _check(self.beta > 0, "ep.beta", self.beta, "a positive number")
-        _check(self.free_steps >= 1, "ep.free_steps", self.free_steps, "an integer >= 1")
-        _check(self.nudged_steps >= 1, "ep.nudged_steps", self.nudged_steps, "an integer >= 1")
-        _check(self.tolerance > 0, "ep.tolerance", self.tolerance, "a positive number")
-        _check(self.stop_tolerance >= 0, "ep.stop_tolerance", self.stop_tolerance, "a number >= 0 (0 = off)")
+        _number("ep.beta", self.beta, 0, MAX_BETA, low_open=True)
+        _number("ep.free_steps", self.free_steps, 1, MAX_STEPS, integer=True)
+        _number("ep.nudged_steps", self.nudged_steps, 1, MAX_STEPS, integer=True)
+        _number("ep.tolerance", self.tolerance, 0, 1, low_open=True)
+        _number("ep.stop_tolerance", self.stop_tolerance, 0, 1)  # 0 = off
 
 
 @dataclass
@@ -79,10 +89,11 @@ class OptimConfig:
     final_lr_factor: float = 0.0  # the cosine schedule ends at lr * final_lr_factor
 
     def validate(self) -> None:
-        _check(len(self.lr) >= 1 and all(v > 0 for v in self.lr), "optim.lr", list(self.lr),
-               "positive learning rates")
+        _check(len(self.lr) >= 1, "optim.lr", list(self.lr), "positive learning rates")
+        for i, lr in enumerate(self.lr):
+            _number(f"optim.lr[{i}]", lr, 0, MAX_LR, low_open=True)
         _check(0 <= self.momentum < 1, "optim.momentum", self.momentum, "a number in [0, 1)")
-        _check(self.weight_decay >= 0, "optim.weight_decay", self.weight_decay, "a number >= 0")
+        _number("optim.weight_decay", self.weight_decay, 0, 1)
         _check(self.schedule in SCHEDULES, "optim.schedule", self.schedule, f"one of {SCHEDULES}")
         _check(0 <= self.final_lr_factor <= 1, "optim.final_lr_factor", self.final_lr_factor, "a number in [0, 1]")
 
@@ -97,21 +108,41 @@ class TrainConfig:
     checkpoint_every: int = 100  # batches between mid-epoch checkpoints (0 = only at epoch ends)
 
     def validate(self) -> None:
-        _check(self.epochs >= 1, "train.epochs", self.epochs, "an integer >= 1")
-        _check(self.batch_size >= 1, "train.batch_size", self.batch_size, "an integer >= 1")
-        _check(self.eval_batch_size >= 1, "train.eval_batch_size", self.eval_batch_size, "an integer >= 1")
-        _check(self.checkpoint_every >= 0, "train.checkpoint_every", self.checkpoint_every, "an integer >= 0")
+        _number("train.epochs", self.epochs, 1, MAX_EPOCHS, integer=True)
+        _number("train.batch_size", self.batch_size, 1, MAX_BATCH, integer=True)
+        _number("train.eval_batch_size", self.eval_batch_size, 1, MAX_BATCH, integer=True)
+        _number("train.checkpoint_every", self.checkpoint_every, 0, MAX_SAMPLES, integer=True)
 
 
 @dataclass
 class TargetConfig:
-    """The device: ``name`` picks it from the registry, every other key is passed to it as an option."""
+    """The device: ``name`` picks it from the registry, which validates the other keys as the target's options.
 
-    name: str = "reference"
+    ``tables`` are the top-level tables the target reads besides ``[target]`` (``[crossbar]``, say); they are
+    kept as written, so that the stored config round-trips.
+    """
+
+    name: str = targets.DEFAULT
     options: dict[str, Any] = field(default_factory=dict)
+    tables: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def validate(self) -> None:
         _check(bool(self.name), "target.name", self.name, "a target name (see `hwtoolkit targets`)")
+
+    def configure(self, context: targets.RunContext) -> Any:
+        """The target's typed options (its own dataclass), checked by the target through the registry."""
+        for table in self.tables:
+            owners = targets.table_owners(table)
+            if not owners:
+                valid = [f.name for f in dataclasses.fields(Config)]
+                raise ConfigError(f"unknown key(s) [{table!r}] in the top level; valid keys: {valid}")
+            if self.name not in owners:
+                raise ConfigError(f"a [{table}] table is given but target.name = {self.name!r}; set target.name = "
+                                  f"\"{owners[0]}\" to use it, or remove the table")
+        try:
+            return targets.configure(self.name, self.options, self.tables, context)
+        except targets.TargetError as e:
+            raise ConfigError(str(e)) from None
 
 
 @dataclass
@@ -127,45 +158,33 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     target: TargetConfig = field(default_factory=TargetConfig)
-    crossbar: dict[str, Any] = field(default_factory=dict)  # device parameters of the crossbar target
-    quant: QuantConfig = field(default_factory=QuantConfig)  # a quantized network (reference target only)
+    quant: QuantConfig = field(default_factory=QuantConfig)  # a quantized network, on targets that run one
 
     def validate(self) -> None:
+        _number("seed", self.seed, 0, MAX_SEED, integer=True)
         _check(self.estimator in ESTIMATORS, "estimator", self.estimator, f"one of {ESTIMATORS}")
+        _check(bool(self.name) and "/" not in self.name and "\\" not in self.name and self.name not in (".", ".."),
+               "name", self.name, "a name without path separators (it names the default run directory)")
         for part in (self.data, self.ep, self.optim, self.train, self.target):
             part.validate()
-        if self.crossbar:
-            self._validate_crossbar()
         if self.quant.enabled:
-            _check(self.target.name in QUANT_TARGETS, "target.name", self.target.name,
-                   f"one of {QUANT_TARGETS} with a [quant] table (the quantized network runs on the reference "
-                   f"target, its fixed-point form on a board)")
             _check(self.estimator != "bptt", "estimator", self.estimator,
                    "an EP estimator with a [quant] table (rounding has no gradient for BPTT)")
-        if self.target.name == "serial":
-            _check(self.quant.fixed_point, "quant", self.quant.describe(),
-                   "a fixed-point network for target.name = 'serial': quant.weight_bits and quant.state_bits > 0 "
-                   "and quant.scale = \"pow2\"")
+        options = self.target.configure(self.run_context())
+        if targets.get(self.target.name).writes_trains(options):
+            what = f"target {self.target.name!r} writing each update as two pulse trains"
+            _check(self.estimator != "bptt", "estimator", self.estimator,
+                   f"an EP estimator with the {what} (the trains are the two EP phases)")
+            _check(self.optim.momentum == 0 and self.optim.weight_decay == 0, "optim.momentum", self.optim.momentum,
+                   f"optim.momentum = 0 and optim.weight_decay = 0 with the {what} (each train is one phase's "
+                   f"term times the learning rate)")
         layers = self.network.num_weight_layers
         _check(len(self.optim.lr) in (1, layers), "optim.lr", list(self.optim.lr),
                f"1 value or {layers} (one per weight layer of {self.network.describe()})")
 
-    def _validate_crossbar(self) -> None:
-        from targets.crossbar import CrossbarConfigError, device_config
-
-        if self.target.name != "crossbar":
-            raise ConfigError(f"a [crossbar] table is given but target.name = {self.target.name!r}; set "
-                              f"target.name = \"crossbar\" to simulate the device, or remove the table")
-        try:
-            device = device_config(**self.crossbar)
-        except CrossbarConfigError as e:
-            raise ConfigError(str(e)) from None
-        if device.update == "two_trains":
-            _check(self.estimator != "bptt", "crossbar.update", "two_trains",
-                   "'combined' with estimator = 'bptt' (two pulse trains are the two EP phases)")
-            _check(self.optim.momentum == 0 and self.optim.weight_decay == 0, "crossbar.update", "two_trains",
-                   "'combined' unless optim.momentum = 0 and optim.weight_decay = 0 (each pulse train is one "
-                   "phase's term times the learning rate)")
+    def run_context(self) -> targets.RunContext:
+        """What the run hands its target: the seed and, with a ``[quant]`` table, the quantized network's config."""
+        return targets.RunContext(seed=self.seed, quant=self.quant if self.quant.enabled else None)
 
     def layer_lrs(self) -> list[float]:
         """The learning rate of every weight layer, input side first."""
@@ -177,8 +196,7 @@ class Config:
         d["network"]["conv"] = [dataclasses.asdict(c) for c in self.network.conv]
         target = d.pop("target")
         d["target"] = {"name": target["name"], **target["options"]}
-        if not d["crossbar"]:
-            del d["crossbar"]
+        d.update(target["tables"])
         if not self.quant.enabled:
             del d["quant"]
         return d
@@ -187,62 +205,26 @@ class Config:
         return tomli_w.dumps(self.to_dict())
 
 
+def _number(name: str, value: object, low: float, high: float, *, integer: bool = False,
+            low_open: bool = False) -> None:
+    try:
+        schema.check_number(name, value, low, high, integer=integer, low_open=low_open)
+    except schema.SchemaError as e:
+        raise ConfigError(str(e)) from None
+
+
 def _check(ok: bool, name: str, value: object, valid: str) -> None:
-    if not ok:
-        raise ConfigError(f"{name} = {value!r} is invalid: expected {valid}")
-
-
-def _convert(value: Any, hint: Any, name: str) -> Any:
-    """Check ``value`` against the type ``hint`` and convert lists to tuples where the hint says so."""
-    origin = typing.get_origin(hint)
-    if dataclasses.is_dataclass(hint):
-        if not isinstance(value, dict):
-            raise ConfigError(f"{name} = {value!r} is invalid: expected a table")
-        return _build(hint, value, name)
-    if origin is tuple:
-        item = typing.get_args(hint)[0]
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and item is float:
-            value = [value]
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{name} = {value!r} is invalid: expected a list")
-        return tuple(_convert(v, item, f"{name}[{i}]") for i, v in enumerate(value))
-    if origin in (dict,) or hint is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"{name} = {value!r} is invalid: expected a table")
-        return dict(value)
-    if origin in (typing.Union, types.UnionType):
-        return value
-    if hint is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise ConfigError(f"{name} = {value!r} is invalid: expected a finite number")
-        return float(value)
-    if hint is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{name} = {value!r} is invalid: expected an integer")
-        return value
-    if hint is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{name} = {value!r} is invalid: expected true or false")
-        return value
-    if hint is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{name} = {value!r} is invalid: expected a string")
-        return value
-    return value
+    try:
+        schema.check(ok, name, value, valid)
+    except schema.SchemaError as e:
+        raise ConfigError(str(e)) from None
 
 
 def _build(cls: type, table: dict[str, Any], prefix: str) -> Any:
     """Instantiate dataclass ``cls`` from a TOML table, rejecting unknown keys and wrong types."""
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls) if f.init]
-    unknown = sorted(set(table) - set(names))
-    if unknown:
-        where = f"[{prefix}]" if prefix else "the top level"
-        raise ConfigError(f"unknown key(s) {unknown} in {where}; valid keys: {names}")
-    kwargs = {k: _convert(v, hints[k], f"{prefix}.{k}" if prefix else k) for k, v in table.items()}
     try:
-        return cls(**kwargs)
-    except (SpecError, QuantConfigError) as e:
+        return schema.build(cls, table, prefix)
+    except (schema.SchemaError, SpecError, QuantConfigError) as e:
         raise ConfigError(str(e)) from None
 
 
@@ -254,9 +236,13 @@ def from_dict(raw: dict[str, Any]) -> Config:
     target = raw.pop("target", {})
     if not isinstance(target, dict):
         raise ConfigError(f"target = {target!r} is invalid: expected a table")
+    own = {f.name for f in dataclasses.fields(Config)}
+    tables = {k: raw.pop(k) for k in [k for k, v in raw.items() if k not in own and isinstance(v, dict)]}
     cfg = _build(Config, raw, "")
     options = dict(target)
-    cfg.target = TargetConfig(name=_convert(options.pop("name", "reference"), str, "target.name"), options=options)
+    name = options.pop("name", targets.DEFAULT)
+    _check(isinstance(name, str), "target.name", name, "a string")
+    cfg.target = TargetConfig(name=name, options=options, tables=tables)
     cfg.validate()
     return cfg
 

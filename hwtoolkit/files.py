@@ -1,11 +1,15 @@
-"""Atomic file writing: a temporary file next to the target, synced to disk, then renamed over it.
+"""Atomic file writing and directory locks.
 
-A reader of the target sees the old file or the new one, never a partial one, and no temporary file is left
-behind on any exit path (exceptions and ``KeyboardInterrupt`` included).
+A reader of a file written here sees the old file or the new one, never a partial one, and no temporary file
+is left behind on any exit path (exceptions, ``KeyboardInterrupt`` and, through the command line's handler,
+SIGTERM included). A directory that a process writes into (a run, a sweep) is locked for the life of that
+process, so that a second writer fails at once instead of mixing two runs.
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import os
 import tempfile
 from contextlib import contextmanager
@@ -60,3 +64,55 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+LOCK_FILE = ".lock"
+
+
+class DirectoryLockedError(RuntimeError):
+    """Another process holds the directory's lock."""
+
+
+@contextmanager
+def locked_directory(path: str | Path, what: str = "directory") -> Iterator[Path]:
+    """Hold an exclusive lock on ``path`` (created if missing) while the block runs.
+
+    The lock is an ``flock`` on ``path/.lock``: the kernel releases it when the process ends however it ends,
+    so a killed writer never blocks the next one; the file itself stays and means nothing unless held.
+    """
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            if e.errno not in (errno.EWOULDBLOCK, errno.EACCES):
+                raise
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "another process"
+            raise DirectoryLockedError(f"{what} {str(path)!r} is in use by process {holder}; wait for it to "
+                                       f"end or choose another directory") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield path
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock
+
+
+def remove_stale_temporaries(directory: str | Path) -> list[Path]:
+    """Delete the temporary files ``atomic_path`` leaves only when a process is killed mid-write.
+
+    Call it only while holding the directory's lock: then no writer can still own one.
+    """
+    stale = sorted(Path(directory).glob(".*.tmp")) if Path(directory).is_dir() else []
+    for tmp in stale:
+        tmp.unlink(missing_ok=True)
+    return stale
+
+
+def remove_if_unused(directory: str | Path) -> None:
+    """Remove a directory that holds nothing but its lock file (one a failed writer created)."""
+    directory = Path(directory)
+    if directory.is_dir() and {p.name for p in directory.iterdir()} <= {LOCK_FILE}:
+        (directory / LOCK_FILE).unlink(missing_ok=True)
+        directory.rmdir()

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,11 +18,13 @@ from typing import Callable
 import numpy as np
 import torch
 
-from hwtoolkit.config import Config
+from hwtoolkit.config import MAX_STEPS, Config
+from hwtoolkit.files import write_text_atomic
 
 FORMATS = ("onnx", "qcdq", "qonnx", "fixed")
 INPUT_NAME, OUTPUT_NAME = "images", "scores"
 OPSET = 17
+MAX_UNROLLED_STEPS = 2000  # free-phase steps unrolled into an ONNX graph: each adds its nodes to the graph
 
 
 class ExportError(ValueError):
@@ -143,13 +144,13 @@ def _qonnx_scores(path: Path, x: torch.Tensor) -> np.ndarray:
 
 def reference_target(cfg: Config):
     """The PyTorch network the export must match: the reference target (quantized as the run is), whatever
-    device trained the weights: an export deploys the weights, not the device that learned them."""
+    device trained the weights: an export deploys the weights, not the device that learned them. A run on
+    the reference target itself keeps its options (device, dtype, how phases are computed)."""
     import targets
 
-    options = dict(cfg.target.options) if cfg.target.name == "reference" else {}
-    if cfg.quant.enabled:
-        options["quant"] = dataclasses.asdict(cfg.quant)
-    return targets.open("reference", cfg.network, **options)
+    cls = targets.get("reference")
+    options = cfg.target.options if targets.get(cfg.target.name) is cls else {}
+    return cls(cfg.network, cls.build_options(options, cfg.run_context()))
 
 
 def reference_scores(target, x: torch.Tensor, steps: int, batch: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
@@ -169,13 +170,14 @@ def export(cfg: Config, weights: dict[str, torch.Tensor], fmt: str, out: str | P
 
     With ``labels`` the report also gives the test accuracy of PyTorch and of the export on the sample.
     """
-    from hwtoolkit.training.rundir import temp_file_next_to
+    from hwtoolkit.files import atomic_path
 
     if fmt not in FORMATS:
         raise ExportError(f"--format {fmt!r} is not known; valid: {list(FORMATS)}")
     steps = cfg.ep.free_steps if steps is None else steps
-    if steps < 1:
-        raise ExportError(f"--steps {steps} is invalid: the unrolled free phase needs at least one step")
+    limit = MAX_STEPS if fmt == "fixed" else MAX_UNROLLED_STEPS
+    if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= limit:
+        raise ExportError(f"--steps {steps} is invalid: expected 1 to {limit} free-phase steps for --format {fmt}")
     if fmt in ("qcdq", "qonnx") and not cfg.quant.enabled:
         raise ExportError(f"--format {fmt} needs a quantized run (quant.weight_bits or quant.state_bits > 0); "
                           f"export this float run with --format onnx")
@@ -188,8 +190,7 @@ def export(cfg: Config, weights: dict[str, torch.Tensor], fmt: str, out: str | P
     out = Path(out)
     with reference_target(cfg) as target:
         target.program(weights)
-        tmp = temp_file_next_to(out)
-        try:
+        with atomic_path(out) as tmp:
             if fmt == "fixed":
                 report = _export_fixed(cfg, target, tmp, sample, steps, batch, check, labels)
             else:
@@ -199,10 +200,18 @@ def export(cfg: Config, weights: dict[str, torch.Tensor], fmt: str, out: str | P
                 if not report.passed:
                     raise ExportCheckError(f"{report.line()}; tolerance {report.tolerance}. Nothing was written "
                                            f"to {str(out)!r} (use --no-check to keep an unchecked export)")
-            os.replace(tmp, out)
-        finally:
-            tmp.unlink(missing_ok=True)
     return report
+
+
+def check_output(out: Path, checkpoints: Path, force: bool) -> None:
+    """An ``ExportError`` unless ``out`` is a new file outside ``checkpoints`` (or ``force`` lets it replace one)."""
+    if out.resolve().parent == checkpoints.resolve() or checkpoints.resolve() in out.resolve().parents:
+        raise ExportError(f"--out {str(out)!r} is inside the run's checkpoints ({str(checkpoints)!r}); an export "
+                          f"never replaces a run's files: choose another path")
+    if out.is_dir():
+        raise ExportError(f"--out {str(out)!r} is a directory; give a file name")
+    if out.exists() and not force:
+        raise ExportError(f"--out {str(out)!r} exists; pass --force to overwrite it")
 
 
 def _module(cfg: Config, weights: dict[str, torch.Tensor], fmt: str, steps: int) -> torch.nn.Module:
@@ -266,16 +275,20 @@ def _export_fixed(cfg: Config, target, path: Path, sample: torch.Tensor, steps: 
 
 
 def export_run(run_dir: str | Path, fmt: str, out: str | Path, steps: int | None = None, samples: int = 1000,
-               check: bool = True, report_json: str | Path | None = None,
+               check: bool = True, report_json: str | Path | None = None, force: bool = False,
                log: Callable[[str], None] = print) -> CheckReport | None:
-    """Export a run's best weights; the check sample is the first ``samples`` images of its test split (0 = all)."""
-    from hwtoolkit.training import checkpoint
-    from hwtoolkit.training.loop import load_splits, read_run
+    """Export a run's best weights; the check sample is the first ``samples`` images of its test split (0 = all).
+
+    The run is never written to: ``out`` may not lie in its checkpoints, and an existing ``out`` is replaced
+    only with ``force``.
+    """
+    from hwtoolkit.runs import load_splits, read_run
 
     if samples < 0:
         raise ExportError(f"--check-samples {samples} is invalid: expected >= 0 (0 = the whole test split)")
-    run, cfg = read_run(run_dir)
-    weights = checkpoint.load(run.best_checkpoint)["weights"]
+    run = read_run(run_dir)
+    check_output(Path(out), run.dir.best_checkpoint.parent, force)
+    cfg, weights = run.config, run.best_weights()
     splits = load_splits(cfg)
     n = splits.test_x.shape[0] if samples == 0 else min(samples, splits.test_x.shape[0])
     sample = splits.test_x[:n].float().div_(255.0)
@@ -285,5 +298,5 @@ def export_run(run_dir: str | Path, fmt: str, out: str | Path, steps: int | None
     if report_json is not None and report is not None:
         record = {"run": str(run.root), "out": str(out), "steps": steps or cfg.ep.free_steps,
                   "quant": cfg.quant.describe(), **report.as_dict()}
-        Path(report_json).write_text(json.dumps(record, indent=2) + "\n")
+        write_text_atomic(report_json, json.dumps(record, indent=2) + "\n")
     return report

@@ -225,19 +225,37 @@ class FixedPointNetwork:
     def load(cls, path: str | Path) -> "FixedPointNetwork":
         """Read an ``.epqw`` file back into a runnable fixed-point network."""
         tensors, meta = weight_file.read(path)
+        where = str(path)
         if meta.get("format") != FILE_FORMAT:
-            raise weight_file.WeightFileError(f"{path}: meta format {meta.get('format')!r}, expected {FILE_FORMAT!r}")
-        spec = spec_from_dict(meta["spec"])
-        expected = set(meta["parameters"])
-        if set(tensors) != expected:
-            raise weight_file.WeightFileError(f"{path}: records {sorted(tensors)} do not match the parameters "
-                                              f"{sorted(expected)} the meta record lists")
-        params = {n: FixedTensor(d, f, int(meta["parameters"][n]["bits"]), bool(meta["parameters"][n]["signed"]))
-                  for n, (d, f) in tensors.items()}
-        fmt = meta["input"]
-        model = cls(spec, FixedTensor(torch.zeros(0, dtype=torch.long), torch.tensor(fmt["frac"]), int(fmt["bits"]),
-                                      bool(fmt["signed"])), int(meta["state"]["bits"]), int(meta["state"]["frac"]),
-                    params)
+            raise weight_file.WeightFileError(f"{where}: meta format {meta.get('format')!r}, expected {FILE_FORMAT!r}")
+        try:
+            spec = spec_from_dict(meta["spec"])
+            declared = meta["parameters"]
+            if not isinstance(declared, dict) or set(tensors) != set(declared):
+                raise ValueError(f"records {sorted(tensors)} do not match the parameters the meta record lists")
+            shapes = spec.parameter_shapes()
+            if set(declared) != set(shapes):
+                raise ValueError(f"parameters {sorted(declared)} do not match the network's {sorted(shapes)}")
+            params = {}
+            for n, (d, f) in tensors.items():
+                bits = _meta_int(declared[n], "bits", 2, 32, f"parameters.{n}")
+                signed = _meta_bool(declared[n], "signed", f"parameters.{n}")
+                if tuple(d.shape) != tuple(shapes[n]):
+                    raise ValueError(f"{n} has shape {tuple(d.shape)}, the network needs {tuple(shapes[n])}")
+                lo, hi = (-(1 << (bits - 1)), (1 << (bits - 1)) - 1) if signed else (0, (1 << bits) - 1)
+                if d.numel() and not lo <= int(d.min()) <= int(d.max()) <= hi:
+                    raise ValueError(f"{n} holds values outside its {bits}-bit format")
+                params[n] = FixedTensor(d, f, bits, signed)
+            fmt = meta["input"]
+            input_bits = _meta_int(fmt, "bits", 2, 16, "input")
+            input_frac = _meta_int(fmt, "frac", -64, 64, "input")
+            state_bits = _meta_int(meta["state"], "bits", 1, 16, "state")
+            state_frac = _meta_int(meta["state"], "frac", 0, 64, "state")
+            model = cls(spec, FixedTensor(torch.zeros(0, dtype=torch.long), torch.tensor(input_frac), input_bits,
+                                          _meta_bool(fmt, "signed", "input")), state_bits, state_frac, params)
+        except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as e:
+            problem = f"no field {e}" if isinstance(e, KeyError) else str(e)
+            raise weight_file.WeightFileError(f"{where}: invalid meta record: {problem}") from None
         model._plan()
         return model
 
@@ -301,6 +319,20 @@ class FixedPointNetwork:
             return s_last.clone()
         w, b = self.readout
         return s_last @ w.t() + b
+
+
+def _meta_int(table: object, key: str, low: int, high: int, where: str) -> int:
+    value = table[key] if isinstance(table, dict) else None
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise ValueError(f"{where}.{key} = {value!r}, expected an integer in [{low}, {high}]")
+    return value
+
+
+def _meta_bool(table: object, key: str, where: str) -> bool:
+    value = table[key] if isinstance(table, dict) else None
+    if not isinstance(value, bool):
+        raise ValueError(f"{where}.{key} = {value!r}, expected true or false")
+    return value
 
 
 def spec_to_dict(spec: NetworkSpec) -> dict:

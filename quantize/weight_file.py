@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from firmware_interface import tensor
-from hwtoolkit.training.rundir import write_bytes_atomic
+from hwtoolkit.files import write_bytes_atomic
 
 MAGIC = b"EPQW"
 VERSION = 1
@@ -113,7 +113,12 @@ def read(path: str | Path) -> tuple[dict[str, tuple[torch.Tensor, torch.Tensor]]
         raise WeightFileError(f"{where}: {len(body) - r.pos} unexpected bytes after the last record")
     if "meta" not in raw:
         raise WeightFileError(f"{where}: no meta record")
-    meta = json.loads(bytes(raw.pop("meta")[0].to(torch.uint8).tolist()).decode())
+    try:
+        meta = json.loads(bytes(raw.pop("meta")[0].to(torch.uint8).tolist()).decode())
+    except (UnicodeDecodeError, json.JSONDecodeError, ValueError) as e:
+        raise WeightFileError(f"{where}: the meta record is not UTF-8 JSON: {e}") from None
+    if not isinstance(meta, dict):
+        raise WeightFileError(f"{where}: the meta record is {type(meta).__name__}, expected a JSON object")
     out: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
     for name, (data, frac) in raw.items():
         if name.endswith(".frac"):

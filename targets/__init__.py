@@ -1,7 +1,10 @@
 """Device backends ("targets") for EP learning, behind one small interface."""
 
-from .base import Capabilities, Init, Target, TargetError, Trains, UpdateReport
-from .registry import ENTRY_POINT_GROUP, available, get, open, register
+from .base import Capabilities, Init, NoOptions, Quantization, RunContext, Start, Target, TargetError, Update, \
+    UpdateReport
+from .registry import DEFAULT, ENTRY_POINT_GROUP, available, configure, get, open, open_exact, register, \
+    table_owners
 
-__all__ = ["Capabilities", "ENTRY_POINT_GROUP", "Init", "Target", "TargetError", "Trains", "UpdateReport", "available", "get",
-           "open", "register"]
+__all__ = ["Capabilities", "DEFAULT", "ENTRY_POINT_GROUP", "Init", "NoOptions", "Quantization", "RunContext", "Start", "Target",
+           "TargetError", "Update", "UpdateReport", "available", "configure", "get", "open", "register",
+           "table_owners"]

@@ -1,29 +1,32 @@
-"""Target registry: a name -> class table plus the ``hwtoolkit.targets`` entry-point group.
+"""Target registry: one table of built-in targets plus the ``hwtoolkit.targets`` entry-point group.
 
-Modelled on python-can's interfaces: built-in targets register themselves by
-name; third-party packages add theirs with an entry point, e.g. in their
-``pyproject.toml``::
+Modelled on python-can's interfaces: the built-in targets are listed here by name (imported on first use);
+third-party packages add theirs with an entry point, e.g. in their ``pyproject.toml``::
 
     [project.entry-points."hwtoolkit.targets"]
     mychip = "mychip.target:MyChipTarget"
+
+and a script or notebook can add one at run time with the ``@targets.register("name")`` decorator.
 """
 
 from __future__ import annotations
 
 import importlib
 from importlib.metadata import entry_points
-from typing import Callable, TypeVar
+from typing import Any, Callable, Mapping, TypeVar
 
 from hwtoolkit.network.spec import NetworkSpec
 
-from .base import Target, TargetError
+from .base import RunContext, Target, TargetError
 
 ENTRY_POINT_GROUP = "hwtoolkit.targets"
+DEFAULT = "reference"  # the target a config without target.name trains on
 
 # Built-in targets, imported on first use so that opening one does not import the others.
 _BUILTIN = {
     "reference": "targets.reference:ReferenceTarget",
     "crossbar": "targets.crossbar.target:CrossbarTarget",
+    "serial": "targets.serial.target:SerialTarget",
 }
 _registered: dict[str, type[Target]] = {}
 
@@ -76,3 +79,25 @@ def get(name: str) -> type[Target]:
 def open(name: str, spec: NetworkSpec, **options: object) -> Target:  # noqa: A001 - mirrors can.Bus / serial_for_url
     """Open target ``name`` for the network ``spec``; ``options`` are the target's own settings."""
     return get(name)(spec, **options)
+
+
+def open_exact(spec: NetworkSpec, dtype: str = "float64") -> Target:
+    """An exact float target for host-side references (the ideal update a device is compared with)."""
+    return open(DEFAULT, spec, dtype=dtype)
+
+
+def configure(name: str, options: Mapping[str, Any], tables: Mapping[str, Mapping[str, Any]] | None = None,
+              context: RunContext = RunContext()) -> Any:
+    """Target ``name``'s typed options from a config's ``[target]`` keys, its own tables and the run's context.
+
+    Raises ``TargetError`` naming the key at fault, or saying that the target cannot run the ``[quant]``
+    network; ``get(name)(spec, options)`` then opens it.
+    """
+    cls = get(name)
+    cls.check_quant(context.quant)
+    return cls.configure(options, tables, context)
+
+
+def table_owners(table: str) -> list[str]:
+    """The targets that read the config table ``[table]``."""
+    return [name for name in available() if table in get(name).tables]

@@ -32,8 +32,10 @@ import targets
 from hwtoolkit.config import Config
 from hwtoolkit.data.batches import derive_seed
 from hwtoolkit.network.bptt import bptt_grads
-from hwtoolkit.training import checkpoint, loop
+from hwtoolkit.runs import Splits, load_splits, open_target
+from hwtoolkit.training import checkpoint
 from hwtoolkit.training.estimators import make_estimator
+from hwtoolkit.training.optimizer import SGD
 from hwtoolkit.training.rundir import RunDir
 
 COSINES = ("applied_vs_ideal", "ideal_vs_bptt", "device_vs_ideal")
@@ -54,7 +56,7 @@ def _host(d: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {n: t.detach().cpu().double() for n, t in d.items()}
 
 
-def measure_fidelity(cfg: Config, target: targets.Target, splits: loop.Splits, seed: int, batches: int) -> dict:
+def measure_fidelity(cfg: Config, target: targets.Target, splits: Splits, seed: int, batches: int) -> dict:
     """Gradient fidelity of ``target`` over ``batches`` training batches (see the module docstring).
 
     The target's weights move by one learning-rate-scaled update per batch.
@@ -62,17 +64,15 @@ def measure_fidelity(cfg: Config, target: targets.Target, splits: loop.Splits, s
     spec = cfg.network
     estimator_name = cfg.estimator if cfg.estimator != "bptt" else "symmetric"
     estimator = make_estimator(estimator_name, cfg.ep)
-    # a target that writes an update as two pulse trains (capabilities.update_trains) gets them, like in training
-    trains = bool(getattr(target.capabilities, "update_trains", False))
-    device_estimator = make_estimator(estimator_name, cfg.ep, True) if trains else estimator
     layer_of = spec.parameter_layers()
     lrs = cfg.layer_lrs()
+    plain_sgd = SGD({k: lrs[i] for k, i in layer_of.items()})  # one learning-rate-scaled step, as training writes it
     n = splits.train_x.shape[0]
     if n == 0:
         raise ValueError("the training split is empty: no batches to measure gradient fidelity on")
     gen = torch.Generator().manual_seed(derive_seed(seed))
     per_batch = []
-    with targets.open("reference", spec, dtype="float64") as reference:
+    with targets.open_exact(spec, "float64") as reference:
         for _ in range(batches):
             idx = torch.randperm(n, generator=gen)[:cfg.train.batch_size]
             sign_seed = int(torch.randint(0, 2 ** 62, (), generator=gen))  # the same random sign on both targets
@@ -82,14 +82,9 @@ def measure_fidelity(cfg: Config, target: targets.Target, splits: loop.Splits, s
             reference.program(w0)
             ideal = _host(estimator(reference, x, y, torch.Generator().manual_seed(sign_seed)).direction)
             grads, _ = bptt_grads(spec, {k: t.double() for k, t in w0.items()}, x.double(), y, cfg.ep.free_steps)
-            estimate = device_estimator(target, x, y, torch.Generator().manual_seed(sign_seed))
+            estimate = estimator(target, x, y, torch.Generator().manual_seed(sign_seed))
             device = estimate.direction
-            scaled = {k: lrs[layer_of[k]] * d for k, d in device.items()}
-            if trains:  # written as the training loop writes it: the two phase terms as two pulse trains
-                parts = tuple({k: lrs[layer_of[k]] * t for k, t in part.items()} for part in estimate.parts)
-                report = target.apply_update(scaled, parts)
-            else:
-                report = target.apply_update(scaled)
+            report = target.apply_update(plain_sgd.update(estimate, None))
             after = target.read_weights()
             applied = {k: after[k].double() - w0[k].double() for k in after}
             scaled_ideal = {k: lrs[layer_of[k]] * d for k, d in ideal.items()}
@@ -97,7 +92,7 @@ def measure_fidelity(cfg: Config, target: targets.Target, splits: loop.Splits, s
                 "applied_vs_ideal": cosine(applied, scaled_ideal),
                 "ideal_vs_bptt": cosine(ideal, {k: -g for k, g in grads.items()}),
                 "device_vs_ideal": cosine(_host(device), ideal),
-                "saturated": int(getattr(report, "saturated", 0) or 0),
+                "saturated": report.saturated,
             })
     summary: dict[str, Any] = {"batches": batches, "estimator": estimator_name, "seed": seed}
     for c in COSINES:
@@ -109,9 +104,8 @@ def measure_fidelity(cfg: Config, target: targets.Target, splits: loop.Splits, s
 
 def run_fidelity(cfg: Config, run_dir: Path, batches: int) -> dict:
     """Fidelity of a trained run, measured on a freshly opened target holding its best-validation weights."""
-    run = RunDir(run_dir)
-    weights = checkpoint.load(run.best_checkpoint)["weights"]
-    splits = loop.load_splits(cfg)
-    with loop.open_target(cfg) as target:
+    weights = checkpoint.load(RunDir(run_dir).best_checkpoint)["weights"]
+    splits = load_splits(cfg)
+    with open_target(cfg) as target:
         target.program(weights)
         return measure_fidelity(cfg, target, splits, cfg.seed, batches)

@@ -1,4 +1,4 @@
-"""The GDU property: per-step EP updates against BPTT gradients (EP_PRIMER section 4, Ernoult et al. 2019).
+"""The GDU property: per-step EP updates vs BPTT gradients (Ernoult et al. 2019, docs/ep.md#bptt-and-the-gdu-property).
 
 From a converged free fixed point ``s*`` the last ``K`` free steps are unrolled
 and ``L(s_K)`` is backpropagated through them, with a separate copy of the

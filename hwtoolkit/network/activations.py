@@ -1,4 +1,4 @@
-"""Activation functions rho of EP networks, by name (EP_PRIMER section 1)."""
+"""Activation functions rho of EP networks, by name (docs/ep.md#activations)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Backpropagation through time over the free phase: the gradient EP approximates (EP_PRIMER section 4)."""
+"""Backpropagation through time over the free phase: the gradient EP approximates (docs/ep.md#bptt-as-an-estimator)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Relaxation dynamics of an EP network, one analytic step at a time (EP_PRIMER sections 1, 2, 5).
+"""Relaxation dynamics of an EP network, one analytic step at a time (docs/ep.md#dynamics).
 
 One synchronous step computes, for every state layer,
 

@@ -1,4 +1,4 @@
-"""The primitive function Phi, its parameter derivatives, and the EP update (EP_PRIMER sections 1, 3).
+"""Phi, its parameter derivatives, and the EP update (docs/ep.md#the-network-and-its-primitive-function, #the-update).
 
 ``Phi(x, s) = sum_l s_l . (P(W_l s_{l-1}) + b_l)``; nudging adds ``-beta L``.
 The EP update of every parameter is a difference of ``dPhi^beta/dtheta`` between

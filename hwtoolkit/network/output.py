@@ -1,4 +1,4 @@
-"""The output side of an EP network: readout, loss, and the nudging force (EP_PRIMER section 2)."""
+"""The output side of an EP network: readout, loss, and the nudging force (docs/ep.md#outputs-and-nudging)."""
 
 from __future__ import annotations
 

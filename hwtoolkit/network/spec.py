@@ -4,7 +4,7 @@ A network is a chain of state layers ``s_1 .. s_L`` fed by a clamped input ``x``
 convolutional layers first (conv, then max/avg pooling), dense layers after.
 With ``output = "mse"`` the last state layer has ``classes`` units and is the
 output; with ``output = "ce"`` a readout ``o = W_out s_L + b_out`` lies outside
-the energy (EP_PRIMER section 2).
+the energy (docs/ep.md#outputs-and-nudging).
 """
 
 from __future__ import annotations
@@ -70,7 +70,7 @@ class LayerGeometry:
 
 @dataclass(frozen=True)
 class NetworkSpec:
-    """The architecture and dynamics of an EP network (EP_PRIMER sections 1, 2, 5)."""
+    """The architecture and dynamics of an EP network (docs/ep.md#the-network-and-its-primitive-function)."""
 
     input_shape: tuple[int, ...] = (1, 28, 28)
     conv: tuple[ConvLayer, ...] = ()

@@ -23,8 +23,9 @@ import targets
 from hwtoolkit import config as config_mod
 from hwtoolkit.config import Config, ConfigError
 from hwtoolkit.diagnostics.fidelity import COSINES, run_fidelity
-from hwtoolkit.files import write_text_atomic
-from hwtoolkit.training import loop
+from hwtoolkit.files import LOCK_FILE, locked_directory, remove_if_unused, write_text_atomic
+from hwtoolkit.runs import open_target
+from hwtoolkit.training.loop import train
 from hwtoolkit.training.rundir import RunDir
 
 from .errors import SweepError
@@ -32,6 +33,7 @@ from .report import ERROR_BARS, aggregate, json_safe, write_outputs
 from .values import SweepValue, is_numeric, parse_values, point_dirname, safe_name
 
 FIDELITY_FILE = "fidelity.json"
+SPEC_FILE = "sweep_spec.json"  # the sweep a directory holds, checked by --resume
 
 
 @dataclass(frozen=True)
@@ -81,12 +83,35 @@ def build_points(raw: dict[str, Any], key: str, values: Sequence[SweepValue], se
 
 
 def check_out_dir(out: Path, resume: bool) -> None:
-    """Refuse an output directory that holds anything unless the sweep is resumed."""
+    """Refuse an output directory that holds anything (but its lock) unless the sweep is resumed."""
     if out.exists() and not out.is_dir():
         raise SweepError(f"--out {str(out)!r} is a file, not a directory")
-    if not resume and out.is_dir() and any(out.iterdir()):
+    if not resume and out.is_dir() and any(p.name != LOCK_FILE for p in out.iterdir()):
         raise SweepError(f"--out {str(out)!r} already exists and is not empty; pass --resume to continue the "
                          f"sweep there (finished points are kept) or choose another --out")
+
+
+def sweep_spec(raw: dict[str, Any], key: str, values: Sequence[SweepValue], seeds: int, sets: Sequence[str]) -> dict:
+    """What makes a sweep this sweep: the base config as read, the overrides, the key, the values and the seeds."""
+    return {"config": raw, "sets": list(sets), "key": key, "values": [v.label for v in values], "seeds": seeds}
+
+
+def check_same_sweep(out: Path, spec: dict) -> None:
+    """On ``--resume``: the directory must hold this very sweep (its recorded spec), never another study."""
+    path = out / SPEC_FILE
+    if not path.exists():
+        raise SweepError(f"--resume: {str(out)!r} holds no sweep to continue (no {SPEC_FILE}); leave out --resume "
+                         f"to start one in a new directory")
+    try:
+        stored = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise SweepError(f"--resume: {str(path)!r} cannot be read: {e}") from None
+    differ = [k for k in spec if stored.get(k) != json_safe(spec[k])]
+    if differ:
+        shown = "; ".join(f"{k}: {stored.get(k)!r} -> {json_safe(spec[k])!r}" for k in differ if k != "config")
+        what = ", ".join(differ)
+        raise SweepError(f"--resume: {str(out)!r} holds another sweep (different {what}{': ' + shown if shown else ''})"
+                         f"; choose another --out")
 
 
 def check_finished_points(points: Sequence[Point]) -> None:
@@ -108,7 +133,7 @@ def check_targets(points: Sequence[Point], key: str) -> None:
             continue
         seen.add(p.value.label)
         try:
-            with loop.open_target(p.cfg):
+            with open_target(p.cfg):
                 pass
         except targets.TargetError as e:
             raise targets.TargetError(f"--param {key} value {p.value.text}: {e}") from None
@@ -123,7 +148,7 @@ def run_point(point: Point, key: str, fidelity_batches: int, resume: bool, out: 
     run = RunDir(point.dir)
     trained = not run.summary.exists()
     if trained:
-        summary = loop.train(point.cfg, point.dir, resume=resume, progress=False, log=log)
+        summary = train(point.cfg, point.dir, resume=resume, progress=False, log=log)
     else:
         summary = json.loads(run.summary.read_text())
         log(f"finished earlier, kept: {point.dir}")
@@ -169,10 +194,27 @@ def run_sweep(config_path: str | Path, key: str, values_text: str, seeds: int = 
     raw = config_mod.read_raw(config_path)
     out = Path(out) if out else default_out(raw, key)
     points = build_points(raw, key, values, seeds, sets, out)
+    spec = sweep_spec(raw, key, values, seeds, sets)
     check_out_dir(out, resume)
-    if resume:
-        check_finished_points(points)
-    check_targets(points, key)
+    created = not out.exists()
+    try:
+        with locked_directory(out, "sweep directory"):  # one writer per sweep directory
+            if resume:
+                check_same_sweep(out, spec)
+                check_finished_points(points)
+            check_targets(points, key)
+            write_text_atomic(out / SPEC_FILE, json.dumps(json_safe(spec), indent=2) + "\n")
+            return _run_points(config_path, key, values, seeds, sets, out, points, fidelity_batches, resume,
+                               progress, log)
+    except BaseException:
+        if created:
+            remove_if_unused(out)
+        raise
+
+
+def _run_points(config_path: str | Path, key: str, values: Sequence[SweepValue], seeds: int, sets: list[str],
+                out: Path, points: list[Point], fidelity_batches: int, resume: bool, progress: bool | None,
+                log: Callable[[str], None]) -> dict:
 
     report: dict[str, Any] = {
         "key": key, "config": str(config_path), "sets": sets, "values": [v.value for v in values],

@@ -38,8 +38,10 @@ def load(path: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"no checkpoint at {str(path)!r}")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises several types for corrupt or unsafe files
-        raise CheckpointError(f"{str(path)!r} is not a readable weights-only checkpoint: {e}") from None
+    except Exception as e:  # torch raises several types; its advice to load with weights_only=False is wrong here
+        raise CheckpointError(f"{str(path)!r} is not a weights-only checkpoint of this toolkit: it holds objects "
+                              f"other than tensors, numbers and strings, or is no checkpoint at all "
+                              f"({type(e).__name__})") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{str(path)!r} is not a {FORMAT} checkpoint")
     return payload

@@ -10,13 +10,18 @@ leader (rank 0) evaluates and writes the run directory. Launch with
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING
 
 import torch
 import torch.distributed as dist
 
 from .evaluate import PhaseStats
+
+if TYPE_CHECKING:
+    from .estimators import BatchResult
 
 
 @dataclass(frozen=True)
@@ -50,6 +55,11 @@ class Workers:
             out[n] = flat[offset:offset + size].view_as(direction[n])
             offset += size
         return out
+
+    def average_result(self, result: "BatchResult", count: int, total: int) -> "BatchResult":
+        """``result`` with its direction (and its two phase terms, if any) averaged over the global batch."""
+        parts = None if result.parts is None else tuple(self.average(p, count, total) for p in result.parts)
+        return dataclasses.replace(result, direction=self.average(result.direction, count, total), parts=parts)
 
     def total_stats(self, stats: PhaseStats) -> PhaseStats:
         """The counters of every worker added up (the residual maximum taken over workers)."""

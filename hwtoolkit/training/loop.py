@@ -9,11 +9,9 @@ exactly what an uninterrupted run would have done.
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import sys
 import time
-from dataclasses import dataclass
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Callable
 
@@ -22,16 +20,20 @@ import torch
 from tqdm import tqdm
 
 import targets
-from hwtoolkit.config import Config, ConfigError, loads
-from hwtoolkit.data import BatchSampler, augment_cifar10, downsample, load_dataset, split_train_val
+from hwtoolkit.config import Config, ConfigError
+from hwtoolkit.data import BatchSampler, augment_cifar10
 from hwtoolkit.network.parameters import init_parameters
+from hwtoolkit.runs import Splits, load_splits, open_target
 
 from . import checkpoint
-from .distributed import Workers, from_environment, local_device
+from .distributed import Workers, from_environment
 from .estimators import make_estimator
 from .evaluate import PhaseStats, evaluate
 from .optimizer import SGD, lr_factor
-from .rundir import RunDir, write_text_atomic
+from hwtoolkit.files import locked_directory, remove_if_unused, remove_stale_temporaries, write_text_atomic
+from hwtoolkit.runs import read_config
+
+from .rundir import RunDir
 
 
 class RunExistsError(RuntimeError):
@@ -44,50 +46,18 @@ def batch_generator(seed: int, epoch: int, batch: int) -> torch.Generator:
     return torch.Generator().manual_seed(int(state[0] >> np.uint64(1)))
 
 
-@dataclass
-class Splits:
-    """Training, validation and test images (uint8, NCHW) with labels."""
+def config_difference(stored: Config, current: Config) -> list[str]:
+    """``"key: old -> new"`` for every field a resumed run may not change.
 
-    train_x: torch.Tensor
-    train_y: torch.Tensor
-    val_x: torch.Tensor
-    val_y: torch.Tensor
-    test_x: torch.Tensor
-    test_y: torch.Tensor
-
-
-def load_splits(cfg: Config) -> Splits:
-    """Load the configured data set and carve the validation split out of its training set."""
-    data = load_dataset(cfg.data.dataset, root=cfg.data.root or None, download=cfg.data.download,
-                        limit=cfg.data.limit or None)
-    if cfg.data.downsample > 1:
-        data = downsample(data, cfg.data.downsample)
-    if tuple(data.train_x.shape[1:]) != tuple(cfg.network.input_shape):
-        scaled = f" after data.downsample = {cfg.data.downsample}" if cfg.data.downsample > 1 else ""
-        raise ConfigError(f"network.input_shape = {list(cfg.network.input_shape)} does not match the "
-                          f"{cfg.data.dataset} images{scaled}, which are {list(data.train_x.shape[1:])}")
-    if data.classes != cfg.network.classes:
-        raise ConfigError(f"network.classes = {cfg.network.classes}, but {cfg.data.dataset} has {data.classes}")
-    train_idx, val_idx = split_train_val(data.train_x.shape[0], cfg.data.val_size, cfg.seed)
-    return Splits(data.train_x[train_idx], data.train_y[train_idx], data.train_x[val_idx], data.train_y[val_idx],
-                  data.test_x, data.test_y)
-
-
-def open_target(cfg: Config) -> targets.Target:
-    """Open the configured target with its options; the crossbar also gets the [crossbar] table and, unless
-    set, the run's seed; a quantized network's reference target gets the [quant] table."""
-    options = dict(cfg.target.options)
-    if isinstance(options.get("device"), str):
-        options["device"] = local_device(options["device"])
-    if cfg.target.name == "crossbar":
-        options = {"seed": cfg.seed, **options, **cfg.crossbar}
-    if cfg.quant.enabled:
-        options["quant"] = dataclasses.asdict(cfg.quant)
-    return targets.open(cfg.target.name, cfg.network, **options)
-
-
-def _config_difference(stored: Config, current: Config) -> list[str]:
+    Everything counts except the options the target declares as how it is reached (``reconnect_options``,
+    such as a board's URL): the network, the data, the learning settings and what the device computes are
+    fixed for the life of a run.
+    """
     a, b = stored.to_dict(), current.to_dict()
+    if stored.target.name == current.target.name:
+        for key in targets.get(current.target.name).reconnect_options:
+            a["target"].pop(key, None)
+            b["target"].pop(key, None)
 
     def walk(x: object, y: object, path: str) -> list[str]:
         if isinstance(x, dict) and isinstance(y, dict):
@@ -123,29 +93,51 @@ def train(cfg: Config, out_dir: str | Path, resume: bool = False, progress: bool
 def _prepare_and_train(cfg: Config, out_dir: Path, resume: bool, progress: bool | None,
                        log: Callable[[str], None], workers: Workers, on_epoch: EpochHook | None = None) -> dict:
     run = RunDir(out_dir)
-    run.root.mkdir(parents=True, exist_ok=True)
+    created = workers.leader and not run.root.exists()
+    try:
+        # one writer per run directory: the leader holds its lock until training ends, however it ends
+        with locked_directory(run.root, "run directory") if workers.leader else nullcontext():
+            return _prepare_locked(cfg, run, resume, progress, log, workers, on_epoch)
+    except BaseException:
+        if created:
+            remove_if_unused(run.root)
+        raise
+
+
+def _prepare_locked(cfg: Config, run: RunDir, resume: bool, progress: bool | None, log: Callable[[str], None],
+                    workers: Workers, on_epoch: EpochHook | None) -> dict:
     state = None
     if run.last_checkpoint.exists() or run.summary.exists():
         if not resume:
             raise RunExistsError(f"{str(run.root)!r} already holds a run; pass --resume to continue it "
                                  f"or choose another --out")
         if run.config.exists():
-            diff = _config_difference(loads(run.config.read_text()), cfg)
+            diff = config_difference(read_config(run.config), cfg)
             if diff:
                 raise ConfigError(f"--resume with a config that differs from the run's: {'; '.join(diff)}")
+        if workers.leader:
+            for stale in remove_stale_temporaries(run.root / "checkpoints"):
+                log(f"removed {stale}, left by a process killed while writing it")
         if run.last_checkpoint.exists():
             state = checkpoint.load(run.last_checkpoint)
-    workers.barrier()  # every worker has checked the run directory before the leader writes into it
-    if workers.leader:
-        write_text_atomic(run.config, cfg.to_toml())
-
     splits = load_splits(cfg)
     target = open_target(cfg)
     try:
+        workers.barrier()  # every worker has checked the run directory before the leader writes into it
+        if workers.leader:
+            write_text_atomic(run.config, cfg.to_toml())
         return _train(cfg, run, target, splits, state, progress, log if workers.leader else _quiet, workers,
                       on_epoch)
     finally:
         target.close()
+
+
+def restore(target: targets.Target, state: dict) -> None:
+    """The target as the checkpoint left it: the very same device where it saved one, else its weights."""
+    if state.get("device"):
+        target.load_device_state(state["device"])
+    else:
+        target.program(state["weights"])
 
 
 def _quiet(message: str) -> None:
@@ -159,8 +151,7 @@ def _train(cfg: Config, run: RunDir, target: targets.Target, splits: Splits, sta
     layer_of = spec.parameter_layers()
     lrs = cfg.layer_lrs()
     optimizer = SGD({n: lrs[i] for n, i in layer_of.items()}, cfg.optim.momentum, cfg.optim.weight_decay)
-    trains = target.capabilities.update_trains
-    estimator = make_estimator(cfg.estimator, cfg.ep, trains)
+    estimator = make_estimator(cfg.estimator, cfg.ep)
     sampler = BatchSampler(torch.arange(splits.train_x.shape[0]), cfg.train.batch_size, cfg.seed)
     tol = cfg.ep.tolerance
 
@@ -172,7 +163,7 @@ def _train(cfg: Config, run: RunDir, target: targets.Target, splits: Splits, sta
         if workers.leader:
             run.truncate_metrics(1)
     else:
-        target.program(state["weights"])
+        restore(target, state)
         optimizer.load_state_dict(state["optimizer"])
         epoch, batch, elapsed = int(state["epoch"]), int(state["batch"]), float(state["elapsed"])
         best = dict(state["best"])
@@ -186,7 +177,8 @@ def _train(cfg: Config, run: RunDir, target: targets.Target, splits: Splits, sta
         total = workers.total_stats(stats)  # a collective: every worker takes part
         if workers.leader:
             checkpoint.save(run.last_checkpoint, {
-                "weights": target.read_weights(), "optimizer": optimizer.state_dict(), "epoch": next_epoch,
+                "weights": target.read_weights(), "device": target.device_state(),
+                "optimizer": optimizer.state_dict(), "epoch": next_epoch,
                 "batch": next_batch, "elapsed": seconds, "best": best, "stats": total.state()})
 
     show = (sys.stderr.isatty() if progress is None else progress) and workers.leader
@@ -204,16 +196,9 @@ def _train(cfg: Config, run: RunDir, target: targets.Target, splits: Splits, sta
                 x = augment_cifar10(x, gen)  # the whole global batch, so every worker draws the same crops
             shard = workers.shard(len(idx))
             x, y = x[shard], splits.train_y[idx][shard]
-            result = estimator(target, x, y, gen)
-            direction = workers.average(result.direction, len(y), len(idx))
+            result = workers.average_result(estimator(target, x, y, gen), len(y), len(idx))
             weights = target.read_weights() if cfg.optim.weight_decay else None
-            delta = optimizer.step(direction, weights, factor)
-            if trains:
-                parts = tuple(workers.average(part, len(y), len(idx)) for part in result.parts)
-                target.apply_update(delta, tuple({n: optimizer.lrs[n] * factor * t for n, t in p.items()}
-                                                 for p in parts))
-            else:
-                target.apply_update(delta)
+            target.apply_update(optimizer.update(result, weights, factor))
             stats.add(target, result.free, y, tol)
             batch += 1
             bar.update(1)
@@ -256,6 +241,8 @@ def _epoch_line(cfg: Config, r: dict) -> str:
 def _finish(cfg: Config, run: RunDir, target: targets.Target, splits: Splits, best: dict, elapsed: float,
             log: Callable[[str], None]) -> dict:
     """Evaluate the best validation weights on the test set, once, and write the summary and plots."""
+    if target.capabilities.device_state:  # evaluate_run restores this device to reproduce the test figure
+        checkpoint.save(run.device_checkpoint, {"device": target.device_state()})
     target.program(checkpoint.load(run.best_checkpoint)["weights"])
     test = evaluate(target, splits.test_x, splits.test_y, cfg.ep, cfg.train.eval_batch_size, "test")
     metrics = run.read_metrics()
@@ -275,35 +262,3 @@ def _finish(cfg: Config, run: RunDir, target: targets.Target, splits: Splits, be
     log(f"test accuracy {100 * summary['test_accuracy']:.2f}% (best validation epoch {best['epoch']}), "
         f"trained in {elapsed:.1f} s; run directory {run.root}")
     return summary
-
-
-def read_run(run_dir: str | Path) -> tuple[RunDir, Config]:
-    """A run directory and its stored config; an error if the directory holds no run."""
-    run = RunDir(Path(run_dir))
-    if not run.config.exists():
-        raise FileNotFoundError(f"{str(run.root)!r} is not a run directory (no config.toml)")
-    return run, loads(run.config.read_text())
-
-
-def evaluate_run(run_dir: str | Path, log: Callable[[str], None] = print, wait: float = 0.0) -> dict:
-    """Re-evaluate a finished run's best weights on its validation and test splits.
-
-    ``wait``: simulated seconds that pass between programming the weights and reading them (drift,
-    decay and diffusion act), for targets that model time.
-    """
-    if wait < 0:
-        raise ValueError(f"wait = {wait} is invalid: expected simulated seconds >= 0")
-    run, cfg = read_run(run_dir)
-    splits = load_splits(cfg)
-    with open_target(cfg) as target:
-        target.program(checkpoint.load(run.best_checkpoint)["weights"])
-        if wait:
-            if not hasattr(target, "wait"):
-                raise ValueError(f"--wait {wait}: the {cfg.target.name} target does not model time")
-            target.wait(wait)
-        result = {}
-        for name, x, y in (("val", splits.val_x, splits.val_y), ("test", splits.test_x, splits.test_y)):
-            if x.shape[0]:
-                result.update(evaluate(target, x, y, cfg.ep, cfg.train.eval_batch_size, name))
-    log(json.dumps(result, indent=2))
-    return result

@@ -8,9 +8,14 @@ it never touches device weights itself. Its arithmetic is torch.optim.SGD's
 from __future__ import annotations
 
 import math
-from typing import Callable, Mapping
+from typing import TYPE_CHECKING, Callable, Mapping
 
 import torch
+
+from targets import Update
+
+if TYPE_CHECKING:
+    from .estimators import BatchResult
 
 
 class SGD:
@@ -38,6 +43,17 @@ class SGD:
                 self.buffers[name] = g
             delta[name] = -self.lrs[name] * lr_factor * g
         return delta
+
+    def update(self, result: "BatchResult", weights: Mapping[str, torch.Tensor] | None,
+               lr_factor: float = 1.0) -> Update:
+        """The ``Update`` a target writes for one batch: the increment, plus the result's two phase terms times
+        the learning rate where it carries them (the config allows that only without momentum and weight decay).
+        """
+        delta = self.step(result.direction, weights, lr_factor)
+        if result.parts is None:
+            return Update(delta)
+        return Update(delta, tuple({n: self.lrs[n] * lr_factor * t for n, t in part.items()}
+                                   for part in result.parts))
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {n: b.detach().cpu().clone() for n, b in self.buffers.items()}

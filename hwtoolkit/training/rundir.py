@@ -7,9 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-# The three writers are re-exported here for the modules being migrated to hwtoolkit.files (training/loop.py,
-# quantize/export.py, quantize/weight_file.py); new code imports them from hwtoolkit.files.
-from hwtoolkit.files import temp_file_next_to, write_bytes_atomic, write_text_atomic  # noqa: F401
+from hwtoolkit.files import write_text_atomic
 
 
 @dataclass(frozen=True)
@@ -37,6 +35,11 @@ class RunDir:
     @property
     def best_checkpoint(self) -> Path:
         return self.root / "checkpoints" / "best.pt"
+
+    @property
+    def device_checkpoint(self) -> Path:
+        """The device's state when the test set was evaluated (targets with ``capabilities.device_state``)."""
+        return self.root / "checkpoints" / "device.pt"
 
     @property
     def plots(self) -> Path:

@@ -7,18 +7,17 @@ updates go through ``devices.PairArray.write`` (pulses, asymmetry, noise, bounds
 
 from __future__ import annotations
 
+from dataclasses import dataclass, fields
 from typing import Any, Mapping
 
 import torch
 
 from hwtoolkit.network import dynamics
 from hwtoolkit.network.dynamics import Relaxation
-from hwtoolkit.network.parameters import check_parameters
 from hwtoolkit.network.spec import NetworkSpec
 
-from ..base import Capabilities, Init, InputMemo, Target, TargetError, Trains, UpdateReport, initial_states
-from ..options import parse_device, parse_dtype
-from ..registry import register
+from ..base import Capabilities, InputMemo, RunContext, Start, Target, TargetError, Update, UpdateReport, start_states
+from ..options import TorchOptions
 from .config import TileConfig, device_config
 from .devices import PairArray, Scratch
 from .errors import CrossbarConfigError
@@ -26,34 +25,53 @@ from .ir_drop import effective_conductance
 from .periphery import ArrayReads
 
 
-@register("crossbar")
+@dataclass(frozen=True)
+class CrossbarOptions(TorchOptions):
+    """``device``, ``dtype``, the seed of the device draws (the run's unless set) and the device configuration."""
+
+    seed: int = 0
+    config: TileConfig = TileConfig()  # built from the [crossbar] table (and device keys in [target])
+
+
 class CrossbarTarget(Target):
     """A simulated analog crossbar (docs/crossbar.md): pass ``preset=`` and any device parameter as options."""
 
-    description = ("simulated analog crossbar with device non-idealities (options: preset = 'ideal' | 'reram-exp' | "
-                   "... | a .toml file, any device parameter, seed, device, dtype)")
+    description = ("simulated analog crossbar with device non-idealities (options: device, dtype, seed; the "
+                   "[crossbar] table: preset = 'ideal' | 'reram-exp' | ... | a .toml file, any device parameter)")
+    Options = CrossbarOptions
+    tables = ("crossbar",)
 
-    def __init__(self, spec: NetworkSpec, preset: str = "ideal", device: str = "cpu", dtype: str = "float32",
-                 seed: int = 0, **params: Any) -> None:
-        super().__init__(spec)
+    @classmethod
+    def configure(cls, options: Mapping[str, Any], tables: Mapping[str, Mapping[str, Any]] | None = None,
+                  context: RunContext = RunContext()) -> CrossbarOptions:
+        """Device parameters may come from the ``[crossbar]`` table or, as keywords, with the target's options."""
+        super().configure({}, tables, context)  # rejects tables the crossbar does not read
+        own = {f.name for f in fields(CrossbarOptions)} - {"config"}
+        merged = {**options, **(tables or {}).get("crossbar", {})}
         try:
-            self.config: TileConfig = device_config(preset, **params)
+            config = device_config(**{k: v for k, v in merged.items() if k not in own})
         except CrossbarConfigError as e:
             raise TargetError(str(e)) from None
+        return cls.build_options({**{k: v for k, v in merged.items() if k in own}, "config": config}, context)
+
+    @classmethod
+    def writes_trains(cls, options: CrossbarOptions) -> bool:
+        return options.config.update == "two_trains"
+
+    def __init__(self, spec: NetworkSpec, options: CrossbarOptions | None = None, /, **kwargs: Any) -> None:
+        super().__init__(spec, options, **kwargs)
+        self.config: TileConfig = self.options.config
         if self.config.read.ir_drop and spec.conv:
             raise TargetError("crossbar.ir_drop is modelled for dense layers only; this network has convolutions")
-        if isinstance(seed, bool) or not isinstance(seed, int):
-            raise TargetError(f"crossbar seed = {seed!r} is invalid: expected an integer")
-        self.device = parse_device(device)
-        self.dtype = parse_dtype(dtype)
-        self.seed = seed
+        self.device = self.options.torch_device
+        self.dtype = self.options.torch_dtype
+        seed = self.seed = self.options.seed
         self.now = 0.0  # simulated seconds since the devices were made
         self._cpu_gen = torch.Generator().manual_seed(seed)
         self._gen = torch.Generator(device=self.device).manual_seed(seed + 1)
         self.arrays: dict[str, PairArray] = {}
         self._weights: dict[str, torch.Tensor] | None = None
         self._ir_weights: dict[tuple[str, bool], torch.Tensor] = {}
-        self._last: Relaxation | None = None
         self._drive_memo = InputMemo()
         self._drives: dict = {}  # the phase drives (quiet, noisy) and their array product, per input and weights
         self._version = 0
@@ -64,13 +82,12 @@ class CrossbarTarget(Target):
     @property
     def capabilities(self) -> Capabilities:
         return Capabilities(name=self.name, device=str(self.device), dtype=str(self.dtype).removeprefix("torch."),
-                            exact=False, update_trains=self.config.update == "two_trains",
+                            exact=False, update_trains=self.writes_trains(self.options), models_time=True,
                             notes=f"preset {self.config.preset}; update {self.config.update}")
 
     # ---- weights ---------------------------------------------------------------------------------------------
 
-    def program(self, weights: Mapping[str, torch.Tensor]) -> None:
-        check_parameters(self.spec, weights)
+    def _program(self, weights: Mapping[str, torch.Tensor]) -> None:
         if not self.arrays:
             self._make_arrays(weights)
         for name, w in weights.items():
@@ -116,16 +133,16 @@ class CrossbarTarget(Target):
             self._ir_weights[key] = a.scale * (effective_conductance(pos, r) - effective_conductance(neg, r))
         return self._ir_weights[key]
 
-    def read_weights(self) -> dict[str, torch.Tensor]:
+    def _read_weights(self) -> dict[str, torch.Tensor]:
         return {n: t.detach().cpu().clone() for n, t in self.weights.items()}
 
     # ---- relaxation ------------------------------------------------------------------------------------------
 
-    def relax(self, x: torch.Tensor, steps: int, beta: float = 0.0, y: torch.Tensor | None = None,
-              init: Init = None, stop_tolerance: float = 0.0) -> Relaxation:
+    def _relax(self, x: torch.Tensor, steps: int, beta: float, y: torch.Tensor | None, start: Start,
+               stop_tolerance: float) -> Relaxation:
         x = x.to(self.device, self.dtype)
         y = None if y is None else y.to(self.device)
-        states = initial_states(self.spec, init, self._last, x.shape[0], self.device, self.dtype)
+        states = start_states(start, self.device, self.dtype)
         params = self.weights
         if self._drive_memo.changed(x, self._version):
             self._drives = {}  # drives of another input or other weights
@@ -133,16 +150,15 @@ class CrossbarTarget(Target):
         with torch.no_grad():
             if per_step or steps == 1:
                 drive = self._phase_drive(x, noisy=True)
-                self._last = dynamics.relax(self.spec, params, x, steps, beta, y, states, drive, stop_tolerance,
-                                            self._reads.reads())
+                return dynamics.relax(self.spec, params, x, steps, beta, y, states, drive, stop_tolerance,
+                                      self._reads.reads())
             else:  # settle without read noise, then read the equilibrium with it
                 quiet = dynamics.relax(self.spec, params, x, steps - 1, beta, y, states,
                                        self._phase_drive(x, noisy=False), stop_tolerance, self._reads.reads())
                 end = dynamics.step(self.spec, params, self._phase_drive(x, noisy=True)(), quiet.states, beta, y,
                                     self._reads.reads())
-                self._last = Relaxation(tuple(end), dynamics.logits(self.spec, params, end[-1]), quiet.steps + 1,
-                                        quiet.residual)
-        return self._last
+                return Relaxation(tuple(end), dynamics.logits(self.spec, params, end[-1]), quiet.steps + 1,
+                                  quiet.residual)
 
     def _phase_drive(self, x: torch.Tensor, noisy: bool):
         """The input drive, and read noise on or off for the phase's other reads too.
@@ -160,23 +176,15 @@ class CrossbarTarget(Target):
 
     # ---- updates ---------------------------------------------------------------------------------------------
 
-    def apply_update(self, delta: Mapping[str, torch.Tensor], trains: Trains | None = None) -> UpdateReport:
-        """Write ``delta``; with ``update = 'two_trains'`` write ``trains[0]`` then ``-trains[1]`` instead.
+    def _apply_update(self, update: Update) -> UpdateReport:
+        """Write the increment; with ``update = 'two_trains'`` write ``trains[0]`` then ``-trains[1]`` instead.
 
-        The trains add up to ``delta``; written one after the other, asymmetric devices do not cancel them.
+        The trains add up to the increment; written one after the other, asymmetric devices do not cancel them.
         """
-        check_parameters(self.spec, delta, complete=False)
-        if not self.arrays:
-            raise TargetError("the target holds no weights yet: call program(weights) first")
         if self.capabilities.update_trains:
-            if trains is None:
-                raise TargetError("crossbar.update = 'two_trains' needs the update as two pulse trains; the "
-                                  "learning loop passes them for EP estimators without momentum or weight decay")
-            for train in trains:  # both checked before either is written: a bad train writes nothing
-                check_parameters(self.spec, train, complete=False)
-            writes = [dict(trains[0]), {n: -t for n, t in trains[1].items()}]
+            writes = [dict(update.trains[0]), {n: -t for n, t in update.trains[1].items()}]
         else:
-            writes = [dict(delta)]
+            writes = [dict(update.delta)]
         report = UpdateReport()
         pulses = 0.0
         for write in writes:
@@ -188,14 +196,12 @@ class CrossbarTarget(Target):
         self.totals["saturated"] += report.saturated
         self.totals["writes"] += 1
         report.details = {"pulses": pulses}
-        self.wait(self.config.time.time_per_update)
+        self._wait(self.config.time.time_per_update)
         self._changed()
         return report
 
-    def wait(self, seconds: float) -> None:
-        """Let ``seconds`` of simulated time pass: drift, decay and diffusion act; nothing is forgotten."""
-        if seconds < 0:
-            raise TargetError(f"wait({seconds}) is invalid: time only moves forward")
+    def _wait(self, seconds: float) -> None:
+        """Drift, decay and diffusion act over ``seconds`` of simulated time; nothing is forgotten."""
         self.now += seconds
         if self.config.time.lifetime or self.config.time.diffusion:
             for a in self.arrays.values():

@@ -14,8 +14,8 @@ import dataclasses
 import logging
 import math
 import random
-from dataclasses import asdict, dataclass
-from typing import Callable, Mapping, TypeVar
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping, TypeVar
 
 import numpy as np
 import torch
@@ -25,12 +25,12 @@ from firmware_interface.client import BoardClient, BoardError, BoardLinkError, B
 from firmware_interface.protocol import BETA_FRAC, BIAS, FEEDBACK, RESIDUAL, SCORES, W, Capability, Init, Phase, Snapshot, \
     Status, tensor_id
 from firmware_interface.tensor import DTYPES, I32, U16
+from hwtoolkit import schema
 from hwtoolkit.network.dynamics import Relaxation
-from hwtoolkit.network.parameters import check_parameters
 from hwtoolkit.network.spec import NetworkSpec
 
-from ..base import Capabilities, Init as InitArg, Target, TargetError, Trains, UpdateReport
-from ..registry import register
+from ..base import Capabilities, Quantization, Start, Target, TargetError, Update, UpdateReport
+from ..options import parse_quant
 from .image import BoardImage, ImageError, board_image
 
 log = logging.getLogger(__name__)
@@ -49,38 +49,69 @@ class LinkReport:
     saturated: int = 0
 
 
-@register("serial")
+@dataclass(frozen=True)
+class SerialOptions:
+    """How the host reaches the board, and the run's fixed-point ``[quant]`` table."""
+
+    url: str = ""  # a device path (/dev/ttyACM0), a pty path, or socket://HOST:PORT
+    baudrate: int = 115_200
+    timeout: float = 0.5  # seconds; the client stretches it by the work a request asks for
+    retries: int = 8
+    max_batch: int = 0  # samples per RELAX (0 = the board's limit)
+    verify_every: int = 0  # updates between CRC checks of every tensor (0 = never)
+    max_recoveries: int = 3  # board resets survived per operation
+    quant: Any = None  # a quantize.config.QuantConfig (or its table as a dict)
+    client: Any = None  # an open BoardClient to use instead of opening url (tests, custom transports)
+
+    def __post_init__(self) -> None:
+        for name, low, high, integer in (("baudrate", 50, 50_000_000, True), ("timeout", 0, 3600, False),
+                                         ("retries", 0, 1000, True)):
+            try:
+                schema.check_number(f"target.{name}", getattr(self, name), low, high, integer=integer,
+                                    low_open=name == "timeout")
+            except schema.SchemaError as e:
+                raise TargetError(str(e)) from None
+        for name in ("max_batch", "verify_every", "max_recoveries"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise TargetError(f"target.{name} = {value!r} is invalid: expected an integer >= 0")
+        if self.client is not None and not isinstance(self.client, BoardClient):
+            raise TargetError(f"target.client = {self.client!r} is invalid: expected a BoardClient")
+        if self.client is None and not self.url:
+            raise TargetError("target.url is required for the serial target: a device path (/dev/ttyACM0), a pty "
+                              "path, or socket://127.0.0.1:PORT")
+        object.__setattr__(self, "quant", parse_quant(self.quant))
+
+
 class SerialTarget(Target):
     """A board that runs the fixed-point network, driven over a serial link (``target.url``)."""
 
     description = ("a board over a serial link running the fixed-point network (options: url = a device path, "
                    "pty path or socket://HOST:PORT; baudrate, timeout, retries, max_batch, verify_every, "
                    "max_recoveries; needs a [quant] table with weight_bits, state_bits and scale = \"pow2\")")
+    Options = SerialOptions
+    quantization = Quantization.FIXED_POINT
+    reconnect_options = ("url", "baudrate", "timeout", "retries")  # a relaunched board may have a new address
 
-    def __init__(self, spec: NetworkSpec, url: str = "", quant: Mapping[str, object] | None = None,
-                 baudrate: int = 115_200, timeout: float = 0.5, retries: int = 8, max_batch: int = 0,
-                 verify_every: int = 0, max_recoveries: int = 3, client: BoardClient | None = None) -> None:
-        super().__init__(spec)
-        if client is None and not url:
-            raise TargetError("target.url is required for the serial target: a device path (/dev/ttyACM0), a pty "
-                              "path, or socket://127.0.0.1:PORT")
-        for name, value, ok in (("max_batch", max_batch, max_batch >= 0), ("verify_every", verify_every,
-                                 verify_every >= 0), ("max_recoveries", max_recoveries, max_recoveries >= 0)):
-            if isinstance(value, bool) or not isinstance(value, int) or not ok:
-                raise TargetError(f"target.{name} = {value!r} is invalid: expected an integer >= 0")
-        self.quant, self._fp = self._open_quant(spec, quant)
-        self.url = url or _port_name(client.port)
+    def __init__(self, spec: NetworkSpec, options: SerialOptions | None = None, /, **kwargs: Any) -> None:
+        super().__init__(spec, options, **kwargs)
+        opts = self.options
+        self.check_quant(opts.quant)
+        self.quant, self._fp = self._open_quant(spec, opts.quant)
+        client = opts.client
+        self.url = opts.url or _port_name(client.port)
         if client is None:
             try:
-                client = BoardClient.open(url, baudrate=baudrate, timeout=timeout, retries=retries)
+                client = BoardClient.open(opts.url, baudrate=opts.baudrate, timeout=opts.timeout,
+                                          retries=opts.retries)
             except (ConnectionError, BoardTimeout, BoardError, ProtocolError, ValueError) as e:
-                raise TargetError(f"target.url = {url!r}: no board answered HELLO: {e}") from None
+                raise TargetError(f"target.url = {opts.url!r}: no board answered HELLO: {e}") from None
         elif client.info is None:
             client.hello()
         self.client = client
         self.info = client.info
-        self.max_batch = min(self.info.max_batch, max_batch or self.info.max_batch)
-        self.verify_every, self.max_recoveries = verify_every, max_recoveries
+        self.max_batch = min(self.info.max_batch, opts.max_batch or self.info.max_batch)
+        self.verify_every, self.max_recoveries = opts.verify_every, opts.max_recoveries
         self.report = LinkReport()
         self._check_board()
         self._image: BoardImage | None = None
@@ -89,24 +120,13 @@ class SerialTarget(Target):
         self._input: np.ndarray | None = None  # the input integers on the board (one chunk)
         self._labels: np.ndarray | None = None
         self._free: Relaxation | None = None  # the phase whose states are the board's FREE snapshot
-        self._last: Relaxation | None = None
         self._last_on_board = False  # the board's current states are self._last's
 
     @staticmethod
-    def _open_quant(spec: NetworkSpec, quant: Mapping[str, object] | None):
-        from quantize.config import QuantConfig, QuantConfigError
+    def _open_quant(spec: NetworkSpec, cfg):
         from quantize.fixed_point import FixedPointError, FixedPointNetwork
         from quantize.network import QuantEPNetwork
 
-        try:
-            cfg = QuantConfig(**(quant or {}))
-        except TypeError as e:
-            raise TargetError(f"target option quant = {dict(quant or {})!r} is invalid: {e}") from None
-        except QuantConfigError as e:
-            raise TargetError(str(e)) from None
-        if not cfg.fixed_point:
-            raise TargetError(f"the serial target runs the fixed-point network: set quant.weight_bits and "
-                              f"quant.state_bits (e.g. 8) and quant.scale = \"pow2\"; got {cfg.describe()}")
         net = QuantEPNetwork(spec, cfg)
         try:
             fp = FixedPointNetwork.from_quant(net)
@@ -148,8 +168,8 @@ class SerialTarget(Target):
     @property
     def capabilities(self) -> Capabilities:
         caps = self.info.capabilities
-        return Capabilities(name=self.name, device=self.url, dtype="float32", exact=False, conv=False,
-                            untied=bool(caps & Capability.UNTIED), max_steps=self.info.max_steps,
+        return Capabilities(name=self.name, device="cpu", dtype="float32", exact=False, conv=False,
+                            untied=bool(caps & Capability.UNTIED), max_steps=self.info.max_steps, address=self.url,
                             notes=f"fixed point {self.quant.cfg.describe()}; board: {self.info.describe()}")
 
     # -- the link, with recovery from board resets ----------------------------------------------------------
@@ -188,19 +208,17 @@ class SerialTarget(Target):
 
     # -- weights ------------------------------------------------------------------------------------------
 
-    def program(self, weights: Mapping[str, torch.Tensor]) -> None:
-        check_parameters(self.spec, weights)
+    def _program(self, weights: Mapping[str, torch.Tensor]) -> None:
         self.quant.load_shadow(weights)
         self._run(lambda: self._sync(full=True))
 
-    def read_weights(self) -> dict[str, torch.Tensor]:
+    def _read_weights(self) -> dict[str, torch.Tensor]:
         """The host's float shadow weights (what checkpoints hold); ``board_weights`` reads the board's integers."""
         return {n: t.detach().clone() for n, t in self.quant.shadow().items()}
 
-    def apply_update(self, delta: Mapping[str, torch.Tensor], trains: Trains | None = None) -> UpdateReport:
-        check_parameters(self.spec, delta, complete=False)
+    def _apply_update(self, update: Update) -> UpdateReport:
         shadow = self.quant.shadow()
-        for n, d in delta.items():
+        for n, d in update.delta.items():
             shadow[n].add_(d.to(shadow[n].device, shadow[n].dtype))
         before = self.report.saturated
         self._run(lambda: self._sync(full=False))
@@ -270,6 +288,16 @@ class SerialTarget(Target):
                 diff -= part
             self._image = dataclasses.replace(self._image, tensors={**self._image.tensors, tid: (new, code)})
 
+    @property
+    def image(self) -> BoardImage | None:
+        """What the host last wrote to the board: the network record and its integer tensors."""
+        return self._image
+
+    @property
+    def fixed_point(self):
+        """The fixed-point network (``quantize.fixed_point.FixedPointNetwork``) the board runs."""
+        return self._fp
+
     def verify(self) -> list[int]:
         """Ids of the tensors whose CRC on the board differs from the host's (empty when all agree)."""
         return self._run(self._mismatches)
@@ -307,35 +335,22 @@ class SerialTarget(Target):
 
     # -- phases -------------------------------------------------------------------------------------------
 
-    def relax(self, x: torch.Tensor, steps: int, beta: float = 0.0, y: torch.Tensor | None = None,
-              init: InitArg = None, stop_tolerance: float = 0.0) -> Relaxation:
-        self._require_weights()
-        if x.shape[0] == 0:
-            raise TargetError("x holds no samples: a phase needs a batch of at least one")
-        if steps < 1 or steps > self.info.max_steps:
-            raise TargetError(f"steps = {steps} is invalid: the board runs 1 to {self.info.max_steps} steps a phase")
+    def _relax(self, x: torch.Tensor, steps: int, beta: float, y: torch.Tensor | None, start: Start,
+               stop_tolerance: float) -> Relaxation:
         if beta != 0.0:
             if self.spec.output != "mse":
                 raise TargetError("a nudged phase on the board needs network.output = \"mse\" (the CE nudge goes "
                                   "through a softmax, which the fixed-point model has no integer form for)")
-            if y is None:
-                raise TargetError("a nudged phase (beta != 0) needs targets y")
             if not 1 <= abs(round(beta * (1 << BETA_FRAC))) < 2**31:
                 raise TargetError(f"beta = {beta} is invalid on a board: it travels as round(beta * 2^16) in an "
                                   f"i32, which must not be 0 (|beta| > 2^-17 and < 2^15)")
-        if y is not None and (y.dim() != 1 or y.shape[0] != x.shape[0] or y.dtype.is_floating_point
-                              or (y.numel() and not 0 <= int(y.min()) <= int(y.max()) < self.spec.classes)):
-            raise TargetError(f"y must hold {x.shape[0]} class indices in [0, {self.spec.classes}); got a "
-                              f"{y.dtype} tensor of shape {tuple(y.shape)}")
-        if stop_tolerance < 0:
-            raise TargetError(f"stop_tolerance = {stop_tolerance} is invalid: expected >= 0")
         if stop_tolerance and not self.info.capabilities & Capability.EARLY_STOP:
             raise TargetError(f"stop_tolerance = {stop_tolerance}: the board at {self.url} cannot end a phase early")
         x_int = self._fp.encode_input(x.detach().cpu().float()).numpy()
         labels = None if y is None else y.detach().cpu().numpy().astype(np.uint8)
         batch = x_int.shape[0]
         single = batch <= self.max_batch
-        mode, source, states = self._initial_states(init, batch, single)
+        mode, source, states = self._initial_states(start, batch, single)
         tolerance = min(math.floor(stop_tolerance * 2 ** self._image.state_frac), 0xFFFFFFFE) \
             if stop_tolerance else None
         parts = []
@@ -346,42 +361,27 @@ class SerialTarget(Target):
                 x_int[rows], None if labels is None else labels[rows], steps, beta, mode, source, chunk_states,
                 tolerance)))
         result = self._assemble(parts)
-        self._last, self._last_on_board = result, single
+        self._last_on_board = single
         if beta == 0.0 and single:
             self._free = result
         return result
 
-    def _require_weights(self) -> None:
-        if self._image is None:
-            raise TargetError("the target holds no weights yet: call program(weights) first")
-
-    def _initial_states(self, init: InitArg, batch: int, single: bool
+    def _initial_states(self, start: Start, batch: int, single: bool
                         ) -> tuple[Init, Relaxation | None, list[np.ndarray] | None]:
         """Where a phase starts: ``(mode, the phase whose states the board may still hold, host states)``.
 
         The board starts from its own snapshot when it holds the states asked for; otherwise (another chunk,
         a reset since) the host writes them, quantized to the state format.
         """
-        if init is None or (isinstance(init, str) and init == "zero"):
+        if start is None:
             return Init.ZERO, None, None
-        mode = Init.KEEP
-        if isinstance(init, str):
-            if init != "keep":
-                raise TargetError(f"init = {init!r} is invalid; use None, 'zero', 'keep', or a list of states")
-            if self._last is None:
-                raise TargetError("init = 'keep' but the target has not relaxed yet")
-            init = self._last
-        elif isinstance(init, Relaxation) and init is self._free:
-            mode = Init.FREE
-        states = init.states if isinstance(init, Relaxation) else init
-        expected = [(batch, *shape) for shape in self.spec.state_shapes]
-        if [tuple(s.shape) for s in states] != expected:
-            raise TargetError(f"initial states have shapes {[tuple(s.shape) for s in states]}, expected {expected}")
+        mode = Init.FREE if isinstance(start, Relaxation) and start is self._free else Init.KEEP
+        states = start.states if isinstance(start, Relaxation) else start
         smax = (1 << self._fp.state_bits) - 1
         scale = 2 ** self._image.state_frac
         host = [torch.round(s.detach().cpu().double() * scale).clamp(0, smax).long().flatten(1).numpy()
                 for s in states]
-        source = init if single and isinstance(init, Relaxation) else None
+        source = start if single and isinstance(start, Relaxation) else None
         return mode, source, host
 
     def _on_board(self, mode: Init, source: Relaxation | None) -> bool:
@@ -443,12 +443,6 @@ class SerialTarget(Target):
             logits = states[-1].flatten(1).clone()
         residual = torch.from_numpy(np.concatenate([p[2] for p in parts]).astype(np.float32)).mul_(scale)
         return Relaxation(states, logits, max(p[3] for p in parts), residual)
-
-    def link_report(self) -> dict:
-        """Counts of uploads, updates, recoveries and the client's traffic."""
-        stats = asdict(self.client.stats)
-        stats.pop("events")
-        return {**asdict(self.report), **stats}
 
     def close(self) -> None:
         self.client.close()

@@ -138,4 +138,4 @@ def test_evaluate_after_simulated_drift(idx_dataset, tmp_path, capsys):
         results[wait] = json.loads(capsys.readouterr().out)
     assert results["1e8"]["test_loss"] > results["0"]["test_loss"] + 0.01
     assert main(["evaluate", str(run), "--wait", "-1"]) == 2
-    assert "wait = -1.0 is invalid" in capsys.readouterr().err
+    assert "argument --wait: -1.0 is invalid" in capsys.readouterr().err

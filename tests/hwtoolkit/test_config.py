@@ -281,7 +281,16 @@ def test_wrong_type_names_the_field(override: str, pattern: str) -> None:
 @pytest.mark.parametrize(
     ("overrides", "pattern"),
     [
-        (["ep.beta=-0.1"], r"ep\.beta = -0\.1 is invalid: expected a positive number"),
+        (["ep.beta=-0.1"], r"ep\.beta = -0\.1 is invalid: expected a finite number in \(0, 10\]"),
+        (["ep.beta=1e30"], r"ep\.beta = 1e\+30 is invalid: expected a finite number in \(0, 10\]"),
+        (["ep.free_steps=1000000000000"], r"ep\.free_steps = 1000000000000 is invalid: expected an integer in \[1, 100000\]"),
+        (["optim.lr=1e30"], r"optim\.lr\[0\] = 1e\+30 is invalid"),
+        (["optim.lr=[0.1, nan]"], r"optim\.lr\[1\] = nan is invalid: expected a finite number"),
+        (["ep.beta=inf"], r"ep\.beta = inf is invalid: expected a finite number"),
+        (["train.batch_size=100000000"], r"train\.batch_size = 100000000 is invalid"),
+        (["seed=-1"], r"seed = -1 is invalid: expected an integer in \[0, "),
+        (["name='../../x'"], r"name = '\.\./\.\./x' is invalid: expected a name without path separators"),
+        (["name='/abs/x'"], r"name = '/abs/x' is invalid"),
         (["ep.beta=0"], r"ep\.beta = 0\.0"),
         (["ep.free_steps=0"], r"ep\.free_steps = 0"),
         (["ep.tolerance=0"], r"ep\.tolerance"),
@@ -289,7 +298,7 @@ def test_wrong_type_names_the_field(override: str, pattern: str) -> None:
         (["optim.momentum=-0.1"], r"optim\.momentum = -0\.1"),
         (["optim.weight_decay=-1"], r"optim\.weight_decay"),
         (["optim.final_lr_factor=1.5"], r"optim\.final_lr_factor = 1\.5"),
-        (["optim.lr=[0.0]"], r"optim\.lr = \[0\.0\]"),
+        (["optim.lr=[0.0]"], r"optim\.lr\[0\] = 0\.0"),
         (["optim.lr=[]"], r"optim\.lr = \[\]"),
         (["estimator=magic"], r"estimator = 'magic' is invalid: expected one of \('symmetric'"),
         (["optim.schedule=linear"], r"optim\.schedule = 'linear' is invalid: expected one of \('cosine'"),
@@ -356,15 +365,26 @@ def test_layer_lrs_broadcasts_a_single_value() -> None:
 # --------------------------------------------------------------------------- target options
 
 
-def test_target_options_pass_through() -> None:
-    text = BASE + '\n[target]\nname = "reference"\ndevice = "cpu"\ndtype = "float64"\ngain = 2\n[target.extra]\nk = [1, 2]\n'
+def test_target_options_are_kept_as_written() -> None:
+    text = BASE + '\n[target]\nname = "reference"\ndevice = "cpu"\ndtype = "float64"\nsolver = "anderson"\n'
     cfg = config.loads(text)
     assert cfg.target.name == "reference"
-    assert cfg.target.options == {"device": "cpu", "dtype": "float64", "gain": 2, "extra": {"k": [1, 2]}}
+    assert cfg.target.options == {"device": "cpu", "dtype": "float64", "solver": "anderson"}
     assert "name" not in cfg.target.options
     # to_dict flattens the options back next to the name
-    assert cfg.to_dict()["target"] == {"name": "reference", "device": "cpu", "dtype": "float64", "gain": 2,
-                                       "extra": {"k": [1, 2]}}
+    assert cfg.to_dict()["target"] == {"name": "reference", "device": "cpu", "dtype": "float64", "solver": "anderson"}
+
+
+def test_target_options_are_validated_by_the_target() -> None:
+    """The registry validates [target] keys with the target's own options dataclass, at load time."""
+    with pytest.raises(config.ConfigError, match=r"unknown key\(s\) \['gain'\] in \[target\]; valid keys: .*solver"):
+        config.loads(BASE, ["target.gain=2"])
+    with pytest.raises(config.ConfigError, match=r"target.anderson_memory = 'x' is invalid: expected an integer"):
+        config.loads(BASE, ["target.anderson_memory='x'"])
+    with pytest.raises(config.ConfigError, match=r"target.solver = 'newton' is invalid"):
+        config.loads(BASE, ["target.solver=newton"])
+    with pytest.raises(config.ConfigError, match=r"target.quant is set by the \[quant\] table"):
+        config.loads(BASE, ["target.quant={weight_bits=8}", "quant.weight_bits=8"])
 
 
 def test_target_name_defaults_to_reference() -> None:
@@ -373,10 +393,9 @@ def test_target_name_defaults_to_reference() -> None:
     assert cfg.target.options == {"device": "cpu"}
 
 
-def test_other_target_name_is_kept() -> None:
-    cfg = config.loads(BASE, ["target.name=mychip", "target.port=/dev/ttyUSB0"])
-    assert cfg.target.name == "mychip"
-    assert cfg.target.options == {"port": "/dev/ttyUSB0"}
+def test_unknown_target_name_lists_the_available_ones() -> None:
+    with pytest.raises(config.ConfigError, match=r"unknown target 'mychip'; available: .*crossbar.*reference.*serial"):
+        config.loads(BASE, ["target.name=mychip", "target.port=/dev/ttyUSB0"])
 
 
 # --------------------------------------------------------------------------- round trip
@@ -428,3 +447,17 @@ def test_non_finite_numbers_are_rejected(override):
     base = (REPO / "configs" / "fmnist_mlp.toml").read_text()
     with pytest.raises(ConfigError, match="finite"):
         config.loads(base, [override])
+
+
+def test_the_run_seed_reaches_a_target_that_takes_one_unless_set() -> None:
+    """A target whose options declare ``seed`` gets the run's seed; the [crossbar] table (or [target]) may set it."""
+    import targets
+
+    def options(overrides):
+        cfg = config.loads(BASE, ["seed=11", "target.name=crossbar", *overrides])
+        return targets.configure(cfg.target.name, cfg.target.options, cfg.target.tables, cfg.run_context())
+
+    assert options([]).seed == 11
+    assert options(["crossbar.seed=7"]).seed == 7
+    assert options(["target.seed=5"]).seed == 5
+    assert options(["crossbar.preset=pcm"]).config.preset == "pcm"

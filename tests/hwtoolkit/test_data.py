@@ -719,7 +719,7 @@ def test_downsample_averages_blocks_rounding_half_to_even():
 
 def test_config_downsample_shrinks_the_images_and_checks_the_input_shape(idx_dataset):
     from hwtoolkit import config
-    from hwtoolkit.training.loop import load_splits
+    from hwtoolkit.runs import load_splits
     from tests.conftest import tiny_config_text
 
     text = tiny_config_text(idx_dataset).replace("input_shape = [1, 8, 8]", "input_shape = [1, 4, 4]")

@@ -1,4 +1,4 @@
-"""The GDU property (EP_PRIMER section 4): per-step EP updates equal BPTT gradients as beta -> 0.
+"""The GDU property (docs/ep.md#bptt-and-the-gdu-property): per-step EP updates equal BPTT gradients as beta -> 0.
 
 Acceptance: float64, a tied MLP with two hidden layers and a small tied ConvNet,
 free phase converged; relative error (normalised RMSE over all steps and units)

@@ -13,10 +13,11 @@ from hwtoolkit.cli import main
 from hwtoolkit.network.parameters import init_parameters
 from hwtoolkit.plots import plot_sweep
 from hwtoolkit.diagnostics.fidelity import cosine, measure_fidelity
+from hwtoolkit.runs import load_splits
 from hwtoolkit.sweep import SweepError, run_sweep
 from hwtoolkit.sweep.report import COLUMNS, aggregate
 from hwtoolkit.sweep.values import SweepValue, parse_values, point_dirname, split_values
-from hwtoolkit.training.loop import load_splits
+from targets import Update
 from targets.reference import ReferenceTarget
 
 # ------------------------------------------------------------------------------------------------ values
@@ -228,7 +229,39 @@ def test_resume_keeps_finished_points_and_finishes_the_others(lr_sweep, tmp_path
     # a finished point trained with another config is not silently reused
     assert main(["sweep", str(cfg), "--param", "optim.lr", "--values", "1e-5,0.1", "--seeds", "2", "--out", str(out),
                  "--set", "ep.beta=0.3", "--resume", "--no-progress"]) == 2
-    assert "different config" in capsys.readouterr().err
+    assert "holds another sweep (different sets" in capsys.readouterr().err
+
+
+def test_resume_never_overwrites_another_study(lr_sweep, tmp_path, capsys):
+    """--resume with another key, other values, other seeds or another base config is refused; nothing changes."""
+    cfg, original = lr_sweep
+    out = tmp_path / "sweep"
+    shutil.copytree(original, out)
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    other_cfg = tmp_path / "other.toml"
+    other_cfg.write_text(cfg.read_text().replace("epochs = 1", "epochs = 2"))
+    assert other_cfg.read_text() != cfg.read_text()
+    for args, what in ((["--param", "ep.beta", "--values", "0.1,0.2"], "different key, values"),
+                       (["--param", "optim.lr", "--values", "1e-5,0.2"], "different values"),
+                       (["--param", "optim.lr", "--values", "1e-5,0.1", "--seeds", "3"], "different seeds"),
+                       (["--param", "optim.lr", "--values", "1e-5,0.1", "--seeds", "2", "--config-file"], "config")):
+        config_path = str(other_cfg) if "--config-file" in args else str(cfg)
+        args = [a for a in args if a != "--config-file"]
+        if "--seeds" not in args:
+            args += ["--seeds", "2"]
+        assert main(["sweep", config_path, *args, "--out", str(out), "--resume", "--no-progress"]) == 2
+        assert what in capsys.readouterr().err
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file() and p.name != ".lock"} == \
+        {p: b for p, b in before.items() if p.name != ".lock"}
+
+
+def test_resume_of_a_directory_without_a_sweep_is_refused(cfg_file, tmp_path, capsys):
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "readme.txt").write_text("mine")
+    assert main(["sweep", str(cfg_file), "--param", "ep.beta", "--values", "0.1", "--out", str(tmp_path / "notes"),
+                 "--resume", "--no-progress"]) == 2
+    assert "holds no sweep to continue" in capsys.readouterr().err
+    assert sorted(p.name for p in (tmp_path / "notes").iterdir()) == [".lock", "readme.txt"]
 
 
 # ------------------------------------------------------------------------- categorical values, fidelity
@@ -248,8 +281,8 @@ def test_string_values_sweep_categorically_and_bptt_runs_use_symmetric_ep_for_fi
 class _WritePathTarget(ReferenceTarget):
     """Exact relaxations, but the write path drops every update of the first layer and doubles the rest."""
 
-    def apply_update(self, delta, *args, **kwargs):
-        return super().apply_update({n: 2 * d for n, d in delta.items() if n not in ("w1", "b1")}, *args, **kwargs)
+    def _apply_update(self, update):
+        return super()._apply_update(Update({n: 2 * d for n, d in update.delta.items() if n not in ("w1", "b1")}))
 
 
 class _NoisyReadTarget(ReferenceTarget):

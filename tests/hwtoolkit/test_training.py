@@ -14,7 +14,8 @@ import torch
 from conftest import tiny_config_text
 from hwtoolkit import config
 from hwtoolkit.training import checkpoint
-from hwtoolkit.training.loop import RunExistsError, evaluate_run, train
+from hwtoolkit.runs import evaluate_run
+from hwtoolkit.training.loop import RunExistsError, train
 
 REPO = Path(__file__).resolve().parents[2]
 

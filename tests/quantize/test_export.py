@@ -48,7 +48,7 @@ def ort_scores(path, x):
 
 
 def relaxed_scores(cfg, w, x, steps):
-    from hwtoolkit.training.loop import open_target
+    from hwtoolkit.runs import open_target
 
     with open_target(cfg) as t:
         t.program(w)

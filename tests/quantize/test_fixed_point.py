@@ -195,3 +195,42 @@ def test_weight_file_of_another_version_is_refused(tmp_path):
     path.write_bytes(bytes(body) + struct.pack("<I", zlib.crc32(bytes(body))))
     with pytest.raises(WeightFileError, match="version 2"):
         FixedPointNetwork.load(path)
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    (lambda m: m["input"].update(bits=0), r"input\.bits = 0, expected an integer in \[2, 16\]"),
+    (lambda m: m["input"].update(bits=10**30), r"input\.bits = 1000000000000000000000000000000"),
+    (lambda m: m["input"].update(signed="yes"), r"input\.signed = 'yes', expected true or false"),
+    (lambda m: m["state"].update(frac=-3), r"state\.frac = -3"),
+    (lambda m: m.pop("state"), r"no field 'state'"),
+    (lambda m: m.update(spec=None), r"invalid meta record"),
+    (lambda m: m["spec"].update(hidden=[13]), r"w1 has shape \(12, 36\), the network needs \(13, 36\)"),
+    (lambda m: m["parameters"]["w1"].update(bits=2), r"w1 holds values outside its 2-bit format"),
+    (lambda m: m.update(parameters=[]), r"do not match the parameters"),
+])
+def test_a_weight_file_with_a_valid_crc_but_odd_metadata_is_refused_by_name(tmp_path, change, message):
+    """A crafted .epqw (CRC recomputed) with odd metadata: a WeightFileError naming the field, never a crash."""
+    from quantize import weight_file
+
+    _, fp = pair(NetworkSpec(input_shape=(1, 6, 6), hidden=(12,), classes=4))
+    path = tmp_path / "net.epqw"
+    fp.save(path)
+    tensors, meta = weight_file.read(path)
+    change(meta)
+    signed = {n: fp.params[n].signed for n in tensors}
+    weight_file.write(path, {n: (d, f, signed[n]) for n, (d, f) in tensors.items()}, meta)  # a valid CRC again
+    with pytest.raises(WeightFileError, match=message):
+        FixedPointNetwork.load(path)
+
+
+def test_a_weight_file_whose_meta_is_not_json_is_refused(tmp_path):
+    from quantize import weight_file
+
+    _, fp = pair(NetworkSpec(input_shape=(1, 6, 6), hidden=(12,), classes=4))
+    path = tmp_path / "net.epqw"
+    fp.save(path)
+    tensors, _ = weight_file.read(path)
+    records = {n: (d, f, fp.params[n].signed) for n, (d, f) in tensors.items()}
+    weight_file.write(path, records, ["not", "an", "object"])
+    with pytest.raises(WeightFileError, match="meta record is list, expected a JSON object"):
+        FixedPointNetwork.load(path)

@@ -15,7 +15,7 @@ from hwtoolkit.network.parameters import init_parameters
 from hwtoolkit.network.spec import ConvLayer, NetworkSpec
 from hwtoolkit.training.estimators import make_estimator
 from hwtoolkit.training.loop import train
-from targets import TargetError
+from targets import TargetError, Update
 from targets.crossbar import (PRESETS, RESPONSES, CrossbarConfigError, Device, ExponentialStep, Periphery,
                               ResponseModel, SoftBounds, TableResponse, TileConfig, device_config)
 from targets.crossbar.devices import PairArray
@@ -232,7 +232,7 @@ def test_two_trains_do_not_cancel_on_asymmetric_devices() -> None:
         before = {n: (a.pos.g.clone(), a.neg.g.clone()) for n, a in xb.arrays.items()}
         train = {n: 1e-3 * xb.arrays[n].scale * torch.ones_like(t) for n, t in w.items()}
         zero = {n: torch.zeros_like(t) for n, t in w.items()}
-        xb.apply_update(zero, (train, train))
+        xb.apply_update(Update(zero, (train, train)))
         for n, a in xb.arrays.items():
             for g, g0 in zip((a.pos.g, a.neg.g), before[n]):
                 torch.testing.assert_close(g - g0, torch.full_like(g, up_down * 5e-4), atol=1e-12, rtol=1e-9)
@@ -250,7 +250,7 @@ def test_a_bad_second_train_writes_nothing() -> None:
     before = xb.read_weights()
     good = {"w1": torch.full((12, 36), 1e-3, dtype=torch.float64)}
     with pytest.raises(ValueError, match="w1"):
-        xb.apply_update({}, (good, {"w1": torch.full((12, 36), float("nan"), dtype=torch.float64)}))
+        xb.apply_update(Update({}, (good, {"w1": torch.full((12, 36), float("nan"), dtype=torch.float64)})))
     for n, w in before.items():
         assert torch.equal(xb.read_weights()[n], w)
 
@@ -350,11 +350,12 @@ def test_ir_drop_refuses_convolutions() -> None:
 
 @pytest.mark.parametrize("name", ["symmetric", "one_sided"])
 def test_two_phase_terms_add_up_to_the_ep_direction(name: str) -> None:
-    """With trains the estimator returns the two phase terms; their difference is the usual EP direction."""
-    ref, _ = _pair(MLP)
+    """On a target that writes two pulse trains the estimator returns the two phase terms; their difference is
+    the usual EP direction."""
+    ref, xb = _pair(MLP, update="two_trains")
     x, y = _batch(MLP)
     plain = make_estimator(name, EP)(ref, x, y, torch.Generator())
-    split = make_estimator(name, EP, trains=True)(ref, x, y, torch.Generator())
+    split = make_estimator(name, EP)(xb, x, y, torch.Generator())
     assert plain.parts is None and split.parts is not None
     for n, d in plain.direction.items():
         torch.testing.assert_close(split.direction[n], d, atol=1e-12, rtol=1e-9)

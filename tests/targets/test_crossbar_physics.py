@@ -19,6 +19,7 @@ import pytest
 import torch
 
 import targets
+from targets import Update
 from hwtoolkit.network.parameters import init_parameters
 from hwtoolkit.network.spec import NetworkSpec
 from targets.crossbar.config import device_config
@@ -739,7 +740,7 @@ def test_pulse_counters_and_write_energy(mode: str, update: str) -> None:
             trains = ({n: d.clamp_min(0) + 0.01 for n, d in delta.items()},
                       {n: (-d).clamp_min(0) + 0.01 for n, d in delta.items()})
             writes = [trains[0], {n: -v for n, v in trains[1].items()}]
-        reported += t.apply_update(delta, trains).details["pulses"]
+        reported += t.apply_update(Update(delta, trains)).details["pulses"]
         for write in writes:
             for n, d in write.items():
                 r = (d * (1 / t.arrays[n].scale) * 0.5).abs() / dw

@@ -12,9 +12,9 @@ import pytest
 import torch
 
 import targets
-from hwtoolkit.network import NetworkSpec
+from hwtoolkit.network import NetworkSpec, dynamics
 from targets import registry
-from targets.base import Capabilities, Target, TargetError, UpdateReport
+from targets.base import Capabilities, Target, TargetError, Update, UpdateReport, start_states
 
 SPEC = NetworkSpec(input_shape=(1, 6, 6), hidden=(8,), classes=3)
 FAKE_MODULE = "fake_target_mod"
@@ -31,29 +31,39 @@ def clean_registry():
         del sys.modules[name]
 
 
-class DummyTarget(Target):
-    """The smallest complete Target: keeps weights in a dict."""
+@dataclasses.dataclass(frozen=True)
+class DummyOptions:
+    flavour: str = "plain"
 
-    def __init__(self, spec: NetworkSpec, flavour: str = "plain") -> None:
-        super().__init__(spec)
-        self.flavour = flavour
+
+class DummyTarget(Target):
+    """The smallest complete Target: keeps weights in a dict and relaxes with the exact dynamics."""
+
+    Options = DummyOptions
+
+    def __init__(self, spec: NetworkSpec, options: DummyOptions | None = None, /, **kwargs: object) -> None:
+        super().__init__(spec, options, **kwargs)
+        self.flavour = self.options.flavour
         self.weights: dict[str, torch.Tensor] = {}
         self.closed = 0
 
     @property
     def capabilities(self) -> Capabilities:
-        return Capabilities(name=self.name, device="dummy", dtype="float32", exact=False)
+        return Capabilities(name=self.name, device="cpu", dtype="float32", exact=False)
 
-    def program(self, weights: Mapping[str, torch.Tensor]) -> None:
+    def _program(self, weights: Mapping[str, torch.Tensor]) -> None:
         self.weights = {n: t.clone() for n, t in weights.items()}
 
-    def read_weights(self) -> dict[str, torch.Tensor]:
+    def _read_weights(self) -> dict[str, torch.Tensor]:
         return {n: t.clone() for n, t in self.weights.items()}
 
-    def relax(self, x, steps, beta=0.0, y=None, init=None):  # noqa: ANN001, ANN201
-        raise NotImplementedError
+    def _relax(self, x, steps, beta, y, start, stop_tolerance):  # noqa: ANN001, ANN202
+        return dynamics.relax(self.spec, self.weights, x, steps, beta, y, start_states(start, "cpu", torch.float32),
+                              stop_tolerance=stop_tolerance)
 
-    def apply_update(self, delta: Mapping[str, torch.Tensor]) -> UpdateReport:
+    def _apply_update(self, update: Update) -> UpdateReport:
+        for n, d in update.delta.items():
+            self.weights[n] += d
         return UpdateReport()
 
     def close(self) -> None:
@@ -62,30 +72,38 @@ class DummyTarget(Target):
 
 FAKE_SOURCE = textwrap.dedent(
     """
+    from dataclasses import dataclass
+
     from targets.base import Capabilities, Target, UpdateReport
+
+
+    @dataclass(frozen=True)
+    class FakeOptions:
+        port: str = "none"
 
 
     class FakeTarget(Target):
         description = "a third-party target found through its entry point"
+        Options = FakeOptions
 
-        def __init__(self, spec, port="none"):
-            super().__init__(spec)
-            self.port = port
+        def __init__(self, spec, options=None, /, **kwargs):
+            super().__init__(spec, options, **kwargs)
+            self.port = self.options.port
 
         @property
         def capabilities(self):
-            return Capabilities(name="fake", device=self.port, dtype="float32", exact=False)
+            return Capabilities(name="fake", device="cpu", dtype="float32", exact=False, address=self.port)
 
-        def program(self, weights):
+        def _program(self, weights):
             pass
 
-        def read_weights(self):
+        def _read_weights(self):
             return {}
 
-        def relax(self, x, steps, beta=0.0, y=None, init=None):
+        def _relax(self, x, steps, beta, y, start, stop_tolerance):
             raise NotImplementedError
 
-        def apply_update(self, delta):
+        def _apply_update(self, update):
             return UpdateReport()
 
 
@@ -200,7 +218,7 @@ def test_entry_point_target_is_discovered_and_opened(fake_distribution: Path) ->
     assert isinstance(t, Target)
     assert t.port == "/dev/fake0"
     assert t.spec is SPEC
-    assert t.capabilities.device == "/dev/fake0"
+    assert t.capabilities.address == "/dev/fake0"
     # cached after the first load
     assert registry._registered["fake"] is module.FakeTarget
     assert targets.get("fake") is module.FakeTarget
@@ -228,7 +246,7 @@ def test_target_is_abstract() -> None:
         Target(SPEC)  # type: ignore[abstract]
 
     class Incomplete(Target):
-        def program(self, weights):  # noqa: ANN001, ANN202
+        def _program(self, weights):  # noqa: ANN001, ANN202
             pass
 
     with pytest.raises(TypeError):

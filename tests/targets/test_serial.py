@@ -85,7 +85,8 @@ def check_bit_exact(client, net, quant, seed, steps, beta):
     golden = fp.relax(fp.encode_input(x), steps)
     assert [torch.equal(a, b) for a, b in zip(_states_ints(free, fp.state_frac), golden.states)] == \
         [True] * spec.num_state_layers
-    assert torch.equal(free.logits.double(), golden.scores.double() * 2.0 ** -fp.score_frac)
+    # the board's scores are exact; the target returns them as float32, which rounds scores past 2^24
+    assert torch.equal(free.logits, (golden.scores.double() * 2.0 ** -fp.score_frac).float())
     if spec.output == "mse":
         nudged = target.relax(x, steps, beta, y, init=free)
         golden_nudged = fp.relax(fp.encode_input(x), steps, beta, y, init=golden.states)
