@@ -12,7 +12,7 @@ from __future__ import annotations
 import functools
 import math
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, Mapping, NamedTuple
 
 import torch
 
@@ -183,6 +183,9 @@ class Pulses(NamedTuple):
     n: torch.Tensor | None  # pulse counts (None for a continuous device)
     pulsed: torch.Tensor | None  # 1 where a device got pulses, 0 elsewhere (None: every one did)
     c2c: torch.Tensor | None  # cycle-to-cycle noise per unit of change, 1 / sqrt(n) (None without it)
+
+
+MUTABLE = ("g", "pulses", "offset", "written_at")  # the fields of Devices that writes, time and wear change
 
 
 @dataclass
@@ -453,6 +456,26 @@ class PairArray:
         self.pos.g = torch.where(full, self.pos.g, keep_p)
         self.neg.g = torch.where(full, self.neg.g, keep_n)
         return int(full.sum())
+
+    def state(self) -> dict[str, Any]:
+        """The array's scale and every device's mutable state (what writes, time and wear change), as tensors."""
+        out: dict[str, Any] = {"scale": self.scale, "sparse_skips": self._sparse_skips}
+        for side, dev in (("pos", self.pos), ("neg", self.neg)):
+            for key in MUTABLE:
+                value = getattr(dev, key)
+                if value is not None:
+                    out[f"{side}.{key}"] = value.detach().cpu().clone()
+        return out
+
+    def load_state(self, state: Mapping[str, Any]) -> None:
+        """Restore ``state()`` into an array drawn with the same seed and scale."""
+        if float(state["scale"]) != self.scale:
+            raise ValueError(f"the saved array has scale {state['scale']}, this one {self.scale}")
+        self._sparse_skips = int(state["sparse_skips"])
+        for side, dev in (("pos", self.pos), ("neg", self.neg)):
+            for key in MUTABLE:
+                if getattr(dev, key) is not None:
+                    getattr(dev, key).copy_(state[f"{side}.{key}"])
 
     def elapse(self, seconds: float, gen: torch.Generator) -> None:
         """Decay towards the pair's reference and diffuse, for ``seconds`` of simulated time."""

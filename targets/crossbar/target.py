@@ -83,6 +83,7 @@ class CrossbarTarget(Target):
     def capabilities(self) -> Capabilities:
         return Capabilities(name=self.name, device=str(self.device), dtype=str(self.dtype).removeprefix("torch."),
                             exact=False, update_trains=self.writes_trains(self.options), models_time=True,
+                            device_state=True,
                             notes=f"preset {self.config.preset}; update {self.config.update}")
 
     # ---- weights ---------------------------------------------------------------------------------------------
@@ -98,9 +99,13 @@ class CrossbarTarget(Target):
         """Fix each tensor's weight scale from the first weights programmed, and draw its devices."""
         peaks = {n: float(w.detach().abs().max()) for n, w in weights.items()}
         fallback = max(peaks.values()) or 1.0
+        self._draw_arrays({n: (peaks[n] or fallback) / self.config.device.weight_omega for n in peaks})
+
+    def _draw_arrays(self, scales: Mapping[str, float]) -> None:
+        """Draw every array's devices from the target's seed, with the given weight scales."""
         scratch = Scratch(self.device, self.dtype)  # the arrays write one after another
         for name, shape in self.spec.parameter_shapes().items():
-            scale = (peaks[name] or fallback) / self.config.device.weight_omega
+            scale = scales[name]
             self.arrays[name] = PairArray(self.config, tuple(shape), self._cpu_gen, self.device, self.dtype, scale,
                                           scratch)
 
@@ -208,6 +213,40 @@ class CrossbarTarget(Target):
                 a.elapse(seconds, self._gen)
         if self.config.time.active:
             self._changed()
+
+    # ---- device state ----------------------------------------------------------------------------------------
+
+    def _device_state(self) -> dict[str, Any]:
+        """Simulated time, counters, random states, and per array its scale and every device's mutable state.
+
+        What each device was drawn with (bounds, step gains, stuck devices, drift exponents) is not stored: it
+        is drawn again from the seed, in the same order, when the state is loaded.
+        """
+        arrays = {name: a.state() for name, a in self.arrays.items()}
+        return {"seed": self.seed, "now": self.now, "totals": dict(self.totals), "arrays": arrays,
+                "gen": self._gen.get_state(), "cpu_gen": self._cpu_gen.get_state()}
+
+    def _load_device_state(self, state: Mapping[str, Any]) -> None:
+        try:
+            if state["seed"] != self.seed:
+                raise TargetError(f"the saved device was drawn with seed {state['seed']}, this target with "
+                                  f"{self.seed}")
+            if set(state["arrays"]) != set(self.spec.parameter_shapes()):
+                raise TargetError(f"the saved device holds {sorted(state['arrays'])}, this network "
+                                  f"{sorted(self.spec.parameter_shapes())}")
+            self._cpu_gen.manual_seed(self.seed)
+            self._draw_arrays({n: float(a["scale"]) for n, a in state["arrays"].items()})
+            for name, saved in state["arrays"].items():
+                self.arrays[name].load_state(saved)
+            self.now = float(state["now"])
+            self.totals = {k: int(v) for k, v in state["totals"].items()}
+            self._gen.set_state(state["gen"])
+            self._cpu_gen.set_state(state["cpu_gen"])
+        except (KeyError, TypeError, RuntimeError, ValueError) as e:
+            self.arrays = {}
+            raise TargetError(f"the saved crossbar state does not fit this target ({type(e).__name__}: {e})") \
+                from None
+        self._changed()
 
     # ---- reports ---------------------------------------------------------------------------------------------
 

@@ -208,3 +208,19 @@ def test_a_pickle_checkpoint_error_does_not_advise_unsafe_loading(tmp_path):
         checkpoint.load(path)
     assert "not a weights-only checkpoint of this toolkit" in str(e.value)
     assert "weights_only=False" not in str(e.value) and "trust" not in str(e.value)
+
+
+def test_evaluate_of_a_crossbar_run_reproduces_its_summary(idx_dataset, tmp_path, capsys):
+    """A pcm run: evaluate restores the device the run ended on and gets the summary's test figure exactly."""
+    cfg = _cfg(tmp_path, idx_dataset, epochs=2, extra='[target]\nname = "crossbar"\n[crossbar]\npreset = "pcm"\n')
+    out = tmp_path / "run"
+    assert main(["train", str(cfg), "--out", str(out), "--no-progress"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert (out / "checkpoints" / "device.pt").exists()
+    capsys.readouterr()
+    assert main(["evaluate", str(out)]) == 0
+    again = json.loads(capsys.readouterr().out)
+    assert again["test_accuracy"] == summary["test_accuracy"] and again["test_loss"] == summary["test_loss"]
+    (out / "checkpoints" / "device.pt").unlink()  # a fresh device instead: another draw, time, weight scale
+    assert main(["evaluate", str(out)]) == 0
+    assert json.loads(capsys.readouterr().out)["test_loss"] != summary["test_loss"]

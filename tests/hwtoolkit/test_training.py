@@ -87,11 +87,17 @@ def _cli(*args: str, **kw) -> subprocess.Popen:
                             stderr=subprocess.STDOUT, text=True, **kw)
 
 
-def test_killed_run_resumes_to_the_same_weights(idx_dataset, tmp_path):
-    """SIGKILL a real training process mid-epoch, resume it, and compare with an uninterrupted run."""
+CROSSBAR_RUN = ('[target]\nname = "crossbar"\n[crossbar]\npreset = "pcm"\npulse_mode = "stochastic"\n'
+                'stuck_prob = 0.05\ndiffusion = 1e-5\n')  # drift, stuck devices, stochastic pulses, diffusion
+
+
+@pytest.mark.parametrize("extra", ["", CROSSBAR_RUN], ids=["reference", "crossbar-pcm"])
+def test_killed_run_resumes_to_the_same_weights(idx_dataset, tmp_path, extra):
+    """SIGKILL a real training process mid-epoch, resume it, and compare with an uninterrupted run: weights,
+    metrics, the test figure and, on a crossbar, every device's state bit for bit."""
     cfg_file = tmp_path / "tiny.toml"
     # a bigger network and more epochs, so the run is still going when we kill it
-    cfg_file.write_text(tiny_config_text(idx_dataset, "random_sign", epochs=6).replace(
+    cfg_file.write_text(tiny_config_text(idx_dataset, "random_sign", epochs=6, extra=extra).replace(
         "hidden = [16]", "hidden = [256]").replace("free_steps = 8", "free_steps = 60"))
     full, killed = tmp_path / "full", tmp_path / "killed"
     assert _cli("train", str(cfg_file), "--out", str(full), "--no-progress").wait(timeout=300) == 0
@@ -117,10 +123,21 @@ def test_killed_run_resumes_to_the_same_weights(idx_dataset, tmp_path):
     assert "resuming" in out
     a, b = _weights(full), _weights(killed)
     assert all(torch.equal(a[n], b[n]) for n in a)
-    metrics = [json.loads(line)["epoch"] for line in (killed / "metrics.jsonl").read_text().splitlines()]
-    assert metrics == [1, 2, 3, 4, 5, 6]
+    def records(run):
+        return [{k: v for k, v in json.loads(line).items() if "seconds" not in k}
+                for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+    assert [r["epoch"] for r in records(killed)] == [1, 2, 3, 4, 5, 6]
+    assert records(killed) == records(full)
     assert json.loads((killed / "summary.json").read_text())["test_accuracy"] == \
         json.loads((full / "summary.json").read_text())["test_accuracy"]
+    if extra:
+        a, b = (checkpoint.load(run / "checkpoints" / "device.pt")["device"] for run in (full, killed))
+        assert a["now"] == b["now"] and a["totals"] == b["totals"] and torch.equal(a["gen"], b["gen"])
+        for name, array in a["arrays"].items():
+            for key, value in array.items():
+                other = b["arrays"][name][key]
+                assert torch.equal(value, other) if torch.is_tensor(value) else value == other, (name, key)
 
 
 def test_on_epoch_sees_every_epoch_and_the_trained_target(tiny_config, tmp_path):
