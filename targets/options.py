@@ -7,9 +7,20 @@ from typing import Any, Mapping
 
 import torch
 
+from hwtoolkit import schema
+
 from .base import TargetError
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+def check_option(key: str, value: object, low: float, high: float, *, integer: bool = False,
+                 low_open: bool = False) -> None:
+    """A ``TargetError`` naming ``target.<key>`` unless ``value`` is a finite number in range (``schema.check_number``)."""
+    try:
+        schema.check_number(f"target.{key}", value, low, high, integer=integer, low_open=low_open)
+    except schema.SchemaError as e:
+        raise TargetError(str(e)) from None
 
 
 def parse_dtype(value: str | torch.dtype) -> torch.dtype:

@@ -106,7 +106,10 @@ class Reads:
     """How the dynamics read weights and inputs and store states: exactly (the default) or through a device.
 
     ``forward`` and ``transpose`` have the signatures of this module's functions of the same names;
-    a device target swaps in its own to add converters, noise and parasitics to every read.
+    a device target swaps in its own to add converters, noise and parasitics to every read. Layer 1's
+    product with the input is not one of these reads: it is the input drive, computed once per input
+    (``dynamics.input_drive``); a device whose input read changes from step to step passes its own drive
+    to ``dynamics.relax`` (a callable giving each step's drive), as the crossbar target does.
     ``input`` maps the normalised input before layer 1 reads it, and ``store(i, s)`` maps the new state
     of the 0-based layer ``i`` as the layer keeps it: a quantized network rounds both to its formats.
     """

@@ -25,12 +25,11 @@ from firmware_interface.client import BoardClient, BoardError, BoardLinkError, B
 from firmware_interface.protocol import BETA_FRAC, BIAS, FEEDBACK, RESIDUAL, SCORES, W, Capability, Init, Phase, Snapshot, \
     Status, tensor_id
 from firmware_interface.tensor import DTYPES, I32, U16
-from hwtoolkit import schema
 from hwtoolkit.network.dynamics import Relaxation
 from hwtoolkit.network.spec import NetworkSpec
 
 from ..base import Capabilities, Quantization, Start, Target, TargetError, Update, UpdateReport
-from ..options import parse_quant
+from ..options import check_option, parse_quant
 from .image import BoardImage, ImageError, board_image
 
 log = logging.getLogger(__name__)
@@ -64,13 +63,9 @@ class SerialOptions:
     client: Any = None  # an open BoardClient to use instead of opening url (tests, custom transports)
 
     def __post_init__(self) -> None:
-        for name, low, high, integer in (("baudrate", 50, 50_000_000, True), ("timeout", 0, 3600, False),
-                                         ("retries", 0, 1000, True)):
-            try:
-                schema.check_number(f"target.{name}", getattr(self, name), low, high, integer=integer,
-                                    low_open=name == "timeout")
-            except schema.SchemaError as e:
-                raise TargetError(str(e)) from None
+        check_option("baudrate", self.baudrate, 50, 50_000_000, integer=True)
+        check_option("timeout", self.timeout, 0, 3600, low_open=True)
+        check_option("retries", self.retries, 0, 1000, integer=True)
         for name in ("max_batch", "verify_every", "max_recoveries"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
