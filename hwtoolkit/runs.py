@@ -118,11 +118,10 @@ def evaluate_run(run_dir: str | Path, log: Callable[[str], None] = print, wait: 
             if not target.capabilities.models_time:
                 raise ValueError(f"--wait {wait}: the {cfg.target.name} target does not model time")
             target.wait(wait)
-        result = {}
         # the test split first: on a noisy device it then sees the very draws the run's own test evaluation saw
-        for name, x, y in (("test", splits.test_x, splits.test_y), ("val", splits.val_x, splits.val_y)):
-            if x.shape[0]:
-                result.update(evaluate(target, x, y, cfg.ep, cfg.train.eval_batch_size, name))
-        result = {k: result[k] for k in sorted(result, key=lambda k: not k.startswith("val"))}
+        figures = {name: evaluate(target, x, y, cfg.ep, cfg.train.eval_batch_size, name)
+                   for name, x, y in (("test", splits.test_x, splits.test_y), ("val", splits.val_x, splits.val_y))
+                   if x.shape[0]}
+        result = {**figures.get("val", {}), **figures.get("test", {})}
     log(json.dumps(result, indent=2))
     return result

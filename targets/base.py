@@ -250,6 +250,7 @@ class Target(ABC):
         """Become the device ``device_state()`` described: its weights and everything else, bit for bit."""
         if not self.capabilities.device_state:
             raise TargetError(f"the {self.name} target holds no device state to restore")
+        self._programmed = False  # a restore that fails leaves a target holding no weights, not half a device
         self._load_device_state(state)
         self._programmed = True
 

@@ -468,9 +468,7 @@ class PairArray:
         return out
 
     def load_state(self, state: Mapping[str, Any]) -> None:
-        """Restore ``state()`` into an array drawn with the same seed and scale."""
-        if float(state["scale"]) != self.scale:
-            raise ValueError(f"the saved array has scale {state['scale']}, this one {self.scale}")
+        """Restore ``state()`` into an array drawn with the same seed and the saved ``scale``."""
         self._sparse_skips = int(state["sparse_skips"])
         for side, dev in (("pos", self.pos), ("neg", self.neg)):
             for key in MUTABLE:

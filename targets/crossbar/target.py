@@ -227,13 +227,14 @@ class CrossbarTarget(Target):
                 "gen": self._gen.get_state(), "cpu_gen": self._cpu_gen.get_state()}
 
     def _load_device_state(self, state: Mapping[str, Any]) -> None:
+        if state.get("seed") != self.seed:
+            raise TargetError(f"the saved device was drawn with seed {state.get('seed')!r}, this target with "
+                              f"{self.seed}")
+        saved = state.get("arrays")
+        if not isinstance(saved, Mapping) or set(saved) != set(self.spec.parameter_shapes()):
+            raise TargetError(f"the saved device holds {sorted(saved) if isinstance(saved, Mapping) else saved!r}, "
+                              f"this network {sorted(self.spec.parameter_shapes())}")
         try:
-            if state["seed"] != self.seed:
-                raise TargetError(f"the saved device was drawn with seed {state['seed']}, this target with "
-                                  f"{self.seed}")
-            if set(state["arrays"]) != set(self.spec.parameter_shapes()):
-                raise TargetError(f"the saved device holds {sorted(state['arrays'])}, this network "
-                                  f"{sorted(self.spec.parameter_shapes())}")
             self._cpu_gen.manual_seed(self.seed)
             self._draw_arrays({n: float(a["scale"]) for n, a in state["arrays"].items()})
             for name, saved in state["arrays"].items():

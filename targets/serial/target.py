@@ -66,10 +66,9 @@ class SerialOptions:
         check_option("baudrate", self.baudrate, 50, 50_000_000, integer=True)
         check_option("timeout", self.timeout, 0, 3600, low_open=True)
         check_option("retries", self.retries, 0, 1000, integer=True)
-        for name in ("max_batch", "verify_every", "max_recoveries"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise TargetError(f"target.{name} = {value!r} is invalid: expected an integer >= 0")
+        check_option("max_batch", self.max_batch, 0, 65_536, integer=True)  # 0: the board's own limit
+        check_option("verify_every", self.verify_every, 0, 1_000_000_000, integer=True)  # 0: never
+        check_option("max_recoveries", self.max_recoveries, 0, 1000, integer=True)
         if self.client is not None and not isinstance(self.client, BoardClient):
             raise TargetError(f"target.client = {self.client!r} is invalid: expected a BoardClient")
         if self.client is None and not self.url:

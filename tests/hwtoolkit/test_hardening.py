@@ -224,3 +224,22 @@ def test_evaluate_of_a_crossbar_run_reproduces_its_summary(idx_dataset, tmp_path
     (out / "checkpoints" / "device.pt").unlink()  # a fresh device instead: another draw, time, weight scale
     assert main(["evaluate", str(out)]) == 0
     assert json.loads(capsys.readouterr().out)["test_loss"] != summary["test_loss"]
+
+
+def test_a_crossbar_state_of_another_device_is_refused_by_name():
+    import targets
+    from hwtoolkit.network import NetworkSpec
+    from hwtoolkit.network.parameters import init_parameters
+
+    spec = NetworkSpec(input_shape=(1, 6, 6), hidden=(12,), classes=4)
+    saved = targets.open("crossbar", spec, preset="pcm", seed=3)
+    saved.program(init_parameters(spec, 1))
+    state = saved.device_state()
+    other_seed = targets.open("crossbar", spec, preset="pcm", seed=4)
+    with pytest.raises(targets.TargetError, match="drawn with seed 3, this target with 4"):
+        other_seed.load_device_state(state)
+    other_net = targets.open("crossbar", NetworkSpec(input_shape=(1, 6, 6), hidden=(7,), classes=4), seed=3)
+    with pytest.raises(targets.TargetError, match="does not fit this target"):
+        other_net.load_device_state({**state, "arrays": {n: a for n, a in state["arrays"].items()}})
+    with pytest.raises(targets.TargetError, match="holds no weights yet"):
+        other_net.read_weights()  # a failed restore leaves no half-made device behind
