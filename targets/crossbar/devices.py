@@ -14,6 +14,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Mapping, NamedTuple
 
+import numpy
 import torch
 
 from .config import TileConfig
@@ -347,7 +348,10 @@ class PairArray:
         return self.scratch(name, self.numel if size is None else size, dtype)
 
     def _nonzero(self, mask: torch.Tensor) -> torch.Tensor:
-        """The flat indices where ``mask`` is true, in a buffer that the next call overwrites."""
+        """The flat indices where ``mask`` is true (on the CPU through numpy, whose scan is ~10x faster than
+        ``torch.nonzero``'s), in a buffer that the next call may overwrite."""
+        if mask.device.type == "cpu":
+            return torch.from_numpy(numpy.flatnonzero(mask.numpy()))
         return torch.nonzero(mask, out=self._indices.resize_(0)).squeeze(1)
 
     def _c2c(self, n: torch.Tensor | None) -> torch.Tensor | None:
