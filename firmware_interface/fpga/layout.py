@@ -49,6 +49,7 @@ class CoreParams:
     UDEPTH: int = 512
     IDEPTH: int = 1024
     DDEPTH: int = 256
+    SPRAM: int = 0
 
     def __post_init__(self) -> None:
         if not 1 <= self.LANES <= 16:
@@ -127,12 +128,18 @@ def core_image(image, params: CoreParams, acc_bits: int) -> CoreImage:
         problems.append(f"{rec.state_bits}-bit states and {rec.input_bits}-bit inputs, the core's are SW = {p.SW} bits")
     if acc_bits > p.ACC_W:
         problems.append(f"a {acc_bits}-bit accumulator, the core's is ACC_W = {p.ACC_W} bits")
-    shifts = [g.state_shift for g in rec.layers] + [rec.nudge_shift]
+    state_shifts = [g.state_shift for g in rec.layers]
+    limit = min(1 << p.SH_W, p.ACC_W) - 1
+    if min(state_shifts) < -limit or max(state_shifts) > limit:
+        problems.append(f"state shifts in [{min(state_shifts)}, {max(state_shifts)}], the core's are -{limit} to {limit}")
+    if acc_bits - min(0, min(state_shifts)) > 64:
+        problems.append(f"a left state shift of {-min(state_shifts)} on a {acc_bits}-bit accumulator leaves int64")
+    shifts = [rec.nudge_shift]
     for tid, (values, _) in image.tensors.items():
         if tid % 4 == SHIFTS and tid < 4 * n:
             shifts += values.tolist()
-    if min(shifts) < 0 or max(shifts) >= min(1 << p.SH_W, p.ACC_W):
-        problems.append(f"shifts in [{min(shifts)}, {max(shifts)}], the core's are 0 to {min(1 << p.SH_W, p.ACC_W) - 1}")
+    if min(shifts) < 0 or max(shifts) > limit:
+        problems.append(f"term shifts in [{min(shifts)}, {max(shifts)}], the core's are 0 to {limit}")
     fans = [rec.input_size] + units[:-1]
     groups = [-(-u // p.LANES) for u in units]
     layouts, base = [], 0
@@ -155,7 +162,7 @@ def core_image(image, params: CoreParams, acc_bits: int) -> CoreImage:
                (address(R_CTRL, NUDGE_SHIFT), rec.nudge_shift)]
     for i, g in enumerate(layouts):
         for field, value in ((L_UNITS, g.units), (L_OFF, g.offset), (L_WBASE, g.w_base), (L_FBBASE, g.fb_base),
-                             (L_SHIFT, g.state_shift)):
+                             (L_SHIFT, g.state_shift & ((2 << p.SH_W) - 1))):
             writes.append((address(R_LAYER, 8 * i + field), value))
         layer = i + 1
         w = image.tensors[tensor_id(layer, W)][0].reshape(g.units, g.fan_in)

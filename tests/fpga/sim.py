@@ -12,7 +12,7 @@ from firmware_interface.fpga.layout import CoreParams
 
 REPO = Path(__file__).resolve().parents[2]
 RTL = REPO / "firmware_interface/fpga/rtl"
-SOURCES = [RTL / "ep_ram.v", RTL / "ep_relax_core.v"]
+SOURCES = [RTL / "ep_ram.v", RTL / "ep_wram.v", RTL / "ep_relax_core.v", RTL / "ep_spi_top.v"]
 
 
 def simulator_missing() -> str | None:
@@ -27,22 +27,23 @@ def simulator_missing() -> str | None:
     return None
 
 
-def simulate(params: CoreParams, cases: list[dict], work: Path) -> list[list[dict]]:
-    """Each case's phases as the core answered them (see tb_core.py for the vector format)."""
+def simulate(params: CoreParams, cases: list[dict], work: Path, top: str = "ep_relax_core") -> list[list[dict]]:
+    """Each case's phases as ``top`` (the core, or ep_spi_top) answered them (tb_core.py: the vector format)."""
     from cocotb_tools.runner import get_results, get_runner
 
     work.mkdir(parents=True, exist_ok=True)
-    key = hashlib.sha256(json.dumps(params.verilog(), sort_keys=True).encode()
+    key = hashlib.sha256(json.dumps([top, params.verilog()], sort_keys=True).encode()
                          + b"".join(p.read_bytes() for p in SOURCES)).hexdigest()[:12]
     build = REPO / "build/fpga/sim" / key
     runner = get_runner("icarus")
-    runner.build(sources=SOURCES, hdl_toplevel="ep_relax_core", parameters=params.verilog(), build_dir=build,
+    runner.build(sources=SOURCES, hdl_toplevel=top, parameters=params.verilog(), build_dir=build,
                  timescale=("1ns", "1ps"), log_file=work / "build.log")
     vectors, results = work / "vectors.json", work / "results.json"
     vectors.write_text(json.dumps({"cases": cases}))
     env = {"VECTORS": str(vectors), "RESULTS": str(results),
            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
-    xml = runner.test(test_module="tests.fpga.tb_core", hdl_toplevel="ep_relax_core", build_dir=build,
+    module = "tests.fpga.tb_spi" if top == "ep_spi_top" else "tests.fpga.tb_core"
+    xml = runner.test(test_module=module, hdl_toplevel=top, build_dir=build,
                       test_dir=work, extra_env=env, log_file=work / "sim.log")
     total, failed = get_results(xml)
     if failed or not results.exists():

@@ -48,8 +48,6 @@ class Bus:
 
 @cocotb.test()
 async def replay(dut) -> None:
-    with open(os.environ["VECTORS"]) as f:
-        vectors = json.load(f)
     cocotb.start_soon(Clock(dut.clk, 10, unit="ns").start())
     dut.we.value = 0
     dut.re.value = 0
@@ -59,7 +57,13 @@ async def replay(dut) -> None:
     await FallingEdge(dut.clk)
     await FallingEdge(dut.clk)
     dut.rst.value = 0
-    bus = Bus(dut)
+    await replay_vectors(dut, Bus(dut))
+
+
+async def replay_vectors(dut, bus) -> None:
+    """Every case of VECTORS through ``bus`` (``write``, ``read``, ``run``); the answers into RESULTS."""
+    with open(os.environ["VECTORS"]) as f:
+        vectors = json.load(f)
     results = []
     for case in vectors["cases"]:
         out = []

@@ -113,8 +113,8 @@ def random_network(rng: np.random.Generator, seed: int) -> tuple[FixedPointNetwo
                                                                                          -0.0625, 0.1]))
 
 
-def check(cases: list[Case], params: CoreParams, work) -> None:
-    results = simulate(params, [c.vectors() for c in cases], work)
+def check(cases: list[Case], params: CoreParams, work, top: str = "ep_relax_core") -> None:
+    results = simulate(params, [c.vectors() for c in cases], work, top)
     bad = []
     for case, got in zip(cases, results):
         for i, (g, want) in enumerate(zip(got, case.expected)):
@@ -257,6 +257,15 @@ def test_the_widest_formats_are_exact(tmp_path):
         case.phase(4, np.concatenate([w[b] for w in want]), x=x[b])
     assert len(np.unique(np.concatenate([w.ravel() for w in want]))) > 3
     check([case], TEST_CORE, tmp_path)
+
+
+def test_the_spi_top_level_runs_a_network_bit_exact(tmp_path):
+    """ep_spi_top, the synthesised top level: a network written, relaxed and read back over SPI."""
+    spec, quant = SERIAL_NETWORKS["SMALL"]
+    fp = quantized(spec, quant, {n: 2.0 * p for n, p in init_parameters(spec, 4).items()})
+    params = CoreParams(LANES=2, ACC_W=40, MAX_LAYERS=2, WDEPTH=256, UDEPTH=32, IDEPTH=32, DDEPTH=16)
+    case = fixed_point_case("SMALL over SPI", fp, params, 4, 6, 0.5, batch=1, nudged_steps=3)
+    check([case], params, tmp_path, top="ep_spi_top")
 
 
 # -- what does not fit -------------------------------------------------------------------------------------

@@ -16,7 +16,8 @@ module ep_relax_core #(
     parameter WDEPTH     = 4096,  // words per weight bank
     parameter UDEPTH     = 512,   // state units of all layers together
     parameter IDEPTH     = 1024,  // inputs
-    parameter DDEPTH     = 256    // units of layer 1 (its drive)
+    parameter DDEPTH     = 256,   // units of layer 1 (its drive)
+    parameter SPRAM      = 0      // weight banks in iCE40 UP5K SPRAM (WW <= 16, WDEPTH <= 16384)
 ) (
     input  wire        clk,
     input  wire        rst,
@@ -54,7 +55,7 @@ module ep_relax_core #(
     reg [UA-1:0]     l_off    [0:MAX_LAYERS-1];
     reg [WA-1:0]     l_wbase  [0:MAX_LAYERS-1];
     reg [WA-1:0]     l_fbbase [0:MAX_LAYERS-1];
-    reg [SH_W-1:0]   l_shift  [0:MAX_LAYERS-1];
+    reg [SH_W:0]     l_shift  [0:MAX_LAYERS-1];  // signed: a negative state shift is a left shift
     reg [31:0]       cycles;
     reg [SW-1:0]     max_delta;
     reg              cur;          // the state bank holding the current states
@@ -85,7 +86,7 @@ module ep_relax_core #(
     genvar gl;
     generate
         for (gl = 0; gl < LANES; gl = gl + 1) begin : bank
-            ep_ram #(.WIDTH(WW), .DEPTH(WDEPTH)) w (
+            ep_wram #(.WIDTH(WW), .DEPTH(WDEPTH), .SPRAM(SPRAM)) w (
                 .clk(clk), .we(host_we && region == R_WEIGHT && offset[19:16] == gl),
                 .waddr(offset[WA-1:0]), .wdata(wdata[WW-1:0]), .raddr(w_raddr), .rdata(w_rdata[gl]));
         end
@@ -153,15 +154,22 @@ module ep_relax_core #(
     wire signed [NW-1:0] nudge_b = last_layer ? nudge_p : $signed({NW{1'b0}});
     wire signed [ACC_W-1:0] nudge_ext = {{(ACC_W - NW){b_nudge2[NW-1]}}, b_nudge2};
 
-    // round half to even by state_shift, then clamp to [0, 2^state_bits - 1]
-    wire [SH_W-1:0]  k = l_shift[li];
+    // round half to even by state_shift (a left shift if it is negative), then clamp to [0, 2^state_bits - 1]
+    wire [SH_W:0]    shift_l = l_shift[li];
+    wire             left = shift_l[SH_W];
+    wire [SH_W:0]    m = -shift_l;
+    wire [SH_W-1:0]  k = left ? {SH_W{1'b0}} : shift_l[SH_W-1:0];
     wire signed [ACC_W-1:0] q = b_total3 >>> k;
     wire [ACC_W-1:0] rem = b_total3 & ~({ACC_W{1'b1}} << k);
     wire [ACC_W-1:0] half = (k == 0) ? {ACC_W{1'b0}} : ({{(ACC_W - 1){1'b0}}, 1'b1} << (k - 1'b1));
     wire             up = (k != 0) && ((rem > half) || (rem == half && q[0]));
     wire signed [ACC_W-1:0] rounded = q + $signed({{(ACC_W - 1){1'b0}}, up});
     wire [SW:0]      smax = ({{SW{1'b0}}, 1'b1} << state_bits) - 1'b1;
-    wire [SW-1:0]    v = rounded[ACC_W-1] ? {SW{1'b0}} :
+    wire [SW:0]      smax_m = smax >> m;  // the largest total whose left shift is still in range
+    wire [SW-1:0]    shifted = b_total3[SW-1:0] << m;
+    wire [SW-1:0]    v = left ? (b_total3[ACC_W-1] ? {SW{1'b0}} :
+                                 (b_total3 > $signed({{(ACC_W - SW - 1){1'b0}}, smax_m})) ? smax[SW-1:0] : shifted) :
+                         rounded[ACC_W-1] ? {SW{1'b0}} :
                          (rounded > $signed({{(ACC_W - SW - 1){1'b0}}, smax})) ? smax[SW-1:0] : rounded[SW-1:0];
     wire [SW-1:0]    delta = (v > b_old3) ? v - b_old3 : b_old3 - v;
 
@@ -236,7 +244,7 @@ module ep_relax_core #(
                         3'd1: l_off[offset[LA+2:3]] <= wdata[UA-1:0];
                         3'd2: l_wbase[offset[LA+2:3]] <= wdata[WA-1:0];
                         3'd3: l_fbbase[offset[LA+2:3]] <= wdata[WA-1:0];
-                        3'd4: l_shift[offset[LA+2:3]] <= wdata[SH_W-1:0];
+                        3'd4: l_shift[offset[LA+2:3]] <= wdata[SH_W:0];
                         default: ;
                     endcase
                     drive_valid <= 1'b0;
