@@ -52,9 +52,10 @@ fpga-tools:
 fpga-reports: install fpga-tools
 	$(MAKE) -C firmware_interface/fpga reports PY=$(CURDIR)/$(PY)
 
-firmware: toolchain
+firmware: toolchain fpga-tools
 	$(MAKE) -C firmware_interface/firmware host
 	@if command -v arm-none-eabi-gcc >/dev/null; then $(MAKE) -C firmware_interface/firmware qemu; fi
+	@if command -v verilator >/dev/null && command -v g++ >/dev/null; then $(MAKE) -C firmware_interface/firmware fpga-sim; fi
 
 # The main job: F-MNIST trained in situ on the ideal crossbar and on a realistic device (metal-oxide ECRAM),
 # side by side: accuracy, gradient fidelity and a plot in $(DEMO_OUT)/sweep.*; then the GDU check of EP;

@@ -1,8 +1,8 @@
 """The core's cycle count for a phase, from its controller (docs/fpga.md, "Cycle model").
 
 A layer costs 2 cycles (start, next) plus, per group of ``LANES`` units, a forward loop over its fan-in
-(layers 2..L), a feedback loop over the layer above (layers 1..L-1), each ``n + 3`` cycles, and a write-back
-of the group's ``m`` units in ``m + 4`` cycles. Layer 1's forward term (the drive) is computed once per input,
+(layers 2..L), a feedback loop over the layer above (layers 1..L-1), each ``n + 4`` cycles, and a write-back
+of the group's ``m`` units in ``m + 5`` cycles. Layer 1's forward term (the drive) is computed once per input,
 as a layer of its own with a forward loop over the inputs.
 """
 
@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from .layout import CoreImage
 
-MAC_OVERHEAD = 3  # a loop's pipeline: operands, products, accumulate
-WRITEBACK_OVERHEAD = 4  # parameters, total, round and clamp, write
+MAC_OVERHEAD = 4  # a loop's pipeline: operands, products, shifted terms, accumulate
+WRITEBACK_OVERHEAD = 5  # parameters, total, round and clamp, write, and the loop's end
 LAYER_OVERHEAD = 2  # start and next
 
 

@@ -129,22 +129,23 @@ module ep_relax_core #(
     wire          nb = (alternating && pass) ? ~cur : cur;  // the bank the neighbours are read from
     wire [SW:0]   x_ext = {signed_input & i_rdata[SW-1], i_rdata};
 
-    // MAC pipeline: issue (addresses) -> operands (memory outputs) -> products -> accumulate
-    reg              m_v1, m_v2, m_fb1, m_fb2;
+    // MAC pipeline: issue (addresses) -> operands (memory outputs) -> products -> shifted terms -> accumulate
+    reg              m_v1, m_v2, m_v3, m_fb1, m_fb2, m_fb3;
     reg              m_src_in1;                     // operand b from the input memory (drive pass)
     reg [SH_W-1:0]   m_sh2;
     reg signed [PW-1:0]    prod [0:LANES-1];
+    reg signed [ACC_W-1:0] term [0:LANES-1];       // a product, shifted for the feedback sum
     reg signed [ACC_W-1:0] fsum [0:LANES-1];       // forward sum of each lane
     reg signed [ACC_W-1:0] fbsum [0:LANES-1];      // feedback sum of each lane, shifts applied
     wire signed [SW:0] b_op = m_src_in1 ? $signed(x_ext) : $signed({1'b0, s_rdata});
 
-    // write-back pipeline: issue lane -> parameters and old state -> total -> round, clamp, write
-    reg              b_v1, b_v2, b_v3;
+    // write-back pipeline: issue lane -> parameters and old state -> total -> round and clamp -> write
+    reg              b_v1, b_v2, b_v3, b_v4;
     reg [LB-1:0]     b_lane1;
-    reg [15:0]       b_c1, b_c2, b_c3;
+    reg [15:0]       b_c1, b_c2, b_c3, b_c4;
     reg signed [ACC_W-1:0] b_base2, b_fb2, b_total3;
     reg signed [NW-1:0]    b_nudge2;
-    reg [SW-1:0]     b_old2, b_old3;
+    reg [SW-1:0]     b_old2, b_old3, b_old4, b_v4_state;
     reg [LB:0]       lane;
     wire signed [ACC_W-1:0] fsum_b = fsum[b_lane1] + {{(ACC_W - 32){bias_rdata[31]}}, bias_rdata};
     wire signed [ACC_W-1:0] base_b = (drive_pass || li != 0) ? (fsum_b <<< fwdsh_rdata) : $signed(d_rdata);
@@ -171,7 +172,7 @@ module ep_relax_core #(
                                  (b_total3 > $signed({{(ACC_W - SW - 1){1'b0}}, smax_m})) ? smax[SW-1:0] : shifted) :
                          rounded[ACC_W-1] ? {SW{1'b0}} :
                          (rounded > $signed({{(ACC_W - SW - 1){1'b0}}, smax})) ? smax[SW-1:0] : rounded[SW-1:0];
-    wire [SW-1:0]    delta = (v > b_old3) ? v - b_old3 : b_old3 - v;
+    wire [SW-1:0]    delta = (b_v4_state > b_old4) ? b_v4_state - b_old4 : b_old4 - b_v4_state;
 
     // read addresses: the controller's while busy, the host's otherwise
     always @(*) begin
@@ -206,7 +207,7 @@ module ep_relax_core #(
             alternating <= 1'b0;
             signed_input <= 1'b0;
             state_bits <= 5'd8;
-            m_v1 <= 1'b0; m_v2 <= 1'b0; b_v1 <= 1'b0; b_v2 <= 1'b0; b_v3 <= 1'b0;
+            m_v1 <= 1'b0; m_v2 <= 1'b0; m_v3 <= 1'b0; b_v1 <= 1'b0; b_v2 <= 1'b0; b_v3 <= 1'b0; b_v4 <= 1'b0;
         end else begin
             // -- the host's writes (ignored while busy)
             if (host_we) begin
@@ -267,13 +268,16 @@ module ep_relax_core #(
             m_v2 <= m_v1;
             m_fb2 <= m_fb1;
             m_sh2 <= fbsh_rdata;
+            m_v3 <= m_v2;
+            m_fb3 <= m_fb2;
             for (n = 0; n < LANES; n = n + 1) begin
                 prod[n] <= $signed(w_rdata[n]) * b_op;
-                if (m_v2) begin
-                    if (m_fb2)
-                        fbsum[n] <= fbsum[n] + ({{(ACC_W - PW){prod[n][PW-1]}}, prod[n]} <<< m_sh2);
+                term[n] <= {{(ACC_W - PW){prod[n][PW-1]}}, prod[n]} << (m_fb2 ? m_sh2 : {SH_W{1'b0}});
+                if (m_v3) begin
+                    if (m_fb3)
+                        fbsum[n] <= fbsum[n] + term[n];
                     else
-                        fsum[n] <= fsum[n] + {{(ACC_W - PW){prod[n][PW-1]}}, prod[n]};
+                        fsum[n] <= fsum[n] + term[n];
                 end
             end
 
@@ -296,10 +300,14 @@ module ep_relax_core #(
                 d_waddr <= b_c2[DA-1:0];
                 d_wdata <= b_base2;
             end
-            if (b_v3) begin
+            b_v4 <= b_v3;
+            b_c4 <= b_c3;
+            b_old4 <= b_old3;
+            b_v4_state <= v;
+            if (b_v4) begin
                 s_we <= 1'b1;
-                s_waddr <= {~cur, l_off[li] + b_c3[UA-1:0]};
-                s_wdata <= v;
+                s_waddr <= {~cur, l_off[li] + b_c4[UA-1:0]};
+                s_wdata <= b_v4_state;
                 if (delta > max_delta)
                     max_delta <= delta;
             end
@@ -322,7 +330,7 @@ module ep_relax_core #(
                     if (cnt < fan_in) begin
                         cnt <= cnt + 16'd1;
                         wptr <= wptr + 1'b1;
-                    end else if (drain != 3'd2) begin
+                    end else if (drain != 3'd3) begin
                         drain <= drain + 3'd1;
                     end else begin
                         cnt <= 16'd0;
@@ -334,7 +342,7 @@ module ep_relax_core #(
                     if (cnt < l_units[above]) begin
                         cnt <= cnt + 16'd1;
                         fbptr <= fbptr + 1'b1;
-                    end else if (drain != 3'd2) begin
+                    end else if (drain != 3'd3) begin
                         drain <= drain + 3'd1;
                     end else begin
                         cnt <= 16'd0;
@@ -345,7 +353,7 @@ module ep_relax_core #(
                 S_WB: begin
                     if (lane < group_n) begin
                         lane <= lane + 1'b1;
-                    end else if (drain != 3'd3) begin
+                    end else if (drain != 3'd4) begin
                         drain <= drain + 3'd1;
                     end else begin  // the group is written: the next group of this layer, or the next layer
                         drain <= 3'd0;
