@@ -50,10 +50,11 @@ def toolchain_available(target: str) -> tuple[bool, str]:
     return True, ""
 
 
-def _sources() -> list[Path]:
+def _sources(target: str) -> list[Path]:
     fpga = FIRMWARE.parent / "fpga"
+    extra = list((fpga / "rtl").glob("*.v")) + list((fpga / "sim").glob("*.[ch]*")) if target == "fpga-sim" else []
     return [p for d in ("src", "host", "m3", "fuzz") for p in (FIRMWARE / d).glob("*.[chl]*")] + [FIRMWARE / "Makefile"] \
-        + list((fpga / "rtl").glob("*.v")) + list((fpga / "sim").glob("*.[ch]*"))
+        + extra
 
 
 def build(target: str) -> Path:
@@ -62,7 +63,7 @@ def build(target: str) -> Path:
     if not ok:
         raise FirmwareError(reason)
     binary = TARGETS[target]
-    newest = max(p.stat().st_mtime for p in _sources())
+    newest = max(p.stat().st_mtime for p in _sources(target))
     if binary.exists() and binary.stat().st_mtime >= newest:
         return binary
     (FIRMWARE / "build").mkdir(exist_ok=True)
