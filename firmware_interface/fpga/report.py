@@ -67,11 +67,12 @@ def main(out: Path) -> int:
               "step_us": step / f if f else None,
               "relax_20_steps_batch128_ms": (128 * (20 * step + drive)) / f / 1000 if f else None}
     (out / "report.json").write_text(json.dumps({"designs": rows, "fmnist_relax": timing}, indent=2) + "\n")
-    lines = ["| design | network | LUTs | FFs | carry | DSPs | BRAM (4 Kbit / 18 Kbit) | SPRAM | Fmax |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| design | network | logic cells (placed) | LUTs | FFs | carry | DSPs | BRAM (4 Kbit / 18 Kbit) | SPRAM "
+             "| Fmax |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         fm = f"{r['fmax_mhz']:.2f} MHz" if r.get("fmax_mhz") else "(no place-and-route)"
-        lines.append(f"| {r['design']} | {r['network']} | {r.get('LUTs', 0)} | {r.get('FFs', 0)} | {r.get('carry', 0)} "
+        placed = r.get("utilisation", {}).get("ICESTORM_LC", "-")
+        lines.append(f"| {r['design']} | {r['network']} | {placed} | {r.get('LUTs', 0)} | {r.get('FFs', 0)} | {r.get('carry', 0)} "
                      f"| {r.get('DSPs', 0)} | {r.get('BRAM', 0)} | {r.get('SPRAM', 0)} | {fm} |")
     lines.append("")
     lines.append(f"fmnist_board on the UP5K: {step} cycles per step and sample, {drive} for the drive; at "

@@ -21,9 +21,9 @@ from quantize.network import QuantEPNetwork
 from targets.serial.image import BoardImage, board_image
 from tests.firmware_interface.test_firmware import relax_model
 
-from tests.fpga.sim import simulate, simulator_missing
+from tests.fpga.sim import REPO, simulate, simulator_missing
 
-pytestmark = pytest.mark.skipif(simulator_missing() is not None, reason=simulator_missing() or "")
+needs_simulator = pytest.mark.skipif(simulator_missing() is not None, reason=simulator_missing() or "")
 
 TEST_CORE = CoreParams(LANES=4, ACC_W=64, MAX_LAYERS=4, WDEPTH=8192, UDEPTH=1024, IDEPTH=256, DDEPTH=1024)
 ODD_CORE = CoreParams(LANES=3, ACC_W=64, MAX_LAYERS=4, WDEPTH=4096, UDEPTH=256, IDEPTH=64, DDEPTH=64)
@@ -132,6 +132,7 @@ def check(cases: list[Case], params: CoreParams, work, top: str = "ep_relax_core
 
 # -- random networks -----------------------------------------------------------------------------------------
 
+@needs_simulator
 @pytest.mark.parametrize("params,count,seed", [(TEST_CORE, 30, 100), (ODD_CORE, 25, 200)],
                          ids=["4-lanes", "3-lanes"])
 def test_random_networks_are_bit_exact(params, count, seed, tmp_path):
@@ -170,6 +171,7 @@ SERIAL_NETWORKS = {
 }
 
 
+@needs_simulator
 def test_the_serial_targets_networks_are_bit_exact(tmp_path):
     cases = []
     for k, (name, (spec, quant)) in enumerate(SERIAL_NETWORKS.items()):
@@ -215,6 +217,7 @@ def _one_layer(biases: list[int], state_bits: int, weight_frac: int) -> FixedPoi
     return fp
 
 
+@needs_simulator
 def test_rounding_is_half_to_even_and_states_saturate(tmp_path):
     state_bits, weight_frac = 8, 26  # acc_frac 26, state shift 18: a state step is 2^18 in the accumulator
     k = weight_frac - state_bits
@@ -238,6 +241,7 @@ def test_rounding_is_half_to_even_and_states_saturate(tmp_path):
     check([case], TEST_CORE, tmp_path)
 
 
+@needs_simulator
 def test_the_widest_formats_are_exact(tmp_path):
     """16-bit weights, states and signed inputs at their extremes (the spec arithmetic of the firmware tests)."""
     rng = np.random.default_rng(5)
@@ -259,6 +263,7 @@ def test_the_widest_formats_are_exact(tmp_path):
     check([case], TEST_CORE, tmp_path)
 
 
+@needs_simulator
 def test_the_spi_top_level_runs_a_network_bit_exact(tmp_path):
     """ep_spi_top, the synthesised top level: a network written, relaxed and read back over SPI."""
     spec, quant = SERIAL_NETWORKS["SMALL"]
@@ -269,6 +274,30 @@ def test_the_spi_top_level_runs_a_network_bit_exact(tmp_path):
 
 
 # -- what does not fit -------------------------------------------------------------------------------------
+
+def _synthesized(name: str) -> CoreParams:
+    """The parameters a design of the synthesis Makefile (firmware_interface/fpga/Makefile) is built with."""
+    import re
+
+    text = (REPO / "firmware_interface/fpga/Makefile").read_text()
+    line = re.search(rf"^{name} := (.*)$", text, re.M).group(1)
+    return CoreParams(**{k: int(v) for k, v in re.findall(r"-set (\w+) (\d+)", line)})
+
+
+def test_the_synthesized_designs_hold_the_networks_the_docs_say():
+    """fmnist_board fits the UP5K design; 196-300-10 is the largest of its shape that fits the other."""
+    fmnist, largest = _synthesized("FMNIST"), _synthesized("LARGEST")
+    spec, quant = SERIAL_NETWORKS["fmnist_board"]
+    for params, hidden, fits in ((fmnist, 64, True), (largest, 300, True), (largest, 304, False)):
+        shape = _spec(14, (hidden,), 10)
+        fp = quantized(shape, quant, {n: 2.0 * p for n, p in init_parameters(shape, 0).items()})
+        if fits:
+            image = core_image(board_image(fp, 1), params, accumulator_bits(fp))
+            assert image.weight_words <= params.WDEPTH
+        else:
+            with pytest.raises(CoreFitError, match="weight words"):
+                core_image(board_image(fp, 1), params, accumulator_bits(fp))
+
 
 def test_networks_that_do_not_fit_are_refused_naming_why():
     spec, quant = SERIAL_NETWORKS["fmnist_board"]
