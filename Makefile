@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 DEMO_OUT ?= runs/demo
 
-.PHONY: install data toolchain firmware demo test bench clean
+.PHONY: install data toolchain fpga-tools fpga-reports firmware demo test bench clean
 
 install: $(STAMP)
 
@@ -37,9 +37,25 @@ toolchain:
 	  else echo "note: install $(TOOLCHAIN_PACKAGES) to build the board firmware"; fi; \
 	fi
 
-firmware: toolchain
+# The FPGA core's tools from Debian (without recommends): Icarus Verilog for the cocotb tests, yosys,
+# nextpnr-ice40 and icestorm for the synthesis reports, Verilator. Skipped where present or without apt.
+FPGA_PACKAGES := iverilog yosys nextpnr-ice40 fpga-icestorm verilator
+fpga-tools:
+	@if ! command -v iverilog >/dev/null || ! command -v yosys >/dev/null || ! command -v nextpnr-ice40 >/dev/null; then \
+	  if command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+	      $(FPGA_PACKAGES); \
+	  else echo "note: install $(FPGA_PACKAGES) for the FPGA core's tests and reports"; fi; \
+	fi
+
+# Synthesis and place-and-route reports of the FPGA core (build/fpga/synth/report.md; docs/fpga.md).
+fpga-reports: install fpga-tools
+	$(MAKE) -C firmware_interface/fpga reports PY=$(CURDIR)/$(PY)
+
+firmware: toolchain fpga-tools
 	$(MAKE) -C firmware_interface/firmware host
 	@if command -v arm-none-eabi-gcc >/dev/null; then $(MAKE) -C firmware_interface/firmware qemu; fi
+	@if command -v verilator >/dev/null && command -v g++ >/dev/null; then $(MAKE) -C firmware_interface/firmware fpga-sim; fi
 
 # The main job: F-MNIST trained in situ on the ideal crossbar and on a realistic device (metal-oxide ECRAM),
 # side by side: accuracy, gradient fidelity and a plot in $(DEMO_OUT)/sweep.*; then the GDU check of EP;
@@ -56,7 +72,7 @@ demo: install data firmware
 	$(PY) benchmarks/board_training.py --board host --set train.epochs=2 --runs $(DEMO_OUT)/board \
 	  --json $(DEMO_OUT)/board_training.json
 
-test: install data firmware
+test: install data firmware fpga-tools
 	$(PY) -m pytest -q
 
 bench: install data

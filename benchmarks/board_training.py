@@ -1,11 +1,12 @@
 """Training with a board in the loop against the fixed-point model on the reference target, same config and seed.
 
-Starts the board (the QEMU Cortex-M3 build, the host build, or a real board by URL), trains the config with
+Starts the board (the QEMU Cortex-M3 build, the host build, the fpga-sim build with RELAX on the Verilated
+RTL core, or a real board by URL), trains the config with
 ``target.name = "serial"``, trains it again on the reference target, and reports both accuracies, the
 difference (the acceptance asks for at most 0.5 points), whether the weights are identical, and the time.
 Prints a table and writes JSON (default benchmarks/results/board_training_BOARD.json).
 
-    python benchmarks/board_training.py [--board qemu|host|URL] [--config configs/fmnist_board.toml]
+    python benchmarks/board_training.py [--board qemu|host|fpga-sim|URL] [--config configs/fmnist_board.toml]
         [--set data.limit=10000 ...] [--runs runs/bench-board-training]
 """
 
@@ -33,8 +34,8 @@ def open_board(kind: str):
     if kind == "qemu":
         with launch.QemuBoard() as board:
             yield board.url
-    elif kind == "host":
-        with launch.HostBoard() as board:
+    elif kind in ("host", "fpga-sim"):
+        with launch.HostBoard(rtl=kind == "fpga-sim") as board:
             yield board.url
     else:
         yield kind
@@ -42,7 +43,7 @@ def open_board(kind: str):
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--board", default="qemu", help="qemu, host, or the pyserial URL of a real board")
+    parser.add_argument("--board", default="qemu", help="qemu, host, fpga-sim, or the pyserial URL of a real board")
     parser.add_argument("--config", default="configs/fmnist_board.toml")
     parser.add_argument("--set", action="append", default=None, metavar="KEY=VALUE",
                         help=f"config overrides (default: {' '.join(ACCEPTANCE_SETS)})")
@@ -72,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{r['run']:10} {100 * r['test_accuracy']:8.2f}% {100 * r['val_accuracy']:8.2f}% {r['best_epoch']:6d} "
               f"{r['train_seconds']:9.1f}")
     print(f"board - reference: {gap:+.2f} points; identical weights: {identical}")
-    kind = args.board if args.board in ("qemu", "host") else "hardware"
+    kind = args.board if args.board in ("qemu", "host", "fpga-sim") else "hardware"
     out = Path(args.json or f"benchmarks/results/board_training_{kind}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"machine": machine(), "board": args.board, "config": args.config, "sets": sets,

@@ -1,8 +1,9 @@
 """Build and start the reference firmware (firmware_interface/firmware/) and hand back its pyserial URL.
 
-``HostBoard`` runs the firmware as a host process on a pseudo-terminal or loopback TCP; ``QemuBoard`` runs
+``HostBoard`` runs the firmware as a host process on a pseudo-terminal or loopback TCP (``rtl=True``: the
+fpga-sim build, whose RELAX runs on the Verilated RTL core of firmware_interface/fpga/); ``QemuBoard`` runs
 the Cortex-M3 image in ``qemu-system-arm -M mps2-an385``. Both build what is missing or stale with ``make``.
-``python -m firmware_interface.launch host|qemu [--tcp]`` starts one and serves until Ctrl-C.
+``python -m firmware_interface.launch host|fpga-sim|qemu [--tcp]`` starts one and serves until Ctrl-C.
 """
 
 from __future__ import annotations
@@ -26,9 +27,10 @@ TARGETS = {
     "host-asan": FIRMWARE / "build/host-asan/ep_board",
     "qemu": FIRMWARE / "build/qemu/ep_board.elf",
     "fuzz": FIRMWARE / "build/fuzz/fuzz_frames",
+    "fpga-sim": FIRMWARE / "build/fpga-sim/ep_board",
 }
 TOOLS = {"host": ["make", "gcc"], "host-asan": ["make", "gcc"], "qemu": ["make", "arm-none-eabi-gcc", "qemu-system-arm"],
-         "fuzz": ["make", "clang"]}
+         "fuzz": ["make", "clang"], "fpga-sim": ["make", "gcc", "g++", "verilator"]}
 BOOT_SEED_ADDR = 0x203FFFF0  # the M3 image mixes this word into its boot_id (see m3/mps2_an385.ld)
 
 
@@ -48,8 +50,11 @@ def toolchain_available(target: str) -> tuple[bool, str]:
     return True, ""
 
 
-def _sources() -> list[Path]:
-    return [p for d in ("src", "host", "m3", "fuzz") for p in (FIRMWARE / d).glob("*.[chl]*")] + [FIRMWARE / "Makefile"]
+def _sources(target: str) -> list[Path]:
+    fpga = FIRMWARE.parent / "fpga"
+    extra = list((fpga / "rtl").glob("*.v")) + list((fpga / "sim").glob("*.[ch]*")) if target == "fpga-sim" else []
+    return [p for d in ("src", "host", "m3", "fuzz") for p in (FIRMWARE / d).glob("*.[chl]*")] + [FIRMWARE / "Makefile"] \
+        + extra
 
 
 def build(target: str) -> Path:
@@ -58,7 +63,7 @@ def build(target: str) -> Path:
     if not ok:
         raise FirmwareError(reason)
     binary = TARGETS[target]
-    newest = max(p.stat().st_mtime for p in _sources())
+    newest = max(p.stat().st_mtime for p in _sources(target))
     if binary.exists() and binary.stat().st_mtime >= newest:
         return binary
     (FIRMWARE / "build").mkdir(exist_ok=True)
@@ -133,10 +138,12 @@ class HostBoard(_Board):
     """The firmware as a host process: ``url`` is a pty path (``/dev/pts/N``) or ``socket://127.0.0.1:PORT``."""
 
     def __init__(self, arena: int | None = None, device_id: int = 0, max_batch: int | None = None,
-                 transport: str = "pty", sanitizers: bool = False, timeout: float = 10.0) -> None:
+                 transport: str = "pty", sanitizers: bool = False, timeout: float = 10.0, rtl: bool = False) -> None:
         if transport not in ("pty", "tcp"):
             raise ValueError(f"transport = {transport!r}; valid: 'pty', 'tcp'")
-        argv = [str(build("host-asan" if sanitizers else "host"))]
+        if rtl and sanitizers:
+            raise ValueError("the fpga-sim build (rtl=True) has no sanitizer variant")
+        argv = [str(build("fpga-sim" if rtl else "host-asan" if sanitizers else "host"))]
         argv += ["--pty"] if transport == "pty" else ["--tcp", "0"]
         argv += ["--device-id", str(device_id)]
         if arena is not None:
@@ -201,15 +208,17 @@ def _wait_listening(port: int, timeout: float, process: subprocess.Popen) -> Non
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m firmware_interface.launch",
                                      description="Start the reference firmware and print its serial URL.")
-    parser.add_argument("target", choices=["host", "qemu"])
+    parser.add_argument("target", choices=["host", "fpga-sim", "qemu"],
+                        help="fpga-sim: the host build with RELAX on the Verilated RTL core")
     parser.add_argument("--tcp", action="store_true", help="loopback TCP instead of a pseudo-terminal")
     parser.add_argument("--arena", type=int, help="arena bytes (host only)")
     parser.add_argument("--device-id", type=int, default=0, help="device id (host only)")
     parser.add_argument("--sanitizers", action="store_true", help="the ASan/UBSan build (host only)")
     args = parser.parse_args(argv)
     transport = "tcp" if args.tcp else "pty"
-    board = (HostBoard(args.arena, args.device_id, transport=transport, sanitizers=args.sanitizers)
-             if args.target == "host" else QemuBoard(transport))
+    board = (QemuBoard(transport) if args.target == "qemu" else
+             HostBoard(args.arena, args.device_id, transport=transport, sanitizers=args.sanitizers,
+                       rtl=args.target == "fpga-sim"))
     with board:
         print(board.url, flush=True)
         print(f"serving; use --set target.url={board.url}; Ctrl-C stops", flush=True)

@@ -96,11 +96,26 @@ def qemu_board():
         yield board
 
 
-@pytest.fixture(scope="session", params=["host", "qemu", pytest.param("hardware", marks=pytest.mark.hardware)])
+@pytest.fixture(scope="session")
+def fpga_sim_board():
+    """The fpga-sim build: the host firmware with RELAX on the Verilated RTL core (firmware_interface/fpga/)."""
+    from firmware_interface import launch
+
+    ok, why = launch.toolchain_available("fpga-sim")
+    if not ok:
+        pytest.skip(f"fpga-sim board unavailable: {why}")
+    with launch.HostBoard(rtl=True) as board:
+        yield board
+
+
+@pytest.fixture(scope="session", params=["host", "qemu", "fpga-sim",
+                                         pytest.param("hardware", marks=pytest.mark.hardware)])
 def board_url(request):
-    """The URL of each kind of board: host build, QEMU, and a real one (only with --board-url)."""
+    """The URL of each kind of board: host build, QEMU, fpga-sim, and a real one (only with --board-url)."""
     if request.param == "host":
         return request.getfixturevalue("host_board").url
+    if request.param == "fpga-sim":
+        return request.getfixturevalue("fpga_sim_board").url
     if request.param == "qemu":
         return request.getfixturevalue("qemu_board").url
     url = request.config.getoption("--board-url")

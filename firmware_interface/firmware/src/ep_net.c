@@ -4,6 +4,14 @@
 
 #include "crc32.h"
 #include "wire.h"
+#ifdef EP_ACCEL
+#include "accel.h"
+#endif
+
+/* Counts changes of the network and its weights: an accelerator reloads its weight memory when it moves. */
+static uint32_t weights_generation;
+
+uint32_t ep_weights_generation(void) { return weights_generation; }
 
 /* ---- wrapping int64 arithmetic (no undefined behaviour on overflow, like torch's int64) ---- */
 
@@ -174,6 +182,13 @@ int ep_configure(ep_net_t *n, const uint8_t *p, size_t len, uint8_t *field)
     total += align8((uint64_t)max_batch * 2) + align8(widest * 8) + align8(widest * 2);
     if (total > n->arena_size)
         return ST_NO_MEMORY;
+#ifdef EP_ACCEL
+    uint16_t units_of[EP_MAX_LAYERS];
+    for (uint8_t l = 0; l < L; l++)
+        units_of[l] = get_u16(p + 10 + 4 * l);
+    if (!ep_accel_check(L, units_of, input_size))
+        return ST_NO_MEMORY; /* the accelerator's memories cannot hold this network */
+#endif
 
     uint8_t *arena = n->arena;
     uint32_t arena_size = n->arena_size;
@@ -226,6 +241,7 @@ int ep_configure(ep_net_t *n, const uint8_t *p, size_t len, uint8_t *field)
 #undef TAKE
     n->arena_used = (uint32_t)used;
     n->configured = 1;
+    weights_generation++;
     return ST_OK;
 }
 
@@ -273,6 +289,7 @@ int ep_write(ep_net_t *n, uint8_t id, uint32_t offset, const tensor_view_t *v, u
     t->frac = v->frac;
     t->committed = 0;
     invalidate_drive(n, id);
+    weights_generation++;
     return ST_OK;
 }
 
@@ -336,6 +353,7 @@ int ep_apply_delta(ep_net_t *n, uint8_t id, uint32_t expected, uint32_t offset, 
     }
     n->version++;
     invalidate_drive(n, id);
+    weights_generation++;
     *saturated = sat;
     return sat ? ST_SATURATED : ST_OK;
 }
@@ -451,6 +469,7 @@ static void compute_drive(ep_net_t *n, uint16_t b)
     n->drive_ok[b] = 1;
 }
 
+#ifndef EP_ACCEL /* the accelerator runs the steps */
 /* One layer (index i) of sample b; below: the states under it (NULL for layer 1). Returns the largest move. */
 static uint32_t settle(ep_net_t *n, int i, uint16_t b, const uint16_t *below, uint16_t *s, int32_t beta_q,
                        int sync)
@@ -526,6 +545,8 @@ static uint32_t step_sample(ep_net_t *n, uint16_t b, int32_t beta_q)
     return moved;
 }
 
+#endif
+
 static int all_committed(const ep_net_t *n)
 {
     for (int id = 0; id < EP_MAX_TENSORS; id++)
@@ -564,6 +585,9 @@ int ep_relax(ep_net_t *n, uint8_t phase, uint8_t init, uint32_t steps, int32_t b
     uint32_t moved = 0;
     uint16_t done = 0;
     out->converged = 0;
+#ifdef EP_ACCEL
+    moved = ep_accel_relax(n, steps, beta_q, tolerance, &done, &out->converged);
+#else
     while (done < steps) {
         moved = 0;
         for (uint16_t b = 0; b < n->batch; b++) {
@@ -577,6 +601,7 @@ int ep_relax(ep_net_t *n, uint8_t phase, uint8_t init, uint32_t steps, int32_t b
             break;
         }
     }
+#endif
     if (tolerance == 0xFFFFFFFFu)
         out->converged = moved == 0;
     copy_rows(n, phase, SNAP_CURRENT);

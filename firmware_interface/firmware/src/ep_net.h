@@ -83,6 +83,9 @@ int ep_read_states(ep_net_t *n, uint8_t snapshot, uint8_t layer, uint16_t offset
                    size_t cap, size_t *len, uint8_t *field);
 int ep_set_states(ep_net_t *n, uint8_t layer, uint16_t offset, const tensor_view_t *t, uint8_t *field);
 
+/* A counter that changes whenever the network is configured or a weight is written (accelerators reload). */
+uint32_t ep_weights_generation(void);
+
 /* round_half_even(a / 2^k), a left shift for k <= 0 (|k| <= 62); wraps like int64 in torch. */
 int64_t ep_round_shift(int64_t a, int k);
 #endif
