@@ -42,6 +42,9 @@ DEFAULTS: dict[str, dict[str, Any]] = {
                          "mult_noise": True, **_WRITE, **_REVERSE},
     "SoftBoundsDevice": {**_PULSED, "mult_noise": True, **_WRITE, **_REVERSE},
     "PiecewiseStepDevice": {**_PULSED, "piecewise_up": [1.0], "piecewise_down": [1.0], **_WRITE},
+    "SoftBoundsReferenceDevice": {**_PULSED, "mult_noise": False, **_WRITE, "slope_up_dtod": 0.0,
+                                  "slope_down_dtod": 0.0, "reference_mean": 0.0, "reference_std": 0.0,
+                                  "subtract_symmetry_point": False},
 }
 """The aihwkit device classes with a crossbar counterpart, and their fields' defaults."""
 
@@ -50,7 +53,6 @@ _DRIFT_DEFAULTS = {"nu": 0.0, "t_0": 1.0, "reset_tol": 1e-7, "nu_dtod": 0.0, "nu
 _NO_COUNTERPART = {
     "ExpStepDevice": "its step 1 - A exp(gamma z) is not the crossbar's exponential response exp(-gamma z)",
     "PowStepDevice": "the crossbar has no power-step response",
-    "SoftBoundsReferenceDevice": "the crossbar has no reference-device subtraction",
 }
 
 
@@ -158,7 +160,7 @@ def _map(cls: str, f: dict[str, Any], approximate: bool, time_per_update: float)
         notes.append(f"{key}={value!r} {why}")
 
     w_min, w_max, dw = float(f["w_min"]), float(f["w_max"]), float(f["dw_min"])
-    if not (w_min < 0 < w_max):
+    if not (w_min <= 0 <= w_max and w_min < w_max):
         raise DeviceImportError(f"{cls}: w_min = {w_min} and w_max = {w_max} must enclose 0 (aihwkit's rule)")
     if dw <= 0:
         raise DeviceImportError(f"{cls}.dw_min = {dw}: a pulsed device needs a positive step")
@@ -168,9 +170,15 @@ def _map(cls: str, f: dict[str, Any], approximate: bool, time_per_update: float)
     out: dict[str, Any] = {}
     # The relative step at the range's middle (w = mid) and the slope of each direction's response there.
     base_up = base_down = 1.0
-    if cls in ("LinearStepDevice", "SoftBoundsDevice"):
-        gamma_up = 1.0 if cls == "SoftBoundsDevice" else float(f["gamma_up"])
-        gamma_down = 1.0 if cls == "SoftBoundsDevice" else float(f["gamma_down"])
+    if cls in ("LinearStepDevice", "SoftBoundsDevice", "SoftBoundsReferenceDevice"):
+        gamma_up = float(f["gamma_up"]) if cls == "LinearStepDevice" else 1.0
+        gamma_down = float(f["gamma_down"]) if cls == "LinearStepDevice" else 1.0
+        if cls == "SoftBoundsReferenceDevice":  # soft bounds read against a reference device: none, or unsupported
+            for key in ("slope_up_dtod", "slope_down_dtod", "reference_mean", "reference_std",
+                        "subtract_symmetry_point"):
+                if f[key]:
+                    unsupported(key, "has no counterpart: the crossbar has no reference devices and its soft-bounds "
+                                     "slopes are the same for every device")
         if cls == "LinearStepDevice":
             for key in ("gamma_up_dtod", "gamma_down_dtod"):
                 if f[key]:
@@ -178,14 +186,18 @@ def _map(cls: str, f: dict[str, Any], approximate: bool, time_per_update: float)
             if f["allow_increasing"] and (gamma_up < 0 or gamma_down < 0):
                 unsupported("allow_increasing", "negative gammas (steps growing towards a bound) have no counterpart")
         for key in ("reverse_up", "reverse_down"):
-            if f[key]:
+            if f.get(key):
                 unsupported(key, "has no counterpart in the crossbar's soft bounds")
-        # aihwkit: up step (1 - gamma_up w / w_max), down step (1 + gamma_down w / |w_min|); at w = mid + half z
-        base_up, base_down = 1 - gamma_up * mid / w_max, 1 + gamma_down * mid / -w_min
+        # aihwkit: up step (1 - gamma_up w / w_max), down step (1 + gamma_down w / |w_min|); at w = mid + half z.
+        # A bound at w = 0 gives that direction no slope (aihwkit's rule).
+        gamma_up, gamma_down = (gamma_up if w_max else 0.0), (gamma_down if w_min else 0.0)
+        base_up = 1 - gamma_up * mid / w_max if w_max else 1.0
+        base_down = 1 + gamma_down * mid / -w_min if w_min else 1.0
         if base_up <= 0 or base_down <= 0:
             raise DeviceImportError(f"{cls}: gamma_up = {gamma_up}, gamma_down = {gamma_down} with bounds "
                                     f"[{w_min}, {w_max}] give no step at the range's middle")
-        slope_up, slope_down = gamma_up * half / w_max / base_up, gamma_down * half / -w_min / base_down
+        slope_up = gamma_up * half / w_max / base_up if w_max else 0.0
+        slope_down = gamma_down * half / -w_min / base_down if w_min else 0.0
         for key, value in (("slope_up", slope_up), ("slope_down", slope_down)):
             if not 0 <= value <= 1 + 1e-12:
                 raise DeviceImportError(f"{cls}: gammas {gamma_up}, {gamma_down} with bounds [{w_min}, {w_max}] "

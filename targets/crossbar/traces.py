@@ -50,9 +50,10 @@ class PulseDevices:
         delta = torch.full((self.n,), 2.0 * dw * (1 if direction > 0 else -1), dtype=torch.float64)
         self.array.write(delta, self.gen, 0.0)
 
-    def conductance(self) -> np.ndarray:
-        """What a read sees now (hidden conductance plus write noise), normalized to the nominal range [0, 1]."""
-        return self.array.pos.visible(0.0, self.cfg.time.drift_t0).numpy().copy()
+    def conductance(self, now: float = 0.0) -> np.ndarray:
+        """What a read sees at simulated time ``now`` (hidden conductance, write noise, drift since the pulses,
+        which are written at time 0), normalized to the nominal range [0, 1]."""
+        return self.array.pos.visible(now, self.cfg.time.drift_t0).numpy().copy()
 
     def trace(self, directions: Sequence[int]) -> np.ndarray:
         """The conductance after each pulse of ``directions``: shape (len(directions), n)."""
