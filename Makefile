@@ -24,6 +24,9 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[test]'
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" MAKEFLAGS=-j$$(nproc) \
 	  $(PY) -m pip install --quiet --no-build-isolation --no-deps $(REFERENCE_SIMULATORS)
+	# badcrossbar's wheel also installs its own test suite as a top-level package `tests`, which would shadow
+	# this repository's tests/ (`from tests.conftest import ...`): remove it.
+	rm -rf $(VENV)/lib/python*/site-packages/tests
 	touch $(STAMP)
 
 # aihwkit's build links OpenBLAS: Debian's libopenblas-dev (without recommends), skipped where it is present.
