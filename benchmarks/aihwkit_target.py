@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
             times.append(timed(step, torch.device("cpu"), 1, args.repeats))
     for row, t in zip(rows, seconds):
         row["ms_per_batch"] = 1e3 * statistics.median(t)
-    print(f"{base.name}: {args.limit} samples ({args.val_size} for validation), {args.epochs} epoch(s), batch "
+    print(f"{base.name}: {args.limit or 'all'} samples ({args.val_size} for validation), {args.epochs} epoch(s), batch "
           f"{base.train.batch_size}; {machine().get('cpu', 'cpu')}, {torch.get_num_threads()} threads")
     print(f"{'target':9} {'device':15} {'test acc':>9} {'ms/batch':>9} {'train s':>8}")
     for r in rows:
