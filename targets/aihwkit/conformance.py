@@ -10,7 +10,6 @@ benchmarks/aihwkit_conformance.py, which prints the table of docs/crossbar.md, "
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -145,7 +144,3 @@ def variation_cases() -> dict[str, Any]:
         "table": all_cases["table"].device(dw_min=0.01, **spread),
     }
 
-
-def replace(device: Any, **changes: Any) -> Any:
-    """A copy of an aihwkit device dataclass with ``changes``."""
-    return dataclasses.replace(device, **changes)
