@@ -17,7 +17,10 @@ import torch
 
 def aihwkit_tile(device: Any, n: int, seed: int = 0, w_init: float | str = "w_min") -> Any:
     """An aihwkit ``AnalogTile`` of ``n`` devices (``n`` outputs, 1 input) of ``device``, set to ``w_init``
-    (``"w_min"``, ``"w_max"`` or a weight), with device-to-device draws and pulse noise seeded by ``seed``."""
+    (``"w_min"``, ``"w_max"`` or a weight), its device-to-device draws seeded by ``seed``.
+
+    aihwkit 1.2 seeds its pulse noise from the clock (its C++ ``setRandomSeed`` has no Python binding), so
+    cycle-to-cycle noise is a fresh draw at every call; everything else is reproducible."""
     from aihwkit.simulator.configs import SingleRPUConfig
     from aihwkit.simulator.tiles import AnalogTile
 
@@ -28,7 +31,7 @@ def aihwkit_tile(device: Any, n: int, seed: int = 0, w_init: float | str = "w_mi
     config.update.update_management = False
     config.update.desired_bl = 1
     config.forward.is_perfect = True
-    torch.manual_seed(seed)  # aihwkit seeds its pulse noise from torch's generator
+    torch.manual_seed(seed)  # whatever aihwkit draws through torch
     tile = AnalogTile(n, 1, config)
     tile.set_learning_rate(1)
     if isinstance(w_init, str):

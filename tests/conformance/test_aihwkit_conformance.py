@@ -9,6 +9,8 @@ protocol (n up, n down, repeated), random +-1 trains, and long one-directional r
   and single-pulse increments at 6 checkpoints over 4000 devices, rejecting at a family-wise 99.9% confidence
   (Bonferroni: each of the 12 comparisons at 0.001 / 12). The same test rejects a crossbar device whose step is 5%
   off, whose step spread is 20% off or whose cycle-to-cycle spread is 30% off.
+* aihwkit seeds its pulse noise from the clock (no Python binding for its seed), so its side is a fresh draw at
+  every run: each statistical test keeps the false-alarm rate it states, the crossbar's side is seeded.
 * Deliberate differences (drift's time origin, how asymmetry combines with the step spread) are checked as the
   documented difference. The soft-bounds slope under bound variation is a physics mismatch: its test is marked
   xfail(strict=True) until the fix described in docs/crossbar.md, "Conformance", is applied.
