@@ -2,7 +2,8 @@
 
 Every dense weight ``w<l>`` lives on one aihwkit ``AnalogTile`` built from an RPU configuration of aihwkit's presets
 (``rpu_config = "EcRamPreset"``, ``"ReRamSBPreset"``, ``"TikiTakaEcRamPreset"``, ... any class of
-``aihwkit.simulator.presets``, single devices and compound ones alike). The relaxation reads the tiles: ``W s``
+``aihwkit.simulator.presets``, single devices and compound ones alike), or any RPU configuration registered by name
+with ``register_rpu_config``. The relaxation reads the tiles: ``W s``
 through the tile's forward pass and ``W^T s`` through its backward pass, with their IO non-idealities (converters,
 noise, bounds and their management as the configuration sets them), at every step, layer 1's input drive included.
 The EP update goes through the tile's pulsed update (aihwkit's stochastic pulse trains and device model): the
@@ -17,7 +18,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import torch
 
@@ -30,12 +31,24 @@ from targets.options import check_option
 DEVICE, DTYPE = torch.device("cpu"), torch.float32
 UPDATES = ("combined", "two_trains")
 
+RPU_CONFIGS: dict[str, Callable[[], Any]] = {}
+"""RPU configurations registered by name (``register_rpu_config``), besides aihwkit's presets."""
+
+
+def register_rpu_config(name: str, factory: Callable[[], Any]) -> None:
+    """Make ``target.rpu_config = name`` build ``factory()``: any aihwkit RPU configuration (a ``SingleRPUConfig``
+    of a device of your own, a ``UnitCellRPUConfig`` of a compound device, ...)."""
+    if not isinstance(name, str) or not name or not callable(factory):
+        raise TargetError(f"register_rpu_config needs a name and a callable returning an RPU configuration, "
+                          f"got {name!r}, {factory!r}")
+    RPU_CONFIGS[name] = factory
+
 
 @dataclass(frozen=True)
 class AihwkitOptions:
     """The ``[target]`` keys of the aihwkit target."""
 
-    rpu_config: str = "EcRamPreset"  # a class of aihwkit.simulator.presets (an RPU configuration)
+    rpu_config: str = "EcRamPreset"  # a class of aihwkit.simulator.presets, or a name given to register_rpu_config
     weight_omega: float = 0.15  # the largest |w| first programmed into a tensor takes this fraction of w_max
     update: str = "combined"  # one pulsed update per increment, or "two_trains": the two EP phase terms in turn
     seed: int = 0  # device-to-device draws and pulse noise; the run's seed unless the config sets one
@@ -48,8 +61,11 @@ class AihwkitOptions:
         rpu_config_class(self.rpu_config)
 
 
-def rpu_config_class(name: str) -> type:
-    """The aihwkit RPU configuration class ``name`` of ``aihwkit.simulator.presets``, or a ``TargetError``."""
+def rpu_config_class(name: str) -> Callable[[], Any]:
+    """What builds RPU configuration ``name``: a registered one, or a class of ``aihwkit.simulator.presets``;
+    a ``TargetError`` listing both otherwise."""
+    if isinstance(name, str) and name in RPU_CONFIGS:
+        return RPU_CONFIGS[name]
     try:
         from aihwkit.simulator import presets
     except ImportError as e:
@@ -58,7 +74,8 @@ def rpu_config_class(name: str) -> type:
     cls = getattr(presets, name, None) if isinstance(name, str) else None
     if name not in names or cls is None:
         raise TargetError(f"target.rpu_config = {name!r} is invalid: expected an RPU configuration of "
-                          f"aihwkit.simulator.presets, one of {names}")
+                          f"aihwkit.simulator.presets, one of {names}, or one registered with "
+                          f"targets.aihwkit.target.register_rpu_config ({sorted(RPU_CONFIGS)})")
     return cls
 
 

@@ -85,6 +85,20 @@ def test_two_trains_are_two_pulsed_updates():
     assert 0.005 < moved < 0.015
 
 
+def test_any_rpu_configuration_can_be_registered():
+    """An RPU configuration of one's own (here a soft-bounds device without noise) is opened by name."""
+    from aihwkit.simulator.configs import SingleRPUConfig, SoftBoundsDevice
+
+    from targets.aihwkit.target import register_rpu_config
+
+    register_rpu_config("quiet_soft_bounds", lambda: SingleRPUConfig(device=SoftBoundsDevice(dw_min_std=0.0)))
+    target, weights = opened("quiet_soft_bounds")
+    assert type(target.rpu_config.device).__name__ == "SoftBoundsDevice"
+    torch.testing.assert_close(target.read_weights()["w1"], weights["w1"], rtol=1e-5, atol=1e-6)
+    with pytest.raises(TargetError, match="register_rpu_config"):
+        register_rpu_config("", None)
+
+
 def test_bad_options_are_refused_by_name():
     with pytest.raises(TargetError, match="target.rpu_config = 'NoSuchPreset' is invalid.*EcRamPreset"):
         targets.open("aihwkit", MLP, rpu_config="NoSuchPreset")
