@@ -9,7 +9,8 @@ noise, bounds and their management as the configuration sets them), at every ste
 The EP update goes through the tile's pulsed update (aihwkit's stochastic pulse trains and device model): the
 increment of a tensor is written as the sum of one outer product per input line (one-hot inputs), in one update
 call, or as two (``update = "two_trains"``: the two EP phase terms one after the other). Biases and the readout of
-a ``ce`` network stay digital (host float32). A tensor's weights are scaled once, when first programmed, so that its
+a ``ce`` network stay digital (host float32). After each update a tile takes aihwkit's per-mini-batch step
+(decay and diffusion where its devices have them), as aihwkit's analog optimizer does. A tensor's weights are scaled once, when first programmed, so that its
 largest |w| takes ``weight_omega`` of the device's ``w_max`` (aihwkit's ``weight_scaling_omega`` idea, fixed so
 that every phase sees the same gain). docs/crossbar.md, "The aihwkit target", compares it with the crossbar.
 """
@@ -173,6 +174,8 @@ class AihwkitTarget(Target):
                     self._pulse(name, delta)
                 else:
                     self._digital[name].add_(delta)
+        for name in {n for part in parts for n in part if n in self._tiles}:
+            self._tiles[name].post_update_step()  # once per mini-batch, as aihwkit's optimizer: decay, diffusion
         return UpdateReport(details={"pulsed_updates": len(parts)})
 
     # ---- reads and writes ------------------------------------------------------------------------------------
