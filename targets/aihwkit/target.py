@@ -3,16 +3,16 @@
 Every dense weight ``w<l>`` lives on one aihwkit ``AnalogTile`` built from an RPU configuration of aihwkit's presets
 (``rpu_config = "EcRamPreset"``, ``"ReRamSBPreset"``, ``"TikiTakaEcRamPreset"``, ... any class of
 ``aihwkit.simulator.presets``, single devices and compound ones alike), or any RPU configuration registered by name
-with ``register_rpu_config``. The relaxation reads the tiles: ``W s``
-through the tile's forward pass and ``W^T s`` through its backward pass, with their IO non-idealities (converters,
-noise, bounds and their management as the configuration sets them), at every step, layer 1's input drive included.
-The EP update goes through the tile's pulsed update (aihwkit's stochastic pulse trains and device model): the
-increment of a tensor is written as the sum of one outer product per input line (one-hot inputs), in one update
-call, or as two (``update = "two_trains"``: the two EP phase terms one after the other). Biases and the readout of
-a ``ce`` network stay digital (host float32). After each update a tile takes aihwkit's per-mini-batch step
-(decay and diffusion where its devices have them), as aihwkit's analog optimizer does. A tensor's weights are scaled once, when first programmed, so that its
-largest |w| takes ``weight_omega`` of the device's ``w_max`` (aihwkit's ``weight_scaling_omega`` idea, fixed so
-that every phase sees the same gain). docs/crossbar.md, "The aihwkit target", compares it with the crossbar.
+with ``register_rpu_config``. The relaxation reads the tiles: ``W s`` through the tile's forward pass and ``W^T s``
+through its backward pass, with their IO non-idealities (converters, noise, bounds and their management as the
+configuration sets them), at every step, layer 1's input drive included. The EP update goes through the tile's
+pulsed update (aihwkit's stochastic pulse trains and device model): the increment of a tensor is written as the sum
+of one outer product per input line (one-hot inputs), in one update call, or as two (``update = "two_trains"``: the
+two EP phase terms one after the other). Biases and the readout of a ``ce`` network stay digital (host float32).
+After each update a tile takes aihwkit's per-mini-batch step (decay and diffusion where its devices have them), as
+aihwkit's analog optimizer does. A tensor's weights are scaled once, when first programmed, so that its largest |w|
+takes ``weight_omega`` of the device's ``w_max`` (aihwkit's ``weight_scaling_omega`` idea, fixed so that every phase
+sees the same gain). docs/crossbar.md, "The aihwkit target", compares it with the crossbar.
 """
 
 from __future__ import annotations

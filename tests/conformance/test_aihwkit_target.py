@@ -53,9 +53,9 @@ def test_the_relaxation_reads_the_tiles():
 
 @pytest.mark.parametrize("rpu_config", ["EcRamPreset", "CapacitorPreset"])
 def test_the_update_is_pulsed_and_follows_the_increment(rpu_config):
-    """On a single-device configuration with little noise an increment of about 20 pulses per weight lands close to it (cosine
-    > 0.9, norm within 40%), and not exactly (stochastic pulse trains, device steps). (A Tiki-Taka configuration
-    writes into its fast device and reads its slow one: the training test below covers it.)"""
+    """On a single-device configuration with little noise an increment of about 20 pulses per weight lands close to
+    it (cosine > 0.9, norm within 40%), and not exactly (stochastic pulse trains, device steps). (A Tiki-Taka
+    configuration writes into its fast device and reads its slow one: the training test below covers it.)"""
     target, weights = opened(rpu_config)
     before = target.read_weights()
     gen = torch.Generator().manual_seed(3)
