@@ -6,16 +6,37 @@ STAMP := $(VENV)/.installed
 FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 DEMO_OUT ?= runs/demo
 
-.PHONY: install data toolchain fpga-tools fpga-reports firmware demo test bench clean
+.PHONY: install openblas data toolchain fpga-tools fpga-reports firmware demo test bench clean
 
 install: $(STAMP)
 
+# The reference simulators of the conformance suite (tests/conformance): aihwkit 1.2.0 has no wheel for this Python
+# and is built once from its source archive (about 3 min on 2 cores; pip caches the wheel) against the pinned torch,
+# with the build tools of the test extra and mypy's stubgen on PATH; it and badcrossbar go in without their declared
+# dependencies (torchvision would pull another torch; pycairo is for badcrossbar's plots and has no wheel).
+REFERENCE_SIMULATORS := aihwkit==1.2.0 badcrossbar==1.1.0
+
 $(STAMP): pyproject.toml
+	$(MAKE) openblas
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet torch==2.13.0
 	$(PY) -m pip install --quiet -e '.[test]'
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" MAKEFLAGS=-j$$(nproc) \
+	  $(PY) -m pip install --quiet --no-build-isolation --no-deps $(REFERENCE_SIMULATORS)
+	# badcrossbar's wheel also installs its own test suite as a top-level package `tests`, which would shadow
+	# this repository's tests/ (`from tests.conftest import ...`): remove it.
+	rm -rf $(VENV)/lib/python*/site-packages/tests
 	touch $(STAMP)
+
+# aihwkit's build links OpenBLAS: Debian's libopenblas-dev (without recommends), skipped where it is present.
+openblas:
+	@if command -v dpkg >/dev/null && ! dpkg -s libopenblas-dev >/dev/null 2>&1; then \
+	  if command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+	      libopenblas-dev; \
+	  else echo "note: install libopenblas-dev (aihwkit, the conformance suite's reference, builds against it)"; fi; \
+	fi
 
 # Fashion-MNIST from Debian's dataset-fashion-mnist where apt is available (as root), else the
 # loader downloads it into ~/.cache/hwtoolkit with checksums.

@@ -27,6 +27,7 @@ _BUILTIN = {
     "reference": "targets.reference:ReferenceTarget",
     "crossbar": "targets.crossbar.target:CrossbarTarget",
     "serial": "targets.serial.target:SerialTarget",
+    "aihwkit": "targets.aihwkit.target:AihwkitTarget",
 }
 _registered: dict[str, type[Target]] = {}
 

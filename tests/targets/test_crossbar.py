@@ -139,9 +139,9 @@ def test_flat_keys_fill_the_composed_configuration() -> None:
     """A preset's flat keys land in the dataclass that holds them; update and preset stay reachable on the top."""
     cfg = device_config("reram-exp", max_pulses=15)
     assert isinstance(cfg, TileConfig) and cfg.preset == "reram-exp" and cfg.update == "combined"
-    assert cfg.response == ExponentialStep(gamma_up=1.0, gamma_down=1.0)
-    assert cfg.device.dw_min == PRESETS["reram-exp"]["dw_min"] and cfg.device.up_down == 0.26
-    assert cfg.variation.dw_min_std == 5.0 and cfg.variation.write_noise_std == 75.0
+    assert cfg.response == ExponentialStep(gamma_up=0.324, gamma_down=1.246)
+    assert cfg.device.dw_min == PRESETS["reram-exp"]["dw_min"] and cfg.device.up_down == -0.538
+    assert cfg.variation.dw_min_std == 5.0 and cfg.variation.write_noise_std == 62.0
     assert cfg.write.pulse_mode == "stochastic" and cfg.write.max_pulses == 15
     assert cfg.read.forward == Periphery(dac_bits=7, adc_bits=9, out_noise=0.06)
     assert cfg.read.read_noise == "equilibrium"
@@ -163,7 +163,7 @@ def test_a_parameter_of_another_response_model_is_refused(tmp_path) -> None:
     path.write_text('preset = "reram-exp"\nresponse = "table"\ntable_g = [0, 1]\ntable_up = [1, 0.5]\n'
                     'table_down = [0.5, 1]\n')
     cfg = device_config(str(path))
-    assert cfg.response == TableResponse((0.0, 1.0), (1.0, 0.5), (0.5, 1.0)) and cfg.device.up_down == 0.26
+    assert cfg.response == TableResponse((0.0, 1.0), (1.0, 0.5), (0.5, 1.0)) and cfg.device.up_down == -0.538
 
 
 def test_a_new_response_model_is_one_class() -> None:
