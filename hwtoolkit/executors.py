@@ -106,6 +106,8 @@ def run_tasks(fn: Callable[[Any], Any], args: Sequence[Any], spec: ExecutorSpec,
     """``fn(arg)`` for every argument, on the executor ``spec``; one ``Outcome`` per task, in the order they end."""
     spec.validate()
     names = list(names) if names is not None else [f"task {i}" for i in range(len(args))]
+    if not args:  # nothing left to run (a resumed study): no Ray instance is started
+        return
     if spec.kind == "local":
         yield from _run_local(fn, args, spec, on_progress, log, names)
     else:
