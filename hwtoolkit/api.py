@@ -19,7 +19,7 @@ from hwtoolkit.runs import Run, open_target, read_run
 ConfigLike = Config | str | Path
 
 __all__ = ["Config", "ExecutorSpec", "Run", "available_targets", "evaluate", "export", "gdu", "load_config", "open_target", "read_run",
-           "run_sweep", "train"]
+           "run_sweep", "train", "tune"]
 
 
 def load_config(path: str | Path, overrides: Sequence[str] = (), *, target: str | None = None) -> Config:
@@ -84,6 +84,26 @@ def run_sweep(config: str | Path, key: str, values: str | Sequence[Any], *, seed
     tracker = _tracker(tracking_uri, f"sweep {Path(out).name}")
     return run(config, key, text, seeds=seeds, sets=list(overrides), out=out, fidelity_batches=fidelity_batches,
                resume=resume, progress=progress, log=log, executor=executor, tracking=tracker)
+
+
+def tune(config: str | Path, search: Sequence[str], trials: int, *, overrides: Sequence[str] = (),
+         out: str | Path | None = None, storage: str | None = None, pruner: str = "median", resume: bool = False,
+         executor: ExecutorSpec | None = None, tracking_uri: str | None = None,
+         log: Callable[[str], None] = print) -> dict:
+    """Tune the searched fields (``KEY=log(a, b)``, ``uniform``, ``int``, ``choice``) on validation accuracy.
+
+    Runs (or, with ``resume``, continues) an Optuna study in ``out`` (``storage``: its database, SQLite in
+    ``out`` by default) to ``trials`` finished trials; writes ``best.toml`` and ``tune.json`` and returns the
+    report, whose ``best`` holds the one test accuracy of the study (the best trial's).
+    """
+    from hwtoolkit.tune import run_tune
+    from hwtoolkit.tune.study import default_out
+
+    if out is None:
+        out = default_out(config_mod.read_raw(config))
+    tracker = _tracker(tracking_uri, f"tune {Path(out).name}")
+    return run_tune(config, list(search), trials, sets=list(overrides), out=out, storage=storage, pruner=pruner,
+                    resume=resume, executor=executor, tracking=tracker, log=log)
 
 
 def _tracker(uri: str | None, experiment: str):

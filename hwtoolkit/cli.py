@@ -1,4 +1,4 @@
-"""Command line: ``hwtoolkit train | evaluate | gdu | sweep | export | targets | board``."""
+"""Command line: ``hwtoolkit train | evaluate | gdu | sweep | tune | export | targets | board``."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from hwtoolkit import api, config as config_mod, schema
 from hwtoolkit.data import DatasetNotFoundError
 from hwtoolkit.diagnostics.gdu import ESTIMATORS as GDU_ESTIMATORS
 from hwtoolkit.executors import KINDS, MAX_RETRIES, ExecutorSpec
+from hwtoolkit.tune.study import MAX_TRIALS, PRUNERS
 from hwtoolkit.training.checkpoint import CheckpointError
 from hwtoolkit.files import DirectoryLockedError
 from hwtoolkit.training.loop import RunExistsError
@@ -162,6 +163,17 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_tune(args: argparse.Namespace) -> int:
+    from hwtoolkit.tune.study import format_report
+
+    report = api.tune(args.config, args.search or [], args.trials, overrides=args.set or [], out=args.out,
+                      storage=args.storage, pruner=args.pruner, resume=args.resume, executor=_executor(args),
+                      tracking_uri=_tracking_uri(args))
+    print(format_report(report))
+    print(f"wrote {Path(report['out']) / 'tune.json'}")
+    return 0 if report["best"] is not None else 1
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from quantize.export import ExportCheckError
 
@@ -297,6 +309,23 @@ def build_parser() -> argparse.ArgumentParser:
     add_executor_args(p, "points")
     add_tracking_args(p)
     p.set_defaults(func=cmd_sweep)
+
+    p = sub.add_parser("tune", help="tune config fields on validation accuracy (an Optuna study, resumable)")
+    add_config_args(p)
+    p.add_argument("--search", action="append", metavar="KEY=SPACE",
+                   help="a searched field and its space (repeatable): log(LOW, HIGH), uniform(LOW, HIGH), "
+                        "int(LOW, HIGH) or choice(A, B, ...); one layer's learning rate as optim.lr[0]=log(1e-3, 0.3)")
+    p.add_argument("--trials", type=number(1, MAX_TRIALS, integer=True), required=True, metavar="N",
+                   help="finished (completed or pruned) trials the study ends with, counting those of a resumed study")
+    p.add_argument("--out", help="study directory (default: runs/NAME-tune-TIMESTAMP); must be new or empty")
+    p.add_argument("--storage", metavar="URL", help="the study's database (default: sqlite:///OUT/study.db; a "
+                                                    "postgresql:// or mysql:// URL to share it across machines)")
+    p.add_argument("--pruner", choices=PRUNERS, default="median",
+                   help="stop trailing trials on their per-epoch validation accuracy: median (default), asha, none")
+    p.add_argument("--resume", action="store_true", help="continue the study in --out (after Ctrl-C or a kill)")
+    add_executor_args(p, "trials")
+    add_tracking_args(p)
+    p.set_defaults(func=cmd_tune)
 
     p = sub.add_parser("export", help="export a run's network: the unrolled free phase as ONNX/QCDQ/QONNX, or its "
                                       "integer weights for a board (fixed); checked against PyTorch")

@@ -11,8 +11,10 @@ is new. Nothing here touches the network unless the tracking URI is a server's.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
@@ -59,6 +61,14 @@ def flatten(table: dict[str, Any], prefix: str = "") -> dict[str, str]:
     return out
 
 
+_UNSAFE_NAME = re.compile(r"[^A-Za-z0-9_\-. :/]")
+
+
+def mlflow_name(key: str) -> str:
+    """A parameter or metric name MLflow accepts: ``optim.lr[1]`` -> ``optim.lr.1``."""
+    return _UNSAFE_NAME.sub("_", re.sub(r"\[(\d+)\]", r".\1", key))
+
+
 def _finite(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
@@ -74,6 +84,8 @@ class Tracker:
         check_uri(self.uri)
         os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # no usage reports over the network
         os.environ.setdefault("DO_NOT_TRACK", "true")
+        for name in ("mlflow", "alembic"):  # their table migrations and notices are not the command's output
+            logging.getLogger(name).setLevel(logging.WARNING)
         from mlflow.tracking import MlflowClient
 
         try:
@@ -111,7 +123,7 @@ class Tracker:
         config_path = run_dir / "config.toml"
         if config_path.exists():
             params = flatten(load_config_text(config_path.read_text()).to_dict())
-        params.update({k: json.dumps(v, default=str) for k, v in (extra_params or {}).items()})
+        params.update({mlflow_name(k): json.dumps(v, default=str) for k, v in (extra_params or {}).items()})
         run = self.client.create_run(self.experiment_id, run_name=name,
                                      tags={RUN_DIR_TAG: str(run_dir.resolve()), **(tags or {})})
         run_id = run.info.run_id
@@ -127,7 +139,8 @@ class Tracker:
         if summary_path.exists():
             summary = json.loads(summary_path.read_text())
             metrics += [Metric(f"final.{k}", float(v), stamp, 0) for k, v in summary.items() if _finite(v)]
-        metrics += [Metric(k, float(v), stamp, 0) for k, v in (extra_metrics or {}).items() if _finite(v)]
+        metrics += [Metric(mlflow_name(k), float(v), stamp, 0) for k, v in (extra_metrics or {}).items()
+                    if _finite(v)]
         param_list = [Param(k, v) for k, v in params.items()]
         for i in range(0, max(len(param_list), len(metrics)), BATCH):
             self.client.log_batch(run_id, metrics=metrics[i:i + BATCH], params=param_list[i:i + BATCH],
