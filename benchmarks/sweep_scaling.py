@@ -2,8 +2,10 @@
 
 The sweep: ``--config`` (default configs/fmnist_mlp.toml, on a ``data.limit`` subset so that a point takes a
 second or two) at 8 learning rates x 2 seeds, 1 fidelity batch, every point on one thread. Ray's fixed cost (start
-and shut down a local instance) is timed alone; the overhead per point is what the 1-worker Ray sweep takes beyond
-the local one and that fixed cost, over the points (worker start, task dispatch, results). Prints a table and
+and shut down a local instance) is timed alone. The overhead per point is measured on a sweep of near-empty points
+(``data.limit = 600``, 1 epoch, no fidelity, well under a second each), where noise from other jobs is small: what
+the 1-worker Ray sweep takes beyond the local one and the fixed cost, over the points (worker start, task
+dispatch, pickled configs and rows). Prints a table and
 writes JSON (default benchmarks/results/sweep_scaling.json). The load average is recorded: on a shared machine it
 says how many cores were really free.
 
@@ -37,11 +39,12 @@ def _load() -> float:
     return os.getloadavg()[0]
 
 
-def timed_sweep(config: str, sets: list[str], executor: ExecutorSpec, work: Path) -> tuple[float, dict]:
+def timed_sweep(config: str, sets: list[str], executor: ExecutorSpec, work: Path,
+                fidelity_batches: int = 1) -> tuple[float, dict]:
     out = work / f"sweep-{executor.kind}-{executor.workers or 0}"
     shutil.rmtree(out, ignore_errors=True)
     start = time.perf_counter()
-    report = run_sweep(config, "optim.lr", VALUES, seeds=SEEDS, sets=sets, out=out, fidelity_batches=1,
+    report = run_sweep(config, "optim.lr", VALUES, seeds=SEEDS, sets=sets, out=out, fidelity_batches=fidelity_batches,
                        progress=False, log=lambda m: None, executor=executor)
     return time.perf_counter() - start, report
 
@@ -74,11 +77,15 @@ def main() -> None:
                          "seconds_per_point": seconds / points, "same_figures_as_local": figures == reference,
                          "train_seconds_per_point": sum(r["train_seconds"] for r in report["rows"]) / points})
             print(f"{label}: {seconds:.1f} s", flush=True)
+        tiny = ["data.limit=600", "data.val_size=100", "train.epochs=1"]
+        tiny_local, _ = timed_sweep(args.config, tiny, ExecutorSpec(), work, fidelity_batches=0)
+        tiny_ray, _ = timed_sweep(args.config, tiny, ExecutorSpec("ray", workers=1), work, fidelity_batches=0)
+        print(f"near-empty points: local {tiny_local:.1f} s, ray 1 worker {tiny_ray:.1f} s", flush=True)
         load_after = _load()
     local = rows[0]["seconds"]
     for r in rows:
         r["speedup_vs_local"] = local / r["seconds"]
-    overhead = (rows[1]["seconds"] - ray_fixed - local) / points
+    overhead = (tiny_ray - ray_fixed - tiny_local) / points
     print(f"\n16-point sweep ({args.config}, data.limit={args.limit}, {args.epochs} epoch(s), 1 thread per point)")
     print(f"{'executor':<16} {'wall (s)':>9} {'s/point':>8} {'train s/point':>14} {'speedup':>8} {'same figures':>13}")
     for r in rows:
@@ -88,7 +95,9 @@ def main() -> None:
     print(f"load average (1 min) before / after: {load_before:.2f} / {load_after:.2f} on {os.cpu_count()} CPUs")
     write_report(args.json, {"config": args.config, "sets": sets, "values": VALUES, "seeds": SEEDS, "points": points,
                              "rows": rows, "ray_start_and_shutdown_seconds": ray_fixed,
-                             "ray_overhead_per_point_seconds": overhead, "load_average_before": load_before,
+                             "ray_overhead_per_point_seconds": overhead,
+                             "near_empty_points": {"sets": tiny, "local_seconds": tiny_local,
+                                                   "ray_1_worker_seconds": tiny_ray}, "load_average_before": load_before,
                              "load_average_after": load_after, "cpus": os.cpu_count()})
 
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 import socket
-import traceback
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Sequence
@@ -124,7 +123,7 @@ def _run_local(fn, args, spec, on_progress, log, names) -> Iterator[Outcome]:
                 result = fn(arg)
             except Exception as e:  # KeyboardInterrupt and SIGTERM end the command
                 error = _error_text(e)
-                log(f"[{names[i]}] attempt {attempt} failed: {error}\n{traceback.format_exc(limit=-3)}".rstrip())
+                log(f"[{names[i]}] attempt {attempt} failed: {error}")
                 if attempt <= spec.retries:
                     continue
                 failed += 1

@@ -17,7 +17,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from hwtoolkit.config import loads as load_config_text
 
@@ -152,6 +152,15 @@ class Tracker:
             self.client.log_artifacts(run_id, str(run_dir / "plots"), "plots")
         self.client.set_terminated(run_id, status=status)
         return run_id
+
+    def try_log_run(self, warn: Callable[[str], None], run_dir: str | Path, name: str, **kwargs: Any) -> str | None:
+        """``log_run``, but a store that fails (locked, unreachable) is a warning: the study goes on, and
+        ``--resume`` logs what is missing."""
+        try:
+            return self.log_run(run_dir, name, **kwargs)
+        except Exception as e:  # MLflow and SQLAlchemy raise many kinds
+            warn(f"tracking: {name} not logged to {self.uri}: {type(e).__name__}: {str(e).splitlines()[0]}")
+            return None
 
     def log_files(self, name: str, files: Iterable[Path], tags: dict[str, str] | None = None) -> str:
         """One run holding a study's own outputs (``sweep.csv``, ``tune.json``, plots) as artifacts; logged again

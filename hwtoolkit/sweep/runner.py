@@ -1,8 +1,10 @@
-"""The sweep driver: build and validate every point, then train them one after the other and measure fidelity.
+"""The sweep driver: build and validate every point, then train them on an executor and measure fidelity.
 
 Each point is an ordinary run directory, ``DIR/points/<KEY>=<VALUE>/seed<S>``, trained by
 ``training.loop.train``; after training, the gradient fidelity of the device is measured on its best-validation
-weights (``fidelity.json`` next to ``summary.json``, see ``hwtoolkit.diagnostics.fidelity``).
+weights (``fidelity.json`` next to ``summary.json``, see ``hwtoolkit.diagnostics.fidelity``). Points run here, one
+after the other, or as Ray tasks (``hwtoolkit.executors``); this process alone writes the sweep's outputs, in
+point order, and a point that fails after its retries is a row with ``status = failed``.
 
 Seeds: the points of a value use seeds ``seed + k`` for ``k`` in ``range(seeds)``, where ``seed`` is the
 config's seed after the overrides and the value (so sweeping ``seed`` itself works too).
@@ -278,10 +280,10 @@ def _run_points(config_path: str | Path, key: str, values: Sequence[SweepValue],
         write_outputs(out, report, plot=False)
         bar.update(1)
         if tracking is not None and row["status"] == STATUS_OK:
-            tracking.log_run(points[i].dir, name=f"{out.name}/{names[i]}",
-                             tags={"hwtoolkit.kind": "sweep point", "hwtoolkit.sweep": str(out.resolve()),
-                                   "hwtoolkit.sweep_key": key, "hwtoolkit.sweep_value": row["label"]},
-                             extra_metrics={c: row[c] for c in COSINES if row[c] is not None})
+            tracking.try_log_run(write, points[i].dir, name=f"{out.name}/{names[i]}",
+                                 tags={"hwtoolkit.kind": "sweep point", "hwtoolkit.sweep": str(out.resolve()),
+                                       "hwtoolkit.sweep_key": key, "hwtoolkit.sweep_value": row["label"]},
+                                 extra_metrics={c: row[c] for c in COSINES if row[c] is not None})
 
     def show_progress(p: Progress) -> None:
         bar.set_postfix_str(p.describe())

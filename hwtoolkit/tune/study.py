@@ -13,6 +13,8 @@ own values (``baseline``) when they lie in the spaces, so the study says what tu
 from __future__ import annotations
 
 import json
+import os
+import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -96,6 +98,7 @@ def run_trials(task: TrialsTask) -> int:
         cfg = config_mod.loads(task.base_toml, overrides(base, list(task.spaces), values))
         run_dir = task.out / "trials" / f"trial{trial.number:04d}"
         trial.set_user_attr("run_dir", str(run_dir.relative_to(task.out)))
+        trial.set_user_attr("host", f"{socket.gethostname()}:{os.getpid()}")  # which worker ran it
         shown = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in values.items())
         log(f"trial {trial.number}: {shown}")
 
@@ -228,28 +231,26 @@ def _run_study(base: config_mod.Config, spaces: list[SearchSpace], trials: int, 
                 log(f"tuning worker {outcome.index} failed: {outcome.error}")
     finally:
         if tracking is not None:
-            _track_trials(study, out, tracking)
+            _track_trials(study, out, tracking, log)
     return _report(study, out, tracking)
 
 
 def _cluster_workers(executor: ExecutorSpec) -> int:
     """Without --workers: one tuning worker per ``cpus_per_task`` CPUs of this machine (a local Ray instance)."""
-    import os
-
     return max(1, (os.cpu_count() or 1) // executor.cpus_per_task)
 
 
-def _track_trials(study: Any, out: Path, tracking: Tracker) -> None:
+def _track_trials(study: Any, out: Path, tracking: Tracker, log: Callable[[str], None]) -> None:
     """Every finished trial that is not in the tracking store yet (idempotent, so a resumed study adds only new ones)."""
     for t in study.get_trials(deepcopy=False, states=_finished_states()):
         run_dir = out / t.user_attrs.get("run_dir", f"trials/trial{t.number:04d}")
         if run_dir.is_dir():
-            tracking.log_run(run_dir, name=f"{out.name}/trial{t.number:04d}",
-                             tags={"hwtoolkit.kind": "trial", "hwtoolkit.study": str(out.resolve()),
-                                   "hwtoolkit.trial_state": t.state.name,
-                                   "hwtoolkit.baseline": str(bool(t.user_attrs.get("baseline")))},
-                             extra_params={f"search.{k}": v for k, v in t.params.items()},
-                             extra_metrics={"trial.val_accuracy": t.value} if t.value is not None else None)
+            tracking.try_log_run(log, run_dir, name=f"{out.name}/trial{t.number:04d}",
+                                 tags={"hwtoolkit.kind": "trial", "hwtoolkit.study": str(out.resolve()),
+                                       "hwtoolkit.trial_state": t.state.name,
+                                       "hwtoolkit.baseline": str(bool(t.user_attrs.get("baseline")))},
+                                 extra_params={f"search.{k}": v for k, v in t.params.items()},
+                                 extra_metrics={"trial.val_accuracy": t.value} if t.value is not None else None)
 
 
 def _report(study: Any, out: Path, tracking: Tracker | None) -> dict:
