@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -297,7 +297,9 @@ def _run_points(config_path: str | Path, key: str, values: Sequence[SweepValue],
             else:
                 todo.append(i)
         local = executor.kind == "local"
-        tasks = [PointTask(points[i], key, fidelity_batches, out,
+        # a Ray worker may start elsewhere (another node, another directory): it gets absolute paths
+        tasks = [PointTask(points[i] if local else replace(points[i], dir=points[i].dir.resolve()), key,
+                           fidelity_batches, out if local else out.resolve(),
                            (lambda m, name=names[i]: write(f"[{name}] {m}")) if local else None) for i in todo]
         for outcome in run_tasks(train_point, tasks, executor, on_progress=show_progress,
                                  log=write, names=[names[i] for i in todo]):

@@ -222,7 +222,7 @@ def _run_study(base: config_mod.Config, spaces: list[SearchSpace], trials: int, 
     if not study.get_trials(deepcopy=False):
         _enqueue_baseline(study, base, spaces, log)
     workers = 1 if executor.kind == "local" else (executor.workers or _cluster_workers(executor))
-    tasks = [TrialsTask(url, base.to_toml(), tuple(spaces), trials, pruner, out, base.seed + k,
+    tasks = [TrialsTask(url, base.to_toml(), tuple(spaces), trials, pruner, out.resolve(), base.seed + k,
                         log=log if executor.kind == "local" else None) for k in range(workers)]
     try:
         for outcome in run_tasks(run_trials, tasks, executor, log=log,
