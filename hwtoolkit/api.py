@@ -96,8 +96,8 @@ def tune(config: str | Path, search: Sequence[str], trials: int, *, overrides: S
     ``out`` by default) to ``trials`` finished trials; writes ``best.toml`` and ``tune.json`` and returns the
     report, whose ``best`` holds the one test accuracy of the study (the best trial's).
     """
-    from hwtoolkit.tune import run_tune
-    from hwtoolkit.tune.study import default_out
+    from hwtoolkit.tuning import run_tune
+    from hwtoolkit.tuning.study import default_out
 
     if out is None:
         out = default_out(config_mod.read_raw(config))

@@ -16,7 +16,7 @@ from hwtoolkit import api, config as config_mod, schema
 from hwtoolkit.data import DatasetNotFoundError
 from hwtoolkit.diagnostics.gdu import ESTIMATORS as GDU_ESTIMATORS
 from hwtoolkit.executors import KINDS, MAX_RETRIES, ExecutorSpec
-from hwtoolkit.tune.study import MAX_TRIALS, PRUNERS
+from hwtoolkit.tuning.study import MAX_TRIALS, PRUNERS
 from hwtoolkit.training.checkpoint import CheckpointError
 from hwtoolkit.files import DirectoryLockedError
 from hwtoolkit.training.loop import RunExistsError
@@ -164,7 +164,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
-    from hwtoolkit.tune.study import format_report
+    from hwtoolkit.tuning.study import format_report
 
     report = api.tune(args.config, args.search or [], args.trials, overrides=args.set or [], out=args.out,
                       storage=args.storage, pruner=args.pruner, resume=args.resume, executor=_executor(args),

@@ -16,7 +16,7 @@ from conftest import tiny_config_text
 from hwtoolkit import config
 from hwtoolkit.cli import main
 from hwtoolkit.tracking import Tracker
-from hwtoolkit.tune import TuneError, parse_search
+from hwtoolkit.tuning import TuneError, parse_search
 
 
 @pytest.mark.parametrize("text, kind, low, high, index", [
