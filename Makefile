@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 DEMO_OUT ?= runs/demo
 
-.PHONY: install openblas data toolchain fpga-tools fpga-reports firmware demo test bench clean
+.PHONY: install openblas data toolchain fpga-tools fpga-reports firmware demo test bench ui clean
 
 install: $(STAMP)
 
@@ -100,6 +100,12 @@ bench: install data
 	$(PY) benchmarks/step_speed.py
 	$(PY) benchmarks/crossbar_speed.py
 	$(PY) benchmarks/quant_accuracy.py --runs runs/bench-quant-accuracy
+
+# The MLflow UI on the default tracking store (runs/mlflow.db): every run, sweep point and tuning trial logged by
+# the commands, at http://127.0.0.1:5000. Installs the optional `ui` extra (the full mlflow package) first.
+ui: install
+	$(PY) -m pip install --quiet -e '.[ui]'
+	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///runs/mlflow.db --host 127.0.0.1 --port 5000
 
 clean:
 	rm -rf $(VENV) runs build *.egg-info

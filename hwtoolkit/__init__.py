@@ -1,14 +1,14 @@
 """hwtoolkit: train Equilibrium Propagation networks on real and simulated hardware.
 
-The Python API (``hwtoolkit.load_config``, ``train``, ``evaluate``, ``run_sweep``, ``gdu``, ``export``,
-``open_target``, ``read_run``, ``available_targets``) is documented in docs/python_api.md; it is imported on
+The Python API (``hwtoolkit.load_config``, ``train``, ``evaluate``, ``run_sweep``, ``tune``, ``gdu``,
+``export``, ``open_target``, ``read_run``, ``available_targets``, ``ExecutorSpec``) is documented in docs/python_api.md; it is imported on
 first use, so that ``import hwtoolkit`` stays cheap.
 """
 
 __version__ = "0.1.0"
 
-_API = ("Config", "Run", "available_targets", "evaluate", "export", "gdu", "load_config", "open_target",
-        "read_run", "run_sweep", "train")
+_API = ("Config", "ExecutorSpec", "Run", "available_targets", "evaluate", "export", "gdu", "load_config",
+        "open_target", "read_run", "run_sweep", "train", "tune")
 
 
 def __getattr__(name: str):

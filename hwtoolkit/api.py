@@ -13,12 +13,13 @@ from typing import Any, Callable, Sequence
 import targets
 from hwtoolkit import config as config_mod
 from hwtoolkit.config import Config
+from hwtoolkit.executors import ExecutorSpec
 from hwtoolkit.runs import Run, open_target, read_run
 
 ConfigLike = Config | str | Path
 
-__all__ = ["Config", "Run", "available_targets", "evaluate", "export", "gdu", "load_config", "open_target", "read_run",
-           "run_sweep", "train"]
+__all__ = ["Config", "ExecutorSpec", "Run", "available_targets", "evaluate", "export", "gdu", "load_config", "open_target", "read_run",
+           "run_sweep", "train", "tune"]
 
 
 def load_config(path: str | Path, overrides: Sequence[str] = (), *, target: str | None = None) -> Config:
@@ -39,11 +40,19 @@ def _config(config: ConfigLike, overrides: Sequence[str]) -> Config:
 
 
 def train(config: ConfigLike, out: str | Path, *, overrides: Sequence[str] = (), resume: bool = False,
-          progress: bool | None = False, log: Callable[[str], None] = print) -> dict:
-    """Train into the run directory ``out`` and return its summary (test accuracy of the best validation epoch)."""
+          progress: bool | None = False, log: Callable[[str], None] = print, tracking_uri: str | None = None) -> dict:
+    """Train into the run directory ``out`` and return its summary (test accuracy of the best validation epoch).
+
+    ``tracking_uri``: an MLflow store to log the finished run to (experiment ``train NAME``); None: not tracked.
+    """
     from hwtoolkit.training.loop import train as train_run
 
-    return train_run(_config(config, overrides), out, resume=resume, progress=progress, log=log)
+    cfg = _config(config, overrides)
+    tracker = _tracker(tracking_uri, f"train {cfg.name}")  # a bad store fails before training
+    summary = train_run(cfg, out, resume=resume, progress=progress, log=log)
+    if tracker is not None and summary:
+        tracker.log_run(out, name=Path(out).name, tags={"hwtoolkit.kind": "run"})
+    return summary
 
 
 def evaluate(run_dir: str | Path, *, wait: float = 0.0, log: Callable[[str], None] = print) -> dict:
@@ -54,19 +63,53 @@ def evaluate(run_dir: str | Path, *, wait: float = 0.0, log: Callable[[str], Non
 
 
 def run_sweep(config: str | Path, key: str, values: str | Sequence[Any], *, seeds: int = 1,
-          overrides: Sequence[str] = (), out: str | Path | None = None, fidelity_batches: int = 4,
-          resume: bool = False, progress: bool | None = False, log: Callable[[str], None] = print) -> dict:
+              overrides: Sequence[str] = (), out: str | Path | None = None, fidelity_batches: int = 4,
+              resume: bool = False, progress: bool | None = False, log: Callable[[str], None] = print,
+              executor: ExecutorSpec | None = None, tracking_uri: str | None = None) -> dict:
     """Train ``config`` at every value of ``key`` and seed; the report written to ``sweep.json``.
 
     (Named ``run_sweep`` because ``hwtoolkit.sweep`` is the package that implements it.)
 
     ``values`` is the command line's comma-separated text or a list of values (each written as TOML).
+    ``executor``: where the points run (default: here, one after the other; ``ExecutorSpec("ray", ...)`` for
+    Ray tasks). ``tracking_uri``: an MLflow store to log every point to (``tracking.default_uri()`` is the
+    command line's default); None: not tracked.
     """
     from hwtoolkit.sweep import run_sweep as run
+    from hwtoolkit.sweep.runner import default_out
 
     text = values if isinstance(values, str) else ",".join(_toml_value(v) for v in values)
-    return run(config, key, text, seeds=seeds, sets=list(overrides), out=out,
-                     fidelity_batches=fidelity_batches, resume=resume, progress=progress, log=log)
+    if out is None:
+        out = default_out(config_mod.read_raw(config), key.strip())
+    tracker = _tracker(tracking_uri, f"sweep {Path(out).name}")
+    return run(config, key, text, seeds=seeds, sets=list(overrides), out=out, fidelity_batches=fidelity_batches,
+               resume=resume, progress=progress, log=log, executor=executor, tracking=tracker)
+
+
+def tune(config: str | Path, search: Sequence[str], trials: int, *, overrides: Sequence[str] = (),
+         out: str | Path | None = None, storage: str | None = None, pruner: str = "median", resume: bool = False,
+         executor: ExecutorSpec | None = None, tracking_uri: str | None = None,
+         log: Callable[[str], None] = print) -> dict:
+    """Tune the searched fields (``KEY=log(a, b)``, ``uniform``, ``int``, ``choice``) on validation accuracy.
+
+    Runs (or, with ``resume``, continues) an Optuna study in ``out`` (``storage``: its database, SQLite in
+    ``out`` by default) to ``trials`` finished trials; writes ``best.toml`` and ``tune.json`` and returns the
+    report, whose ``best`` holds the one test accuracy of the study (the best trial's).
+    """
+    from hwtoolkit.tuning import run_tune
+    from hwtoolkit.tuning.study import default_out
+
+    if out is None:
+        out = default_out(config_mod.read_raw(config))
+    tracker = _tracker(tracking_uri, f"tune {Path(out).name}")
+    return run_tune(config, list(search), trials, sets=list(overrides), out=out, storage=storage, pruner=pruner,
+                    resume=resume, executor=executor, tracking=tracker, log=log)
+
+
+def _tracker(uri: str | None, experiment: str):
+    from hwtoolkit.tracking import open_tracker
+
+    return open_tracker(uri, experiment)
 
 
 def _toml_value(value: Any) -> str:

@@ -1,4 +1,4 @@
-"""Command line: ``hwtoolkit train | evaluate | gdu | sweep | export | targets | board``."""
+"""Command line: ``hwtoolkit train | evaluate | gdu | sweep | tune | export | targets | board``."""
 
 from __future__ import annotations
 
@@ -15,6 +15,8 @@ from typing import Callable, NoReturn
 from hwtoolkit import api, config as config_mod, schema
 from hwtoolkit.data import DatasetNotFoundError
 from hwtoolkit.diagnostics.gdu import ESTIMATORS as GDU_ESTIMATORS
+from hwtoolkit.executors import KINDS, MAX_RETRIES, ExecutorSpec
+from hwtoolkit.tuning.study import MAX_TRIALS, PRUNERS
 from hwtoolkit.training.checkpoint import CheckpointError
 from hwtoolkit.files import DirectoryLockedError
 from hwtoolkit.training.loop import RunExistsError
@@ -72,6 +74,26 @@ def _progress(args: argparse.Namespace) -> bool | None:
     return False if args.no_progress else None  # None: a progress bar where stderr is a terminal
 
 
+def _executor(args: argparse.Namespace) -> ExecutorSpec:
+    spec = ExecutorSpec(args.executor, args.address, args.cpus_per_point, args.workers, args.retries)
+    spec.validate()
+    return spec
+
+
+def _tracking_uri(args: argparse.Namespace) -> str | None:
+    """The MLflow store runs are logged to: --tracking-uri, else $HWTOOLKIT_TRACKING_URI, else runs/mlflow.db;
+    None with --no-track or HWTOOLKIT_NO_TRACK=1 (what the test suite sets)."""
+    from hwtoolkit.tracking import check_uri, default_uri
+
+    if args.no_track:
+        if args.tracking_uri is not None:
+            raise UsageError("--tracking-uri and --no-track exclude each other")
+        return None
+    if args.tracking_uri is None and os.environ.get("HWTOOLKIT_NO_TRACK") == "1":
+        return None
+    return check_uri(args.tracking_uri or os.environ.get("HWTOOLKIT_TRACKING_URI") or default_uri())
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     if args.resume and not args.out:
         raise UsageError("--resume needs --out, the run directory to continue")
@@ -80,7 +102,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                          f"to start one there")
     cfg = _load_config(args)
     out = Path(args.out) if args.out else Path("runs") / f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    summary = api.train(cfg, out, resume=args.resume, progress=_progress(args))
+    summary = api.train(cfg, out, resume=args.resume, progress=_progress(args), tracking_uri=_tracking_uri(args))
     print(json.dumps(summary, indent=2))
     return 0
 
@@ -129,12 +151,27 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from hwtoolkit.sweep import format_table
 
     report = api.run_sweep(args.config, args.param, args.values, seeds=args.seeds, overrides=args.set or [],
-                       out=args.out, fidelity_batches=args.fidelity_batches, resume=args.resume,
-                       progress=_progress(args))
+                           out=args.out, fidelity_batches=args.fidelity_batches, resume=args.resume,
+                           progress=_progress(args), executor=_executor(args), tracking_uri=_tracking_uri(args))
     print(format_table(report))
     out = Path(report["out"])
     print(f"wrote {out / 'sweep.csv'}, {out / 'sweep.json'}, {out / 'sweep.png'} (error bars: {report['error_bars']})")
+    if report["failed"]:
+        print(f"hwtoolkit sweep: {report['failed']} point(s) failed; they are in sweep.csv with their errors; "
+              f"--resume retries them", file=sys.stderr)
+        return 1
     return 0
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    from hwtoolkit.tuning.study import format_report
+
+    report = api.tune(args.config, args.search or [], args.trials, overrides=args.set or [], out=args.out,
+                      storage=args.storage, pruner=args.pruner, resume=args.resume, executor=_executor(args),
+                      tracking_uri=_tracking_uri(args))
+    print(format_report(report))
+    print(f"wrote {Path(report['out']) / 'tune.json'}")
+    return 0 if report["best"] is not None else 1
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -202,12 +239,32 @@ def build_parser() -> argparse.ArgumentParser:
                        help="override a config field by its dotted name, e.g. --set ep.beta=0.2 (repeatable); the "
                             "value is read as TOML, so quote a string that looks like a number: name='\"2024\"'")
 
+    def add_tracking_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--tracking-uri", metavar="URI",
+                       help="MLflow store the finished runs are logged to (default: sqlite:///runs/mlflow.db here; "
+                            "a postgresql:// or http(s):// server's URL for a team)")
+        p.add_argument("--no-track", action="store_true", help="log nothing to MLflow")
+
+    def add_executor_args(p: argparse.ArgumentParser, what: str) -> None:
+        p.add_argument("--executor", choices=KINDS, default="local",
+                       help=f"local: {what} one after the other in this process (default); ray: each a Ray task")
+        p.add_argument("--address", metavar="HOST:PORT", help="join the Ray cluster whose head is there (or auto); "
+                                                              "default: start a local Ray instance for this command")
+        p.add_argument("--cpus-per-point", type=number(1, 1024, integer=True), default=1, metavar="N",
+                       help="CPUs of each Ray task, and its torch threads (default 1)")
+        p.add_argument("--workers", type=number(1, 100_000, integer=True), metavar="N",
+                       help="Ray tasks at once (default: as many as the CPUs allow)")
+        p.add_argument("--retries", type=number(0, MAX_RETRIES, integer=True), default=2, metavar="N",
+                       help=f"further attempts of a {what[:-1]} whose worker died or that raised (default 2); "
+                            f"then it is reported as failed")
+
     p = sub.add_parser("train", help="train a network on a target")
     add_config_args(p)
     p.add_argument("--target", help="target name (overrides target.name; see `hwtoolkit targets`)")
     p.add_argument("--out", help="run directory (default: runs/NAME-TIMESTAMP)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_tracking_args(p)
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("evaluate", help="evaluate a run's best weights on its validation and test splits")
@@ -249,7 +306,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fidelity-batches", type=number(0, 10_000, integer=True), default=4, metavar="K",
                    help="training batches for the gradient-fidelity cosines of each point (default 4; 0 = none)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_executor_args(p, "points")
+    add_tracking_args(p)
     p.set_defaults(func=cmd_sweep)
+
+    p = sub.add_parser("tune", help="tune config fields on validation accuracy (an Optuna study, resumable)")
+    add_config_args(p)
+    p.add_argument("--search", action="append", metavar="KEY=SPACE",
+                   help="a searched field and its space (repeatable): log(LOW, HIGH), uniform(LOW, HIGH), "
+                        "int(LOW, HIGH) or choice(A, B, ...); one layer's learning rate as optim.lr[0]=log(1e-3, 0.3)")
+    p.add_argument("--trials", type=number(1, MAX_TRIALS, integer=True), required=True, metavar="N",
+                   help="finished (completed or pruned) trials the study ends with, counting those of a resumed study")
+    p.add_argument("--out", help="study directory (default: runs/NAME-tune-TIMESTAMP); must be new or empty")
+    p.add_argument("--storage", metavar="URL", help="the study's database (default: sqlite:///OUT/study.db; a "
+                                                    "postgresql:// or mysql:// URL to share it across machines)")
+    p.add_argument("--pruner", choices=PRUNERS, default="median",
+                   help="stop trailing trials on their per-epoch validation accuracy: median (default), asha, none")
+    p.add_argument("--resume", action="store_true", help="continue the study in --out (after Ctrl-C or a kill)")
+    add_executor_args(p, "trials")
+    add_tracking_args(p)
+    p.set_defaults(func=cmd_tune)
 
     p = sub.add_parser("export", help="export a run's network: the unrolled free phase as ONNX/QCDQ/QONNX, or its "
                                       "integer weights for a board (fixed); checked against PyTorch")

@@ -104,7 +104,7 @@ def plot_sweep(report: dict, path: Path) -> Path:
     high = [100 * a["test_accuracy"]["max"] - m for m, a in zip(mean, agg)]
     line = "-" if numeric else ""  # categories are not joined by lines
     ax.errorbar(xs, mean, yerr=[low, high], fmt="o" + line, capsize=4, label="mean, bars min-max over seeds")
-    rows = [r for r in report["rows"] if r["label"] in position]
+    rows = [r for r in report["rows"] if r["label"] in position and r.get("status", "ok") == "ok"]
     ax.plot([position[r["label"]] for r in rows], [100 * r["test_accuracy"] for r in rows], ".", color="0.45",
             label="one seed")
     ax.set(xlabel=report["key"], ylabel="test accuracy (%)",

@@ -1,5 +1,6 @@
 """Shared fixtures: a small, learnable data set in real IDX files, and configs that train on it."""
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -7,6 +8,8 @@ import pytest
 
 from hwtoolkit import config
 from hwtoolkit.data import write_idx
+
+os.environ.setdefault("HWTOOLKIT_NO_TRACK", "1")  # commands log to MLflow only where a test asks for it
 
 CLASSES, SIDE = 4, 8
 

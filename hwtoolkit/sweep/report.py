@@ -19,7 +19,9 @@ from hwtoolkit.files import write_text_atomic
 
 from .values import SweepValue
 
-COLUMNS = ("key", "value", "seed", "test_accuracy", "val_accuracy", "train_seconds", *COSINES, "test_loss", "point")
+COLUMNS = ("key", "value", "seed", "test_accuracy", "val_accuracy", "train_seconds", *COSINES, "test_loss", "point",
+           "status", "attempts", "error")
+STATUS_OK, STATUS_FAILED = "ok", "failed"  # a failed point stays in the outputs with its last error
 ERROR_BARS = "min-max over seeds"
 HEADERS = {"applied_vs_ideal": "applied/ideal", "ideal_vs_bptt": "ideal/BPTT", "device_vs_ideal": "device/ideal"}
 
@@ -30,13 +32,17 @@ def _stats(xs: Sequence[float]) -> dict[str, float]:
 
 
 def aggregate(rows: Sequence[dict], values: Sequence[SweepValue]) -> list[dict]:
-    """Per value (in the order given): mean, sample std, min and max over seeds of the test accuracy and cosines."""
+    """Per value (in the order given): mean, sample std, min and max over seeds of the test accuracy and cosines.
+
+    Failed points are counted (``failed``) but have no figures to aggregate.
+    """
     result = []
     for v in values:
-        group = [r for r in rows if r["label"] == v.label]
+        group = [r for r in rows if r["label"] == v.label and r.get("status", STATUS_OK) == STATUS_OK]
+        failed = sum(1 for r in rows if r["label"] == v.label and r.get("status") == STATUS_FAILED)
         if not group:
             continue
-        entry: dict[str, Any] = {"value": v.value, "label": v.label, "seeds": len(group),
+        entry: dict[str, Any] = {"value": v.value, "label": v.label, "seeds": len(group), "failed": failed,
                                  "test_accuracy": _stats([r["test_accuracy"] for r in group])}
         for c in COSINES:
             xs = [r[c] for r in group if r[c] is not None]
@@ -59,7 +65,7 @@ def rows_csv(rows: Sequence[dict]) -> str:
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(COLUMNS)
     for r in rows:
-        writer.writerow([_csv_cell(r["label"] if c == "value" else r[c]) for c in COLUMNS])
+        writer.writerow([_csv_cell(r["label"] if c == "value" else r.get(c)) for c in COLUMNS])
     return buf.getvalue()
 
 
@@ -98,4 +104,7 @@ def format_table(report: dict) -> str:
                 f"[{100 * acc['min']:6.2f}, {100 * acc['max']:6.2f}]")
         cos = "  ".join(f"{'-' if a[c] is None else format(a[c]['mean'], '.4f'):>{len(HEADERS[c])}}" for c in COSINES)
         lines.append(f"{a['label']:<{width}}  {a['seeds']:>5}  {cell:<36}  {cos}")
+    failed = [r for r in report["rows"] if r.get("status") == STATUS_FAILED]
+    for r in failed:
+        lines.append(f"FAILED {key}={r['label']} seed {r['seed']} after {r['attempts']} attempt(s): {r['error']}")
     return "\n".join(lines)
