@@ -112,8 +112,8 @@ def test_symmetry_point(model):
         assert abs(values.mean() - point) <= step + 4 * values.std() / np.sqrt(N_DEVICES), (values.mean(), point)
 
 
-@pytest.mark.xfail(strict=True, reason="physics mismatch, not fixed here (targets/crossbar/response.py is another "
-                                       "engineer's): with bound variation the crossbar's soft-bounds slope is "
+@pytest.mark.xfail(strict=True, reason="known physics mismatch, open (the fix changes the presets "
+                                       "with bound variation and their figures): with bound variation the crossbar's soft-bounds slope is "
                                        "relative to each device's own mid-range, aihwkit's to w = 0; docs/crossbar.md, "
                                        "'Conformance', gives the fix")
 @pytest.mark.parametrize("model", ["soft_bounds", "linear_step"])
