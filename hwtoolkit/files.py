@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import json
 import os
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Callable, Iterator, Mapping
 
 
 def temp_file_next_to(path: Path) -> Path:
@@ -116,3 +117,31 @@ def remove_if_unused(directory: str | Path) -> None:
     if directory.is_dir() and {p.name for p in directory.iterdir()} <= {LOCK_FILE}:
         (directory / LOCK_FILE).unlink(missing_ok=True)
         directory.rmdir()
+
+
+def check_output_dir(out: Path, resume: bool, what: str, error: Callable[[str], Exception],
+                     kept: str = "") -> None:
+    """``--out`` of a sweep or study: a directory (or nothing yet), empty but for its lock unless resumed."""
+    if out.exists() and not out.is_dir():
+        raise error(f"--out {str(out)!r} is a file, not a directory")
+    if not resume and out.is_dir() and any(p.name != LOCK_FILE for p in out.iterdir()):
+        raise error(f"--out {str(out)!r} already exists and is not empty; pass --resume to continue the {what} "
+                    f"there{kept} or choose another --out")
+
+
+def check_same_spec(out: Path, spec_file: str, spec: Mapping[str, Any], what: str,
+                    error: Callable[[str], Exception]) -> None:
+    """On ``--resume``: ``out/spec_file`` must record this very ``spec`` (JSON-safe), never another study's."""
+    path = out / spec_file
+    if not path.exists():
+        raise error(f"--resume: {str(out)!r} holds no {what} to continue (no {spec_file}); leave out --resume "
+                    f"to start one in a new directory")
+    try:
+        stored = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise error(f"--resume: {str(path)!r} cannot be read: {e}") from None
+    differ = [k for k in spec if stored.get(k) != spec[k]]
+    if differ:
+        shown = "; ".join(f"{k}: {stored.get(k)!r} -> {spec[k]!r}" for k in differ if k != "config")
+        raise error(f"--resume: {str(out)!r} holds another {what} (different {', '.join(differ)}"
+                    f"{': ' + shown if shown else ''}); choose another --out")

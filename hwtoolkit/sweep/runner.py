@@ -26,7 +26,7 @@ from hwtoolkit import config as config_mod
 from hwtoolkit.config import Config, ConfigError
 from hwtoolkit.diagnostics.fidelity import COSINES, run_fidelity
 from hwtoolkit.executors import ExecutorSpec, Progress, run_tasks
-from hwtoolkit.files import LOCK_FILE, locked_directory, remove_if_unused, write_text_atomic
+from hwtoolkit.files import check_output_dir, check_same_spec, locked_directory, remove_if_unused, write_text_atomic
 from hwtoolkit.runs import open_target
 from hwtoolkit.training.loop import train
 from hwtoolkit.training.rundir import RunDir
@@ -86,36 +86,9 @@ def build_points(raw: dict[str, Any], key: str, values: Sequence[SweepValue], se
     return points
 
 
-def check_out_dir(out: Path, resume: bool) -> None:
-    """Refuse an output directory that holds anything (but its lock) unless the sweep is resumed."""
-    if out.exists() and not out.is_dir():
-        raise SweepError(f"--out {str(out)!r} is a file, not a directory")
-    if not resume and out.is_dir() and any(p.name != LOCK_FILE for p in out.iterdir()):
-        raise SweepError(f"--out {str(out)!r} already exists and is not empty; pass --resume to continue the "
-                         f"sweep there (finished points are kept) or choose another --out")
-
-
 def sweep_spec(raw: dict[str, Any], key: str, values: Sequence[SweepValue], seeds: int, sets: Sequence[str]) -> dict:
     """What makes a sweep this sweep: the base config as read, the overrides, the key, the values and the seeds."""
     return {"config": raw, "sets": list(sets), "key": key, "values": [v.label for v in values], "seeds": seeds}
-
-
-def check_same_sweep(out: Path, spec: dict) -> None:
-    """On ``--resume``: the directory must hold this very sweep (its recorded spec), never another study."""
-    path = out / SPEC_FILE
-    if not path.exists():
-        raise SweepError(f"--resume: {str(out)!r} holds no sweep to continue (no {SPEC_FILE}); leave out --resume "
-                         f"to start one in a new directory")
-    try:
-        stored = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise SweepError(f"--resume: {str(path)!r} cannot be read: {e}") from None
-    differ = [k for k in spec if stored.get(k) != json_safe(spec[k])]
-    if differ:
-        shown = "; ".join(f"{k}: {stored.get(k)!r} -> {json_safe(spec[k])!r}" for k in differ if k != "config")
-        what = ", ".join(differ)
-        raise SweepError(f"--resume: {str(out)!r} holds another sweep (different {what}{': ' + shown if shown else ''})"
-                         f"; choose another --out")
 
 
 def check_finished_points(points: Sequence[Point]) -> None:
@@ -239,12 +212,12 @@ def run_sweep(config_path: str | Path, key: str, values_text: str, seeds: int = 
     out = Path(out) if out else default_out(raw, key)
     points = build_points(raw, key, values, seeds, sets, out)
     spec = sweep_spec(raw, key, values, seeds, sets)
-    check_out_dir(out, resume)
+    check_output_dir(out, resume, "sweep", SweepError, kept=" (finished points are kept)")
     created = not out.exists()
     try:
         with locked_directory(out, "sweep directory"):  # one writer per sweep directory
             if resume:
-                check_same_sweep(out, spec)
+                check_same_spec(out, SPEC_FILE, json_safe(spec), "sweep", SweepError)
                 check_finished_points(points)
             check_targets(points, key)
             write_text_atomic(out / SPEC_FILE, json.dumps(json_safe(spec), indent=2) + "\n")

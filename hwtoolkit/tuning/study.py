@@ -22,7 +22,7 @@ from typing import Any, Callable, Sequence
 
 from hwtoolkit import config as config_mod
 from hwtoolkit.executors import ExecutorSpec, run_tasks
-from hwtoolkit.files import LOCK_FILE, locked_directory, remove_if_unused, write_text_atomic
+from hwtoolkit.files import check_output_dir, check_same_spec, locked_directory, remove_if_unused, write_text_atomic
 from hwtoolkit.sweep.report import json_safe
 from hwtoolkit.sweep.values import safe_name
 from hwtoolkit.tracking import Tracker
@@ -130,24 +130,6 @@ def default_out(raw: dict[str, Any]) -> Path:
     return Path("runs") / f"{safe_name(name)}-tune-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-def _check_out(out: Path, resume: bool, spec: dict) -> None:
-    if out.exists() and not out.is_dir():
-        raise TuneError(f"--out {str(out)!r} is a file, not a directory")
-    if not resume:
-        if out.is_dir() and any(p.name != LOCK_FILE for p in out.iterdir()):
-            raise TuneError(f"--out {str(out)!r} already exists and is not empty; pass --resume to continue the "
-                            f"study there or choose another --out")
-        return
-    path = out / SPEC_FILE
-    if not path.exists():
-        raise TuneError(f"--resume: {str(out)!r} holds no study to continue (no {SPEC_FILE})")
-    stored = json.loads(path.read_text())
-    differ = [k for k in spec if stored.get(k) != json_safe(spec[k])]
-    if differ:
-        raise TuneError(f"--resume: {str(out)!r} holds another study (different {', '.join(differ)}); choose "
-                        f"another --out")
-
-
 def _fail_stale_trials(study: Any, log: Callable[[str], None]) -> None:
     """Trials still marked running when the study is opened were left by a killed process (the directory lock
     says no one else runs this study): they are failed, and new ones take their place."""
@@ -198,10 +180,12 @@ def run_tune(config_path: str | Path, searches: Sequence[str], trials: int, sets
         raise TuneError("--executor ray --address: the workers on other machines need a database server; give "
                         "--storage postgresql://... (a SQLite file serves one machine)")
     spec = {"config": raw, "sets": list(sets), "search": [s.text for s in spaces], "pruner": pruner}
-    _check_out(out, resume, spec)
+    check_output_dir(out, resume, "study", TuneError)
     created = not out.exists()
     try:
         with locked_directory(out, "tune directory"):  # one study writer per directory
+            if resume:
+                check_same_spec(out, SPEC_FILE, json_safe(spec), "study", TuneError)
             write_text_atomic(out / SPEC_FILE, json.dumps(json_safe(spec), indent=2) + "\n")
             return _run_study(base, spaces, trials, out, url, pruner, executor, tracking, log)
     except BaseException:

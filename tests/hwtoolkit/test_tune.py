@@ -82,6 +82,21 @@ def test_tune_without_a_validation_split_or_a_search_is_refused(cfg_file, tmp_pa
     assert not out.exists()
 
 
+def test_resume_needs_a_readable_study_record_and_loses_nothing(cfg_file, tmp_path, capsys):
+    out = tmp_path / "study"
+    args = ["tune", str(cfg_file), "--search", "optim.lr=log(1e-3, 0.3)", "--trials", "2", "--out", str(out),
+            "--resume", "--no-track"]
+    assert main(args) == 2
+    assert "holds no study to continue" in capsys.readouterr().err
+    assert not out.exists()
+    out.mkdir()
+    (out / "tune_spec.json").write_text("{not json")
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "tune_spec.json" in err and "cannot be read" in err and "Traceback" not in err
+    assert (out / "tune_spec.json").read_text() == "{not json"
+
+
 def test_a_study_selects_on_validation_writes_the_best_config_and_tracks_every_trial(cfg_file, tmp_path, capsys):
     out = tmp_path / "study"
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"
