@@ -203,6 +203,8 @@ def _map(cls: str, f: dict[str, Any], approximate: bool, time_per_update: float)
                 raise DeviceImportError(f"{cls}: gammas {gamma_up}, {gamma_down} with bounds [{w_min}, {w_max}] "
                                         f"give crossbar.{key} = {value:.4g}, outside [0, 1]")
         out.update(response="soft_bounds", slope_up=min(slope_up, 1.0), slope_down=min(slope_down, 1.0))
+        if cls == "LinearStepDevice" and f["mean_bound_reference"]:  # slopes against the nominal bounds
+            out["bound_reference"] = "nominal"
         if f["dw_min_std"] and not f["mult_noise"]:
             unsupported("mult_noise", "(additive cycle-to-cycle noise) has no counterpart: the crossbar's is "
                                       "relative to each pulse's step; mapped as multiplicative")

@@ -2,7 +2,8 @@
 
 A conductance ``g`` lives in its device's bounds ``[lo, hi]``; ``z = (g - mid) / half`` lies in ``[-1, 1]``. A write
 gives each device pulses of one direction, described by a ``Move``. A model applies ``n`` pulses at once in closed
-form (``advance``), never one by one, and knows where an up and a down pulse are equally large (``symmetry_z``).
+form (``advance``), never one by one, and knows where an up and a down pulse are equally large (``symmetry_z``, or
+``symmetry_point`` for a model that is not a function of ``z`` alone).
 The equations are in docs/crossbar.md, "Response models".
 
 A new model is one subclass of ``ResponseModel``: its parameters as fields, ``name`` (the value of
@@ -26,6 +27,12 @@ Value = Union[torch.Tensor, float]
 
 RESPONSES: dict[str, type["ResponseModel"]] = {}
 """Every response model by its ``name``."""
+
+STEP_ORIGIN = 0.5
+"""Where a soft-bounds step has its drawn size: the middle of the nominal range ``[0, 1]`` (a differential pair's
+devices at weight 0; aihwkit's ``w = 0`` for a range centred on it)."""
+BOUND_REFERENCES = ("device", "nominal")
+"""What a soft-bounds slope is relative to: each device's own bounds, or the nominal ones."""
 
 Buffers = Callable[[str], torch.Tensor]
 """``buf(name)``: a reusable scratch tensor shaped like the conductances of a write, one per name."""
@@ -130,30 +137,46 @@ class ConstantStep(ResponseModel):
 
 @dataclass(frozen=True)
 class SoftBounds(ResponseModel):
-    """Steps shrink linearly towards the bound they approach: up ``1 - slope_up z``, down ``1 + slope_down z``."""
+    """Steps shrink linearly towards the bound they approach, from their drawn size at the nominal middle.
+
+    At ``g`` an up step is ``step_up (1 - slope_up (g - r) / (hi - r))`` and a down step
+    ``step_down (1 + slope_down (g - r) / (r - lo))``, with ``r = STEP_ORIGIN`` and ``hi``, ``lo`` the device's
+    own bounds (``bound_reference = "device"``, aihwkit's soft bounds) or the nominal ones (``"nominal"``, aihwkit's
+    linear step with ``mean_bound_reference``): a device's step at ``w = 0`` is its drawn step whatever its bounds.
+    """
 
     name: ClassVar[str] = "soft_bounds"
     slope_up: float = 1.0
     slope_down: float = 1.0
+    bound_reference: str = "device"
 
     def validate(self) -> None:
         for key in ("slope_up", "slope_down"):
             check(0 <= getattr(self, key) <= 1, key, getattr(self, key), "a number in [0, 1]")
+        check(self.bound_reference in BOUND_REFERENCES, "bound_reference", self.bound_reference,
+              f"one of {BOUND_REFERENCES}")
+
+    def _reaches(self, lo: Value, hi: Value) -> tuple[Value, Value]:
+        """How far the slopes reach from ``STEP_ORIGIN``, up and down: to each device's bound or the nominal."""
+        if self.bound_reference == "nominal":
+            return STEP_ORIGIN, STEP_ORIGIN
+        return hi - STEP_ORIGIN, STEP_ORIGIN - lo
 
     def constants(self, lo, hi, step_up, step_down, cast):
         """Per direction with a slope: the level pulses approach, and the log of the per-pulse factor per amount."""
-        mid, half = _mid_half(lo, hi)
+        reach_up, reach_down = self._reaches(lo, hi)
         out = {}
-        for d, slope, step, sign in (("up", self.slope_up, step_up, 1), ("down", self.slope_down, step_down, -1)):
+        for d, slope, step, sign, reach in (("up", self.slope_up, step_up, 1, reach_up),
+                                            ("down", self.slope_down, step_down, -1, reach_down)):
             if slope:
-                out[f"target_{d}"] = cast(mid + sign * half / slope)
-                out[f"rate_{d}"] = cast(_soft_rate(slope, step, half))
+                out[f"target_{d}"] = cast(STEP_ORIGIN + sign * reach / slope)
+                out[f"rate_{d}"] = cast(_soft_rate(slope, step, reach))
         if self.slope_up and self.slope_down:
             return {key: (out[f"{key}_up"], out[f"{key}_down"]) for key in ("target", "rate")}
         return out
 
     def advance(self, g, move, c, buf):
-        """The pulse map is affine in g, so n pulses give exactly ``g* + (g - g*) (1 - step slope / half)^n``."""
+        """The pulse map is affine in g, so n pulses give exactly ``g* + (g - g*) (1 - step slope / reach)^n``."""
         if self.slope_up and self.slope_down:
             return _saturate(g, move.amount, c["target"], c["rate"], buf)
         ends = [_saturate(g, move.amount, c[f"target_{d}"], c[f"rate_{d}"], buf, d) if slope
@@ -161,10 +184,15 @@ class SoftBounds(ResponseModel):
                 for d, slope, sign in (("up", self.slope_up, 1), ("down", self.slope_down, -1))]
         return select(move.up, *ends, out=buf("new"))
 
-    def symmetry_z(self, down_ratio):
+    def symmetry_point(self, down_ratio, lo, hi):
+        """Where ``step_up (1 - s_up x / reach_up) = step_down (1 + s_down x / reach_down)``, x = g - r."""
         if not (self.slope_up or self.slope_down):
             return None
-        return (1 - down_ratio) / (self.slope_up + down_ratio * self.slope_down)
+        ratio = torch.as_tensor(down_ratio, dtype=torch.float64)
+        reach_up, reach_down = (torch.as_tensor(v, dtype=torch.float64) for v in self._reaches(lo, hi))
+        x = (1 - ratio) / (self.slope_up / reach_up + ratio * self.slope_down / reach_down)
+        return (STEP_ORIGIN + x).clamp(torch.as_tensor(lo, dtype=torch.float64),
+                                       torch.as_tensor(hi, dtype=torch.float64))
 
 
 def _saturate(g: torch.Tensor, amount: torch.Tensor, target: Value, rate: Value, buf: Buffers,

@@ -12,8 +12,9 @@ protocol (n up, n down, repeated), random +-1 trains, and long one-directional r
 * aihwkit seeds its pulse noise from the clock (no Python binding for its seed), so its side is a fresh draw at
   every run: each statistical test keeps the false-alarm rate it states, the crossbar's side is seeded.
 * Deliberate differences (drift's time origin, how asymmetry combines with the step spread) are checked as the
-  documented difference. The soft-bounds slope under bound variation is a physics mismatch: its test is marked
-  xfail(strict=True) until the fix described in docs/crossbar.md, "Conformance", is applied.
+  documented difference. Under bound variation the soft-bounds slopes are measured from w = 0 to each device's own
+  bound (aihwkit's soft bounds) or to the nominal bound (its linear step with ``mean_bound_reference``); the test
+  also shows that the other reference is rejected.
 """
 
 from __future__ import annotations
@@ -112,18 +113,23 @@ def test_symmetry_point(model):
         assert abs(values.mean() - point) <= step + 4 * values.std() / np.sqrt(N_DEVICES), (values.mean(), point)
 
 
-@pytest.mark.xfail(strict=True, reason="known physics mismatch, open (the fix changes the presets "
-                                       "with bound variation and their figures): with bound variation the crossbar's soft-bounds slope is "
-                                       "relative to each device's own mid-range, aihwkit's to w = 0; docs/crossbar.md, "
-                                       "'Conformance', gives the fix")
 @pytest.mark.parametrize("model", ["soft_bounds", "linear_step"])
 def test_soft_bounds_with_bound_variation(model):
+    # with step spreads too: without them every device starting at a clipped bound takes the same steps, and KS
+    # would compare float32 round-offs of that point mass rather than the physics
     device = dataclasses.replace(cases()[model].device(), up_down=0.0, w_min=-1.0, w_max=1.0, w_min_dtod=0.3,
-                                 w_max_dtod=0.3)
+                                 w_max_dtod=0.3, dw_min_dtod=0.3, dw_min_std=0.5)
+    if model == "linear_step":  # steep enough slopes that the wrong bound reference is told apart
+        device = dataclasses.replace(device, gamma_up=0.9, gamma_down=0.9)
     dirs = directions("updown", device)
     ref = aihwkit_trace(device, dirs, N_DEVICES)
+    imported = from_aihwkit(device).get("bound_reference", "device")
+    assert imported == ("nominal" if model == "linear_step" else "device")
     p = ks_pvalues(ref, crossbar_trace(device, dirs, N_DEVICES, seed=1), checkpoints(dirs))
     assert min(p.values()) > KS_ALPHA / len(p), p
+    wrong = {"bound_reference": "device" if imported == "nominal" else "nominal"}
+    p = ks_pvalues(ref, crossbar_trace(device, dirs, N_DEVICES, seed=1, tweak=wrong), checkpoints(dirs))
+    assert min(p.values()) <= KS_ALPHA / len(p), p
 
 
 def test_asymmetry_with_step_spread_is_the_documented_difference():
