@@ -153,6 +153,8 @@ def base_list(base: config_mod.Config, field: str, current: dict[str, Any] | Non
 def base_value(base: config_mod.Config, space: SearchSpace) -> Any:
     """The config's own value of a searched field (None where it has none)."""
     if space.index is None:
+        if space.field == "optim.lr" and len(set(lrs := base_list(base, space.field))) == 1:
+            return lrs[0]  # one rate for every layer is what a searched scalar optim.lr sets
         value = _get(base.to_dict(), space.field)
         return list(value) if isinstance(value, tuple) else value
     items = base_list(base, space.field)

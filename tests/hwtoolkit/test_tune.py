@@ -51,6 +51,21 @@ def test_bad_spaces_are_refused_by_name(text, message):
         parse_search(text)
 
 
+def test_the_baseline_of_a_scalar_learning_rate_search_is_the_common_rate():
+    """A scalar optim.lr sets every layer's rate: its baseline is that rate when the config's rates are equal."""
+    from hwtoolkit.tuning.space import base_value
+
+    space = parse_search("optim.lr=log(0.01, 0.3)")
+    root = Path(__file__).resolve().parents[2]
+
+    def base(lr: str) -> config.Config:
+        return config.load(root / "configs" / "fmnist_mlp.toml", [f"optim.lr={lr}"])
+
+    assert base("0.05").layer_lrs() == [0.05, 0.05] and base_value(base("0.05"), space) == 0.05
+    assert base_value(base("[0.05, 0.05]"), space) == 0.05
+    assert base_value(base("[0.05, 0.1]"), space) == [0.05, 0.1]
+
+
 @pytest.fixture
 def cfg_file(idx_dataset, tmp_path):
     path = tmp_path / "tiny.toml"
