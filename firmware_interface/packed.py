@@ -94,7 +94,7 @@ def _med(flat: np.ndarray, width: int) -> np.ndarray:
     return np.where(c >= mx, mn, np.where(c <= mn, mx, a + b - c))
 
 
-def _split(values: np.ndarray, code: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def _split(values: np.ndarray, code: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """``(flat, nonzero mask, zero-run lengths, literal-run lengths less one)`` of ``values``, checked."""
     if code not in DTYPES:
         raise TensorError(f"unknown dtype code {code}")
