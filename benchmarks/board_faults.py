@@ -4,7 +4,8 @@ The host build of the reference firmware (``firmware_interface.launch.HostBoard`
 ASan + UBSan build) serves on a pty; the client talks to it through ``FaultyPort``, which corrupts, drops,
 duplicates, delays and splits bytes in both directions. The workload mixes PING with random payloads (the
 echo must match exactly, or the request must fail with ``BoardTimeout``) and APPLY_DELTA of small random
-increments to a configured tiny network, tracked on the host.
+increments to a configured tiny network, tracked on the host; since protocol 1.1 the increments travel as
+APPLY_DELTA_PACKED (sparse: smaller than dense), with ``--dense`` as APPLY_DELTA.
 
 Recovery rule after an APPLY_DELTA that failed with ``BoardTimeout``: it may or may not have reached the
 weights. The host asks TENSOR_CRC (retrying until it gets an answer) and reads the board's weights version:
@@ -246,27 +247,30 @@ class Mix:
                                                           "naks_sent", "replays", "requests", "version")}
         s = self.client.stats
         r.client = {"requests": s.requests, "retries": s.retries, "timeouts": s.timeouts, "naks": s.naks,
-                    "discarded": s.discarded, "bytes_sent": s.bytes_sent, "bytes_received": s.bytes_received}
+                    "discarded": s.discarded, "bytes_sent": s.bytes_sent, "bytes_received": s.bytes_received,
+                    "apply_delta": s.commands.get(Command.APPLY_DELTA, 0),
+                    "apply_delta_packed": s.commands.get(Command.APPLY_DELTA_PACKED, 0)}
         r.faults_tx, r.faults_rx = asdict(port.tx_counts), asdict(port.rx_counts)
         r.receiver = {k: getattr(self.client.receiver.stats, k)
                       for k in ("frames", "bad_cobs", "bad_frames", "bad_crc", "overflows")}
         return r
 
 
-def open_faulty_client(url: str, tx: FaultConfig, rx: FaultConfig, timeout: float, retries: int = 8
-                       ) -> tuple[BoardClient, FaultyPort]:
-    """A greeted client on ``url`` (a pty) behind a clean ``FaultyPort``; faults start with ``configure``."""
+def open_faulty_client(url: str, tx: FaultConfig, rx: FaultConfig, timeout: float, retries: int = 8,
+                       packed: bool = True) -> tuple[BoardClient, FaultyPort]:
+    """A greeted client on ``url`` (a pty) behind a clean ``FaultyPort``; faults start with ``configure``.
+    ``packed``: weight differences as APPLY_DELTA_PACKED where smaller (protocol 1.1), else dense."""
     port = open_faulty(url, FaultConfig(), baudrate=115_200, timeout=0.01)
-    client = BoardClient(port, timeout=timeout, retries=retries, byte_rate=1e6)  # a pty: no line rate
+    client = BoardClient(port, timeout=timeout, retries=retries, byte_rate=1e6, packed=packed)  # a pty: no line rate
     client.hello()
     port.configure(tx=tx, rx=rx)
     return client, port
 
 
-def run(url: str, requests: int, seed: int, timeout: float, link: dict) -> MixResult:
+def run(url: str, requests: int, seed: int, timeout: float, link: dict, packed: bool = True) -> MixResult:
     """One board: program it over a clean link, run the mix over the faulty one, check over a clean one."""
     tx, rx = link_configs(seed, **link)
-    client, port = open_faulty_client(url, FaultConfig(), FaultConfig(), timeout)
+    client, port = open_faulty_client(url, FaultConfig(), FaultConfig(), timeout, packed=packed)
     try:
         weights = program(client, version=1)
         port.configure(tx=tx, rx=rx)
@@ -277,8 +281,8 @@ def run(url: str, requests: int, seed: int, timeout: float, link: dict) -> MixRe
         client.close()
 
 
-def run_boards(boards: int, requests: int, seed: int, timeout: float, link: dict, sanitizers: bool
-               ) -> list[MixResult]:
+def run_boards(boards: int, requests: int, seed: int, timeout: float, link: dict, sanitizers: bool,
+               packed: bool = True) -> list[MixResult]:
     """``boards`` firmware processes, each with its own link seed, in threads: the run waits on timeouts
     far more than it computes, so boards in parallel cut the wall time without changing what each sees."""
     from firmware_interface import launch
@@ -289,7 +293,7 @@ def run_boards(boards: int, requests: int, seed: int, timeout: float, link: dict
     def one(i: int) -> None:
         try:
             with launch.HostBoard(device_id=i, sanitizers=sanitizers) as board:
-                results[i] = run(board.url, shares[i], seed + 1000 * i, timeout, link)
+                results[i] = run(board.url, shares[i], seed + 1000 * i, timeout, link, packed)
             if board.process.returncode != 0:  # SIGTERM ends it with 0; a sanitizer report does not
                 raise RuntimeError(f"board {i} exited with {board.process.returncode}: "
                                    f"{''.join(board.output)[-2000:]}")
@@ -330,6 +334,8 @@ def table(name: str, r: MixResult) -> str:
     ft, fr = r.faults_tx, r.faults_rx
     rows = [
         ("requests (PING / APPLY_DELTA)", f"{r.requests:,} ({r.pings:,} / {r.deltas:,})"),
+        ("delta requests packed / dense", f"{r.client.get('apply_delta_packed', 0):,} / "
+                                          f"{r.client.get('apply_delta', 0):,}"),
         ("completed", f"{r.completed:,}"),
         ("failed, by error", ", ".join(f"{k} {v:,}" for k, v in sorted(r.failed.items())) or "0"),
         ("timed-out deltas: applied / not", f"{r.timeouts_resolved_applied:,} / {r.timeouts_resolved_not_applied:,}"),
@@ -361,6 +367,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--boards", type=int, default=4, help="firmware processes run in parallel")
     parser.add_argument("--asan", action="store_true", help="also run the ASan + UBSan build")
     parser.add_argument("--asan-requests", type=int, default=None, help="requests on the ASan build (default: same)")
+    parser.add_argument("--dense", action="store_true", help="dense APPLY_DELTA only (a protocol 1.0 host)")
     for key, value in LINK.items():
         parser.add_argument(f"--{key.replace('_', '-')}", type=type(value), default=value)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "board_faults.json")
@@ -372,14 +379,14 @@ def main(argv: list[str] | None = None) -> int:
     for name, sanitizers in builds:
         requests = args.requests if name == "host" or args.asan_requests is None else args.asan_requests
         start = time.perf_counter()
-        boards = run_boards(args.boards, requests, args.seed, args.timeout, link, sanitizers)
+        boards = run_boards(args.boards, requests, args.seed, args.timeout, link, sanitizers, not args.dense)
         results[name] = merge(boards, time.perf_counter() - start)
         per_board[name] = [{"requests": b.requests, "completed": b.completed, "failed": dict(b.failed),
                             "host_version": b.host_version, "board_version": b.board_version,
                             "wall_s": b.wall_s} for b in boards]
         print(table(f"{name} build: {requests:,} requests on {args.boards} boards in parallel", results[name]))
     out = {"benchmark": "board_faults", "machine": machine(), "link": link, "client_timeout_s": args.timeout,
-           "seed": args.seed, "boards": args.boards,
+           "seed": args.seed, "boards": args.boards, "packed": not args.dense,
            "results": {k: v.as_dict() for k, v in results.items()}, "per_board": per_board}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(out, indent=2, default=int) + "\n")

@@ -37,6 +37,7 @@ sys.path.insert(0, str(ROOT))
 
 from firmware_interface import cobs  # noqa: E402
 from benchmarks.report import machine  # noqa: E402
+from firmware_interface import packed as P  # noqa: E402
 from firmware_interface import tensor as T  # noqa: E402
 from firmware_interface.client import (BoardClient, BoardError, BoardResetError, ProtocolError,  # noqa: E402
                                        tensor_crc)
@@ -76,9 +77,17 @@ def request_session() -> list[tuple[int, bytes]]:
         out.append((Command.COMMIT_WEIGHTS, struct.pack("<BBII", tid, 0, tensor_crc(values, code), 1)))
     out += [
         (Command.APPLY_DELTA, struct.pack("<BBII", 0, 0, 1, 3) + T.encode(np.array([1, -1, 2]), 0)),
+        (Command.APPLY_DELTA_PACKED, struct.pack("<BBII", 0, 0, 2, 0)
+         + P.encode(np.array([0, 0, 1, -1, 0, 0, 0, 2, 0, 0, 0, 0, -3, 0]), 0)),
+        (Command.APPLY_DELTA_PACKED, struct.pack("<BBII", 1, 0, 3, 1) + P.encode(np.array([300, -7000, 0]), 2)),
+        (Command.APPLY_DELTA_PACKED, struct.pack("<BBII", 4, 0, 4, 2)
+         + P.encode(np.array([0, 5, 6, 7, 0, 0, 2]), 0, P.PRED_PREV)),
         (Command.TENSOR_CRC, b"\x00"),
         (Command.READ_WEIGHTS, struct.pack("<BBIH", 0, 0, 0, 30)),
         (Command.SET_INPUT, struct.pack("<HH", 2, 0) + T.encode(np.arange(10).reshape(2, 5), 3)),
+        (Command.SET_INPUT_PACKED, struct.pack("<HH", 3, 0)
+         + P.encode(np.array([[0, 0, 9, 200, 0], [0, 3, 180, 220, 1], [0, 0, 0, 0, 0]]), 3, P.PRED_MED, 5)),
+        (Command.SET_INPUT_PACKED, struct.pack("<HH", 2, 1) + P.encode(np.array([[1, 2, 3, 4, 5]]), 3, P.PRED_PREV)),
         (Command.SET_TARGET, struct.pack("<H", 0) + T.encode(np.array([1, 2]), 3)),
         (Command.RELAX, struct.pack("<BBHiI", 0, 0, 8, 0, 0xFFFFFFFF)),
         (Command.RELAX, struct.pack("<BBHiI", 1, 2, 4, 1 << 15, 2)),
@@ -94,7 +103,7 @@ def request_session() -> list[tuple[int, bytes]]:
 
 def response_payloads() -> list[tuple[int, bytes]]:
     """Valid response payloads (command, payload), as the host parses them."""
-    info = HelloInfo(1, 0, (1, 0, 0), BOARD_MAX_PAYLOAD, 0x1234, 7, Capability(127), 1 << 16, 16, 4096, 256,
+    info = HelloInfo(1, 1, (1, 1, 0), BOARD_MAX_PAYLOAD, 0x1234, 7, Capability(255), 1 << 16, 16, 4096, 256,
                      65535, 16, 16, 16, 64, 2, 500)
     status = struct.pack("<10IBBH", 1, 7, 100, 2, 3, 0, 3, 1, 90, 5, 0, 1, 0)
     return [
@@ -179,6 +188,7 @@ class Mutator:
 
 TENSOR_OFFSET = {Command.READ_WEIGHTS: 0, Command.READ_STATES: 0, Command.WRITE_WEIGHTS: 6,
                  Command.APPLY_DELTA: 10, Command.SET_INPUT: 4, Command.SET_TARGET: 2, Command.SET_STATES: 4}
+PACKED_OFFSET = {Command.APPLY_DELTA_PACKED: 10, Command.SET_INPUT_PACKED: 4}
 
 
 class NullPort:
@@ -224,6 +234,10 @@ def decode_payload(frame: Frame, client: BoardClient, counts: dict[str, int]) ->
         counts["tensor.decode"] += 1
         guarded("tensor.decode", (T.TensorError,), T.decode, payload, TENSOR_OFFSET[command])
         guarded("tensor.decode(exact=False)", (T.TensorError,), T.decode, payload, 0, exact=False)
+    if command in PACKED_OFFSET:
+        counts["packed.decode"] += 1
+        guarded("packed.decode", (T.TensorError,), P.decode, payload[PACKED_OFFSET[command]:],
+                P.UNPACKED_FACTOR * BOARD_MAX_PAYLOAD)
     if command == Command.HELLO:
         counts["HelloInfo.unpack"] += 1
         info = guarded("HelloInfo.unpack", (ValueError,), HelloInfo.unpack, payload)
@@ -251,7 +265,8 @@ def fuzz_python(frames: int, seed: int, slow_input: float, batch: int = 2000, ba
     mutator = Mutator(rng, requests + responses, request_session() + response_payloads())
     receivers = [FrameReceiver(BOARD_MAX_PAYLOAD), FrameReceiver()]
     client = BoardClient(NullPort(), timeout=0.01, retries=0)
-    counts = {k: 0 for k in ("tensor.decode", "HelloInfo.unpack", "BoardStatus.unpack", "client checks")}
+    counts = {k: 0 for k in ("tensor.decode", "packed.decode", "HelloInfo.unpack", "BoardStatus.unpack",
+                             "client checks")}
     kinds: dict[str, int] = {}
     escapes: list[dict] = []
     parsed = errors = hangs = 0

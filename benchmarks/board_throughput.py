@@ -3,11 +3,16 @@ link's byte rate, and the time per RELAX.
 
 The link's byte rate is measured, not assumed, in each direction (a QEMU UART is far faster out than in; a
 real UART carries about baud / 10 each way): a maximum-size frame with a bad CRC, answered by a 12-byte NAK,
-times host to board; a PING echo of it, less that, times board to host. Weight upload (WRITE_WEIGHTS +
-COMMIT_WEIGHTS of the config's network) and state read-back (READ_STATES of a batch) are timed and reported
-as payload bytes per second and as a fraction of that rate. RELAX is timed at batch 1 and at the full batch,
-for 1 and ``--steps`` steps, so that the per-step cost and the fixed cost per request separate. Prints a
-table and writes JSON (default benchmarks/results/board_throughput_BOARD.json).
+times host to board; a PING echo of it, less that, times board to host (each the fastest of many). For
+comparison, ``--burst`` such frames written back to back time a host that would not wait for answers.
+Weight upload (WRITE_WEIGHTS + COMMIT_WEIGHTS of the config's network), input upload (SET_INPUT of a
+batch) and state read-back (READ_STATES of a batch) are timed and reported as payload bytes per second and as a fraction of that rate.
+Where the board offers packed tensors (protocol 1.1) the packed uploads are timed too, on what training
+sends: a batch of the config's real images (SET_INPUT_PACKED) and a sparse update of every weight tensor
+(15% of the increments +-1, APPLY_DELTA_PACKED); their rows give the payload bytes on the wire per second
+(the link's utilisation) and the decoded bytes per second (the effective rate). RELAX is timed at batch 1
+and at the full batch, for 1 and ``--steps`` steps, so that the per-step cost and the fixed cost per
+request separate. Prints a table and writes JSON (default benchmarks/results/board_throughput_BOARD.json).
 
     python benchmarks/board_throughput.py [--board qemu|host|URL] [--config configs/fmnist_board.toml]
 """
@@ -39,15 +44,30 @@ def timed(fn, repeats: int, summary=statistics.median) -> float:
     return summary(times)
 
 
-def nak_round_trip(client, payload: bytes) -> None:
-    """Send a PING frame whose CRC is wrong and wait for the board's NAK: the time the board takes to read it."""
+def nak_round_trip(client, payload: bytes, burst: int = 1) -> None:
+    """Send ``burst`` PING frames whose CRCs are wrong, back to back, and wait for the board's NAKs: the time the
+    board takes to read them."""
     from firmware_interface import cobs
 
-    body = bytearray(Frame(Kind.REQUEST, 0xFFFF, Command.PING, 0, payload).body())
-    body[-1] ^= 0xFF
-    client.port.write(cobs.encode(bytes(body)) + b"\x00")
-    if client.await_frame(0xFFFF, Command.PING, 30.0) is None:
-        raise TimeoutError("the board did not NAK a frame with a bad CRC")
+    frames = []
+    for i in range(burst):
+        body = bytearray(Frame(Kind.REQUEST, 0xFF00 + i, Command.PING, 0, payload).body())
+        body[-1] ^= 0xFF
+        frames.append(cobs.encode(bytes(body)) + b"\x00")
+    client.port.write(b"".join(frames))
+    for i in range(burst):
+        if client.await_frame(0xFF00 + i, Command.PING, 30.0) is None:
+            raise TimeoutError("the board did not NAK a frame with a bad CRC")
+
+
+def packed_row(client, fn, decoded_bytes: int, repeats: int) -> dict:
+    """Time ``fn`` (packed uploads); the payload bytes it put on the wire, and the bytes they decode to."""
+    sent = client.stats.payload_sent
+    fn()
+    wire = client.stats.payload_sent - sent
+    t = timed(fn, repeats)
+    return {"payload_bytes": wire, "seconds": t, "bytes_per_second": wire / t, "direction": "host_to_board",
+            "decoded_bytes": decoded_bytes, "decoded_bytes_per_second": decoded_bytes / t}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -57,8 +77,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--burst", type=int, default=8, help="frames written back to back for the raw rate")
     parser.add_argument("--json", help="default benchmarks/results/board_throughput_BOARD.json")
     args = parser.parse_args(argv)
+    import numpy as np
     import torch
 
     from firmware_interface.client import BoardClient
@@ -79,7 +101,10 @@ def main(argv: list[str] | None = None) -> int:
         t_in = timed(lambda: nak_round_trip(client, echo), 4 * args.repeats, min)  # the board reads it all
         t_echo = timed(lambda: client.ping(echo), 4 * args.repeats, min)
         rate_in, rate_out = wire / t_in, wire / max(t_echo - t_in, 1e-9)
-        link = {"host_to_board": rate_in, "board_to_host": rate_out}
+        # frames back to back (a pipelined host): on QEMU no faster, slower under load
+        t_burst = timed(lambda: nak_round_trip(client, echo, args.burst), args.repeats, min)
+        link = {"host_to_board": rate_in, "board_to_host": rate_out,
+                "burst_host_to_board": args.burst * wire / t_burst}
 
         target = SerialTarget(spec, client=client, quant={k: v for k, v in vars(cfg.quant).items()})
         weights = init_parameters(spec, cfg.seed)
@@ -99,9 +124,31 @@ def main(argv: list[str] | None = None) -> int:
         x = torch.rand(args.batch, *spec.input_shape, generator=torch.Generator().manual_seed(0))
         x_int = target.fixed_point.encode_input(x).numpy()
         code = image.input_code
+        packed = client.uses_packed
+        client.packed = False
         t = timed(lambda: client.set_input(x_int, code), args.repeats)
         rows["input upload"] = {"payload_bytes": x_int.size, "seconds": t, "bytes_per_second": x_int.size / t,
                                 "direction": "host_to_board"}
+        client.packed = packed
+        if packed:  # what training sends: real images, a sparse update
+            from hwtoolkit.runs import load_splits
+
+            images = load_splits(cfg).train_x[:args.batch].float().div_(255.0)
+            real = target.fixed_point.encode_input(images).numpy()
+            width = int(spec.input_shape[-1])
+            rows["input upload, packed (real images)"] = packed_row(
+                client, lambda: client.set_input(real, code, width=width), real.size * DTYPES[code].itemsize,
+                args.repeats)
+            rng = np.random.default_rng(0)
+            updates = {tid: (np.where(rng.random(values.size) < 0.15, rng.choice([-1, 1], values.size), 0), c)
+                       for tid, (values, c) in image.tensors.items() if tid in image.weight_ids}
+            version = [client.tensor_crc(image.weight_ids[0])[1]]
+
+            def apply() -> None:
+                for tid, (inc, c) in updates.items():
+                    version[0] = client.apply_delta(tid, inc, c, version[0])[1]
+            rows["weight differences, packed (15% +-1)"] = packed_row(
+                client, apply, sum(v.size * DTYPES[c].itemsize for v, c in updates.values()), args.repeats)
 
         units = [g.units for g in image.record.layers]
         sc = image.state_code
@@ -128,12 +175,14 @@ def main(argv: list[str] | None = None) -> int:
     for row in rows.values():
         row["fraction_of_link"] = row["bytes_per_second"] / link[row["direction"]]
     print(f"board: {args.board} ({info.describe()}); network {spec.describe()}, batch {args.batch}")
-    print(f"link, raw bytes per second: host to board {rate_in:,.0f} (a {wire}-byte frame answered by a NAK), "
-          f"board to host {rate_out:,.0f} (a PING echo of it, less the former)")
-    print(f"{'transfer':18} {'payload B':>10} {'seconds':>9} {'B/s':>10} {'of link':>8}")
+    print(f"link, raw bytes per second: host to board {rate_in:,.0f} (a {wire}-byte frame answered by a NAK; "
+          f"{args.burst} back to back: {link['burst_host_to_board']:,.0f}), board to host {rate_out:,.0f} (a PING "
+          f"echo of it, less the former)")
+    print(f"{'transfer':38} {'payload B':>10} {'seconds':>9} {'B/s':>10} {'of link':>8} {'decoded B/s':>12}")
     for name, r in rows.items():
-        print(f"{name:18} {r['payload_bytes']:10d} {r['seconds']:9.4f} {r['bytes_per_second']:10.0f} "
-              f"{100 * r['fraction_of_link']:7.1f}%")
+        decoded = f"{r['decoded_bytes_per_second']:12.0f}" if "decoded_bytes" in r else ""
+        print(f"{name:38} {r['payload_bytes']:10d} {r['seconds']:9.4f} {r['bytes_per_second']:10.0f} "
+              f"{100 * r['fraction_of_link']:7.1f}% {decoded}")
     print(f"{'RELAX':28} {'ms':>9}")
     for name, t in relax.items():
         print(f"{name:28} {1e3 * t:9.2f}")

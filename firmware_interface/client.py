@@ -19,9 +19,10 @@ from typing import Protocol
 
 import numpy as np
 
+from . import packed as P
 from . import tensor as T
 from .frame import HOST_MAX_PAYLOAD, PROTOCOL_MAJOR, Frame, FrameError, FrameReceiver, Kind
-from .protocol import (NO_TOLERANCE, WARNINGS, BoardStatus, Command, HelloInfo, ProtocolError, Status,
+from .protocol import (NO_TOLERANCE, WARNINGS, BoardStatus, Capability, Command, HelloInfo, ProtocolError, Status,
                        command_name, hello_request, status_name)
 
 log = logging.getLogger(__name__)
@@ -84,6 +85,7 @@ class ClientStats:
     bytes_received: int = 0
     payload_sent: int = 0
     payload_received: int = 0
+    commands: dict[int, int] = field(default_factory=dict)  # requests by command code
     events: list[tuple[int, bytes]] = field(default_factory=list)
 
 
@@ -105,11 +107,13 @@ class BoardClient:
     """A board behind a serial port. Call ``hello()`` first (``open`` does).
 
     ``timeout``: seconds to wait for a response to a small request (the wire time of larger ones and the
-    board's compute time for RELAX are added); ``retries``: resends after a timeout or NAK before giving up.
+    board's compute time for RELAX are added); ``retries``: resends after a timeout or NAK before giving up;
+    ``packed``: send weight differences and inputs as packed tensors (APPLY_DELTA_PACKED, SET_INPUT_PACKED)
+    where the board offers them (``Capability.PACKED``) and they are smaller; ``False`` speaks protocol 1.0.
     """
 
     def __init__(self, port: Port, timeout: float = 0.5, retries: int = 8, byte_rate: float | None = None,
-                 poll: float = 0.01) -> None:
+                 poll: float = 0.01, packed: bool = True) -> None:
         if timeout <= 0 or retries < 0:
             raise ValueError(f"timeout = {timeout} and retries = {retries} are invalid: expected > 0 and >= 0")
         self.port = port
@@ -119,6 +123,8 @@ class BoardClient:
         self.port.timeout = poll
         self.receiver = FrameReceiver(HOST_MAX_PAYLOAD)
         self.stats = ClientStats()
+        self.packed = packed
+        self._packed_ratio: dict[tuple[int, int], float] = {}
         self.info: HelloInfo | None = None
         self.last_delta_version: int | None = None  # the version the latest APPLY_DELTA sent would produce
         self._seq = random.getrandbits(16)  # another session's requests are not mistaken for replays
@@ -158,6 +164,31 @@ class BoardClient:
         """The largest payload either side accepts (the board's, once greeted)."""
         return self.info.max_payload if self.info else 256
 
+    @property
+    def uses_packed(self) -> bool:
+        """Whether packed tensors go to this board: it offers them (HELLO) and the client may use them."""
+        return bool(self.packed and self.info is not None and self.info.capabilities & Capability.PACKED)
+
+    def _packed_chunk(self, values: np.ndarray, start: int, stop: int, unit: int, header: int, code: int,
+                      dense_units: int, encode) -> tuple[int, bytes | None]:
+        """The next packed request's elements (or rows) ``start .. start + n`` and its encoding, shrunk until it
+        fits the payload after ``header`` bytes; ``(min(n, dense_units), None)`` where the dense encoding of the
+        same values is no larger. ``unit``: decoded bytes per element (or row)."""
+        n = min(stop - start, P.UNPACKED_FACTOR * self.max_payload // unit)
+        room = self.max_payload - header
+        ratio = self._packed_ratio.get((header, unit))  # packed bytes per unit of the last chunk of this kind
+        if ratio and n * ratio > 2 * room:  # clearly too many: start near what fitted last time
+            n = max(1, int(room / ratio * 0.97))
+        while True:
+            enc = encode(values[start:start + n], code)
+            if len(enc) <= room or n == 1:
+                break
+            n = max(1, min(n - 1, n * room // len(enc) * 31 // 32))
+        self._packed_ratio[(header, unit)] = len(enc) / n
+        if len(enc) >= T.header_size(values.ndim) + n * unit or len(enc) > room:
+            return min(n, dense_units), None
+        return n, enc
+
     def _wire_time(self, nbytes: int) -> float:
         return 4 * nbytes / self.byte_rate
 
@@ -176,6 +207,7 @@ class BoardClient:
         base = self.info.base_latency_us * 1e-6 if self.info else 0.0
         timeout = self.timeout + base + compute + self._wire_time(len(wire) + reply_bytes + 16)
         self.stats.requests += 1
+        self.stats.commands[command] = self.stats.commands.get(command, 0) + 1
         for attempt in range(self.retries + 1):
             if attempt:
                 self.stats.retries += 1
@@ -355,18 +387,27 @@ class BoardClient:
         """Add ``increments`` (flattened, the tensor's wire dtype) chunk by chunk, skipping all-zero chunks.
 
         Each chunk carries the weights version it expects, so none is ever applied twice; returns
-        ``(saturated, version)`` after the last chunk.
+        ``(saturated, version)`` after the last chunk. Where the board offers packed tensors, a chunk goes
+        as APPLY_DELTA_PACKED when that is smaller (runs of zeros cost a few bits).
         """
         flat = np.asarray(increments).reshape(-1)
-        step = self._chunk(10 + T.header_size(1), T.DTYPES[code].itemsize, f"tensor {tensor_id}")
-        saturated = 0
-        for start in range(0, flat.size, step):
-            chunk = flat[start:start + step]
+        item = T.DTYPES[code].itemsize
+        step = self._chunk(10 + T.header_size(1), item, f"tensor {tensor_id}")
+        saturated, start = 0, 0
+        while start < flat.size:
+            n, enc = step, None
+            if self.uses_packed:
+                n, enc = self._packed_chunk(flat, start, flat.size, item, 10, code, step, P.encode)
+            chunk = flat[start:start + n]
+            head = struct.pack("<BBII", tensor_id, 0, version, start)
+            start += n
             if not chunk.any():
                 continue
             self.last_delta_version = (version + 1) & 0xFFFFFFFF  # taken once sent, answered or not
-            reply = self.request(Command.APPLY_DELTA, struct.pack("<BBII", tensor_id, 0, version, start)
-                                 + T.encode(chunk, code))
+            if enc is None:
+                reply = self.request(Command.APPLY_DELTA, head + T.encode(chunk, code))
+            else:
+                reply = self.request(Command.APPLY_DELTA_PACKED, head + enc)
             clipped, new = struct.unpack("<II", self._exact(reply, 8))
             if new != (version + 1) & 0xFFFFFFFF:
                 raise ProtocolError(f"APPLY_DELTA moved the weights version from {version} to {new}, expected "
@@ -376,12 +417,25 @@ class BoardClient:
 
     # inputs, phases, states
 
-    def set_input(self, x: np.ndarray, code: int) -> None:
-        """The batch's input integers, ``(batch, input_size)``, row chunks per payload."""
+    def set_input(self, x: np.ndarray, code: int, width: int = 0) -> None:
+        """The batch's input integers, ``(batch, input_size)``, row chunks per payload (packed ones where the
+        board offers them and they are smaller; ``width``: an image's row length, for the packed tensors'
+        two-dimensional predictor)."""
         batch = x.shape[0]
-        step = self._chunk(4 + T.header_size(2), x.shape[1] * T.DTYPES[code].itemsize, "an input row")
-        for start in range(0, batch, step):
-            self.request(Command.SET_INPUT, struct.pack("<HH", batch, start) + T.encode(x[start:start + step], code))
+        row = x.shape[1] * T.DTYPES[code].itemsize
+        step = self._chunk(4 + T.header_size(2), row, "an input row")
+        start = 0
+        while start < batch:
+            n, enc = step, None
+            if self.uses_packed:
+                n, enc = self._packed_chunk(x, start, batch, row, 4, code, step,
+                                            lambda v, c: P.encode_best(v, c, width))
+            head = struct.pack("<HH", batch, start)
+            if enc is None:
+                self.request(Command.SET_INPUT, head + T.encode(x[start:start + n], code))
+            else:
+                self.request(Command.SET_INPUT_PACKED, head + enc)
+            start += n
 
     def set_target(self, y: np.ndarray) -> None:
         """The batch's class indices."""

@@ -25,11 +25,13 @@ FIRMWARE = Path(__file__).resolve().parent / "firmware"
 TARGETS = {
     "host": FIRMWARE / "build/host/ep_board",
     "host-asan": FIRMWARE / "build/host-asan/ep_board",
+    "host-v10": FIRMWARE / "build/host-v10/ep_board",  # protocol 1.0: no packed commands (compatibility tests)
     "qemu": FIRMWARE / "build/qemu/ep_board.elf",
     "fuzz": FIRMWARE / "build/fuzz/fuzz_frames",
     "fpga-sim": FIRMWARE / "build/fpga-sim/ep_board",
 }
-TOOLS = {"host": ["make", "gcc"], "host-asan": ["make", "gcc"], "qemu": ["make", "arm-none-eabi-gcc", "qemu-system-arm"],
+TOOLS = {"host": ["make", "gcc"], "host-asan": ["make", "gcc"], "host-v10": ["make", "gcc"],
+         "qemu": ["make", "arm-none-eabi-gcc", "qemu-system-arm"],
          "fuzz": ["make", "clang"], "fpga-sim": ["make", "gcc", "g++", "verilator"]}
 BOOT_SEED_ADDR = 0x203FFFF0  # the M3 image mixes this word into its boot_id (see m3/mps2_an385.ld)
 
@@ -135,15 +137,21 @@ class _Board:
 
 
 class HostBoard(_Board):
-    """The firmware as a host process: ``url`` is a pty path (``/dev/pts/N``) or ``socket://127.0.0.1:PORT``."""
+    """The firmware as a host process: ``url`` is a pty path (``/dev/pts/N``) or ``socket://127.0.0.1:PORT``.
+
+    ``legacy``: the protocol 1.0 build (``-DEP_NO_PACKED``), a board without the packed commands.
+    """
 
     def __init__(self, arena: int | None = None, device_id: int = 0, max_batch: int | None = None,
-                 transport: str = "pty", sanitizers: bool = False, timeout: float = 10.0, rtl: bool = False) -> None:
+                 transport: str = "pty", sanitizers: bool = False, timeout: float = 10.0, rtl: bool = False,
+                 legacy: bool = False) -> None:
         if transport not in ("pty", "tcp"):
             raise ValueError(f"transport = {transport!r}; valid: 'pty', 'tcp'")
         if rtl and sanitizers:
             raise ValueError("the fpga-sim build (rtl=True) has no sanitizer variant")
-        argv = [str(build("fpga-sim" if rtl else "host-asan" if sanitizers else "host"))]
+        if legacy and (rtl or sanitizers):
+            raise ValueError("the protocol 1.0 build (legacy=True) has no fpga-sim or sanitizer variant")
+        argv = [str(build("fpga-sim" if rtl else "host-asan" if sanitizers else "host-v10" if legacy else "host"))]
         argv += ["--pty"] if transport == "pty" else ["--tcp", "0"]
         argv += ["--device-id", str(device_id)]
         if arena is not None:

@@ -26,6 +26,8 @@ class Command(IntEnum):
     GET_STATUS = 0x0E
     TENSOR_CRC = 0x0F
     SET_STATES = 0x10
+    APPLY_DELTA_PACKED = 0x11  # protocol 1.1, Capability.PACKED
+    SET_INPUT_PACKED = 0x12  # protocol 1.1, Capability.PACKED
     BOOT = 0x80  # event
 
 
@@ -76,6 +78,7 @@ class Capability(IntFlag):
     EARLY_STOP = 1 << 4
     SELF_TEST = 1 << 5
     SET_STATES = 1 << 6
+    PACKED = 1 << 7  # APPLY_DELTA_PACKED and SET_INPUT_PACKED (protocol 1.1)
 
 
 class Phase(IntEnum):

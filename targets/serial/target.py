@@ -115,6 +115,8 @@ class SerialTarget(Target):
         self._labels: np.ndarray | None = None
         self._free: Relaxation | None = None  # the phase whose states are the board's FREE snapshot
         self._last_on_board = False  # the board's current states are self._last's
+        shape = tuple(spec.input_shape)  # an image's rows: the packed inputs' two-dimensional predictor
+        self._input_width = int(shape[-1]) if len(shape) > 1 and shape[-1] <= 0xFFFF else 0
 
     @staticmethod
     def _open_quant(spec: NetworkSpec, cfg):
@@ -391,7 +393,7 @@ class SerialTarget(Target):
         client, image = self.client, self._image
         if self._input is None or self._input.shape != x_int.shape or not np.array_equal(self._input, x_int):
             self._input = None
-            client.set_input(x_int, image.input_code)
+            client.set_input(x_int, image.input_code, width=self._input_width)
             self._input = x_int
         if labels is not None and (self._labels is None or not np.array_equal(self._labels, labels)):
             self._labels = None

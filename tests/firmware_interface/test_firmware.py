@@ -222,8 +222,8 @@ def relax_model(tensors, x, steps, flags=0, units=SMALL["units"], shifts=SMALL["
 
 def test_hello_record_fields(link):
     h = link.hello()
-    assert (h["major"], h["minor"], h["max_payload"], h["device_id"]) == (1, 0, 2048, 0xC0FFEE)
-    assert h["caps"] == 0x7F and h["max_batch"] == 32 and h["accbits"] == 64
+    assert (h["major"], h["minor"], h["max_payload"], h["device_id"]) == (1, 1, 2048, 0xC0FFEE)
+    assert h["caps"] == 0xFF and h["max_batch"] == 32 and h["accbits"] == 64
     assert h["arena"] == 16 << 20 and h["wbits"] == h["sbits"] == h["ibits"] == 16
     assert h["ns_per_mac"] > 0 and h["base_us"] > 0 and h["max_steps"] >= 1000
     assert link.status()["boot_id"] == h["boot_id"]

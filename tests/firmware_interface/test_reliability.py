@@ -64,6 +64,7 @@ def test_faulty_link_no_silent_corruption_and_exactly_once_updates(board):
     assert r.silent_corruptions == 0
     assert r.double_applied == 0 and r.lost_updates == 0 and r.weights_mismatch == 0
     assert r.board_version == r.host_version == 1 + r.deltas_applied
+    assert r.client["apply_delta_packed"] > 0 and r.client["apply_delta"] == 0  # protocol 1.1: packed updates
     assert r.deltas_applied == r.deltas - r.timeouts_resolved_not_applied
     # the faults really happened, in both directions, and the protocol's repairs were used
     for counts in (r.faults_tx, r.faults_rx):

@@ -18,6 +18,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from firmware_interface import tensor as T
 from firmware_interface.client import BoardClient
 from firmware_interface.protocol import Command, tensor_id
 from hwtoolkit import config
@@ -113,6 +114,89 @@ def board_client(board_url):
        beta=st.sampled_from([0.5, -0.25]))
 def test_every_board_states_equal_the_fixed_point_model(board_client, net, quant, seed, steps, beta):
     check_bit_exact(board_client, net, quant, seed, steps, beta)
+
+
+def check_packed_equals_dense(client, net, quant, seed, steps):
+    """Random sparse integer updates (some clipping) and inputs with a blank background, sent packed and then
+    dense to the same board: the same weights (read back and by CRC), versions, saturation counts and states,
+    and the weights the host expects."""
+    spec, weights = _random_case(net, quant, seed)
+    target = SerialTarget(spec, client=client, quant=quant)
+    gen = torch.Generator().manual_seed(seed)
+    batch = int(torch.randint(1, 40, (), generator=gen))
+    x = torch.rand(batch, *spec.input_shape, generator=gen)
+    x = x * (torch.rand(batch, *spec.input_shape, generator=gen) < 0.5)
+    outcomes, sent = [], []
+    original = client.request
+    client.request = lambda command, *a, **k: sent.append(command) or original(command, *a, **k)
+    try:
+        for packed in (True, False):
+            client.packed = packed
+            target.program(weights)
+            image, rng = target.image, np.random.default_rng(seed)
+            _, version = client.tensor_crc(image.weight_ids[0])
+            saturated, expected = [], {}
+            for tid in image.weight_ids:
+                values, code = image.tensors[tid]
+                info = np.iinfo(T.DTYPES[code])
+                bound = (1 << (image.record.weight_bits - 1)) - 1 if code != 2 else int(info.max)
+                lo = -bound if code != 2 else int(info.min)
+                spread = int(rng.choice([1, 3, bound // 2 + 1]))
+                inc = np.where(rng.random(values.size) < rng.random() * 0.4,
+                               rng.integers(-spread, spread + 1, values.size), 0)
+                sat, version = client.apply_delta(tid, inc, code, version)
+                saturated.append(sat)
+                expected[tid] = np.clip(values.reshape(-1).astype(np.int64) + inc, lo, bound)
+            held = {tid: client.read_tensor(tid, values.size, code).astype(np.int64)
+                    for tid, (values, code) in image.tensors.items()}
+            crcs = [client.tensor_crc(tid)[0] for tid in sorted(image.tensors)]
+            for tid, want in expected.items():
+                assert np.array_equal(held[tid], want), tid
+            target._forget_board_state()  # inputs sent afresh, packed or dense
+            states = _states_ints(target.relax(x, steps), target.fixed_point.state_frac)
+            outcomes.append((saturated, held, crcs, states))
+    finally:
+        client.request, client.packed = original, True
+    (sat_p, held_p, crc_p, st_p), (sat_d, held_d, crc_d, st_d) = outcomes
+    assert sat_p == sat_d and crc_p == crc_d
+    assert all(np.array_equal(held_p[t], held_d[t]) for t in held_p)
+    assert all(torch.equal(a, b) for a, b in zip(st_p, st_d))
+    return sent
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(net=networks, quant=quants, seed=st.integers(0, 10_000), steps=st.integers(1, 12))
+def test_host_board_packed_transfers_equal_dense_ones(host_client, net, quant, seed, steps):
+    check_packed_equals_dense(host_client, net, quant, seed, steps)
+
+
+@settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(net=networks, quant=quants, seed=st.integers(0, 10_000), steps=st.integers(1, 8))
+def test_every_board_packed_transfers_equal_dense_ones(board_client, net, quant, seed, steps):
+    check_packed_equals_dense(board_client, net, quant, seed, steps)
+
+
+def test_packed_commands_are_used_when_smaller(host_client):
+    net = {"hidden": [20], "classes": 4, "output": "mse", "tied": True, "update": "synchronous",
+           "activation": "hard_sigmoid", "side": 7, "normalised": False}
+    sent = check_packed_equals_dense(host_client, net, W8, 3, 5)
+    assert Command.APPLY_DELTA_PACKED in sent and Command.SET_INPUT_PACKED in sent
+    assert Command.APPLY_DELTA in sent and Command.SET_INPUT in sent  # the dense half
+
+
+def test_training_on_a_protocol_1_0_board_equals_the_reference(idx_dataset, tmp_path):
+    """A board without the packed commands (``make host-v10``) trains with dense transfers, to the same weights."""
+    from firmware_interface import launch
+
+    ok, why = launch.toolchain_available("host-v10")
+    if not ok:
+        pytest.skip(why)
+    with launch.HostBoard(legacy=True) as old:
+        a = train(config.loads(_board_config(idx_dataset, old.url, epochs=1)), tmp_path / "board", log=lambda s: None)
+    b = train(config.loads(_board_config(idx_dataset, None, epochs=1)), tmp_path / "reference", log=lambda s: None)
+    assert a["test_accuracy"] == b["test_accuracy"]
+    wa, wb = _weights(tmp_path / "board"), _weights(tmp_path / "reference")
+    assert all(torch.equal(wa[n], wb[n]) for n in wa)
 
 
 def test_every_board_passes_its_self_tests_trains_like_the_reference_and_survives_a_reset(board_client):
@@ -228,6 +312,9 @@ def test_a_board_reset_is_repaired_without_losing_or_repeating_updates(host_clie
 
 
 WIDE = NetworkSpec(input_shape=(1, 5, 5), hidden=(128,), classes=3, output="mse")  # W1 takes two payloads
+# W1 takes two packed chunks (a packed tensor decodes to at most 8 x 2048 bytes)
+WIDER = NetworkSpec(input_shape=(1, 5, 5), hidden=(700,), classes=3, output="mse")
+DELTAS = (Command.APPLY_DELTA, Command.APPLY_DELTA_PACKED)
 
 
 def _reset_after_first_chunk(board):
@@ -236,7 +323,7 @@ def _reset_after_first_chunk(board):
 
     def request(command, *args, **kw):
         out = original(command, *args, **kw)
-        if command == Command.APPLY_DELTA and not fired:
+        if command in DELTAS and not fired:
             fired.append(True)
             board.client.reset()
         return out
@@ -249,7 +336,7 @@ def _lose_first_delta_response(board):
 
     def await_(seq, command, *args, **kw):
         out = original(seq, command, *args, **kw)
-        if command == Command.APPLY_DELTA and out is not None and not fired:
+        if command in DELTAS and out is not None and not fired:
             fired.append(True)
             return None
         return out
@@ -261,7 +348,7 @@ def _versions(client, sent):
     original = client.request
 
     def request(command, payload=b"", *args, **kw):
-        if command == Command.APPLY_DELTA:
+        if command in DELTAS:
             sent.append(("delta", (struct.unpack_from("<I", payload, 2)[0] + 1) & 0xFFFFFFFF))
         elif command == Command.COMMIT_WEIGHTS:
             sent.append(("commit", struct.unpack_from("<I", payload, 6)[0]))
@@ -269,15 +356,21 @@ def _versions(client, sent):
     client.request = request
 
 
+@pytest.mark.parametrize("packed", [False, True])
 @pytest.mark.parametrize("fault", [_reset_after_first_chunk, _lose_first_delta_response])
-def test_a_tensor_written_in_chunks_survives_a_reset_or_a_lost_response(host_client, fault):
+def test_a_tensor_written_in_chunks_survives_a_reset_or_a_lost_response(host_client, fault, packed):
     sent = []
     _versions(host_client, sent)
+    host_client.packed = packed
+    before = dict(host_client.stats.commands)
     try:
-        board, ref = _trained_pair(host_client, WIDE, W8, batches=4, reset_at=(1, fault))
+        board, ref = _trained_pair(host_client, WIDER if packed else WIDE, W8, batches=4, reset_at=(1, fault))
     finally:
+        host_client.packed = True
         for name in ("request", "_await"):
             host_client.__dict__.pop(name, None)
+    used = {c: host_client.stats.commands.get(c, 0) - before.get(c, 0) for c in DELTAS}
+    assert (used[Command.APPLY_DELTA_PACKED] > 0) == packed
     commits = [v for kind, v in sent if kind == "commit"]
     deltas = [v for kind, v in sent if kind == "delta"]
     assert len(set(commits) & set(deltas)) == 0, "a weights version was used twice"

@@ -7,6 +7,9 @@ import zlib
 import sys
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
+from firmware_interface import packed  # noqa: E402  (the host's encoder of packed tensors)
+
 
 def rec(cmd: int, payload: bytes) -> bytes:
     assert len(payload) < 255
@@ -45,6 +48,12 @@ def session(rng: random.Random, flags: int) -> bytes:
     out += rec(0x0D, struct.pack("<BBHH", 0, 1, 0, 2)) + rec(0x0D, struct.pack("<BBHH", 1, 0xF0, 0, 2))
     out += rec(0x0D, struct.pack("<BBHH", 3, 0xF1, 0, 2))
     out += rec(0x09, struct.pack("<BBII", 0, 0, 1, 0) + tensor(0, "b", [5, -5], (2,)))
+    # the packed commands (protocol 1.1): sparse increments, the three predictors
+    out += rec(0x11, struct.pack("<BBII", 0, 0, 2, 1) + packed.encode([0, 3, 0, 0, -2, 1, 0, 0, 0, 7], 0))
+    out += rec(0x11, struct.pack("<BBII", 1, 0, 3, 0) + packed.encode([rng.randrange(-900, 900) for _ in range(4)], 2))
+    out += rec(0x12, struct.pack("<HH", 2, 0) + packed.encode(
+        [[0, 0, rng.randrange(16), rng.randrange(16), 0], [0, 1, 15, 14, 0]], 3, packed.PRED_MED, 5))
+    out += rec(0x12, struct.pack("<HH", 2, 1) + packed.encode([[1, 2, 3, 0, 5]], 3, packed.PRED_PREV))
     out += rec(0x10, struct.pack("<BBH", 2, 0, 0) + tensor(3, "B", [1, 2, 3], (1, 3)))
     out += rec(0x07, struct.pack("<BBIH", 0, 0, 0, 4)) + rec(0x04, struct.pack("<I", 15)) + rec(0x0E, b"")
     return bytes([0x03]) + out

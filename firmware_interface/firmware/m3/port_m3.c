@@ -9,7 +9,9 @@
 #define UART0 0x40004000u
 #define UART_DATA REG(UART0 + 0x00)
 #define UART_STATE REG(UART0 + 0x04) /* bit 0 TX full, bit 1 RX full */
-#define UART_CTRL REG(UART0 + 0x08)  /* bit 0 TX enable, bit 1 RX enable */
+#define UART_CTRL REG(UART0 + 0x08)  /* bit 0 TX enable, bit 1 RX enable, bit 3 RX interrupt enable */
+#define UART_INT REG(UART0 + 0x0C)   /* interrupt status; write 1 to clear (bit 1 RX) */
+#define NVIC_ISER0 REG(0xE000E100u)
 #define UART_BAUDDIV REG(UART0 + 0x10)
 #define SYST_CSR REG(0xE000E010u)
 #define SYST_RVR REG(0xE000E014u)
@@ -56,6 +58,9 @@ void port_write(const uint8_t *data, size_t len)
     }
 }
 
+/* The RX interrupt only wakes the CPU from WFI; the main loop reads the byte. */
+void uart0_rx_handler(void) { UART_INT = 2u; }
+
 int port_read_byte(void) { return (UART_STATE & 2u) ? (int)(UART_DATA & 0xFFu) : -1; }
 
 void port_reset(void)
@@ -72,7 +77,8 @@ void port_reset(void)
 int main(void)
 {
     UART_BAUDDIV = CPU_HZ / EP_QEMU_BAUD;
-    UART_CTRL = 3u;
+    UART_CTRL = 3u | (1u << 3);
+    NVIC_ISER0 = 1u; /* UART0 RX */
     SYST_RVR = CPU_HZ / 1000u - 1u;
     SYST_CVR = 0;
     SYST_CSR = 7u; /* processor clock, interrupt, enable */
@@ -83,6 +89,14 @@ int main(void)
         if (c >= 0) {
             uint8_t b = (uint8_t)c;
             board_feed(&b, 1);
+            continue;
         }
+        /* Sleep until the next byte (or SysTick) rather than spin on the status register: under QEMU a spinning
+           CPU holds the emulator's I/O lock on every poll and slows the UART's input several times over. With
+           interrupts masked, a byte that arrives between the check and WFI still wakes it. */
+        __asm volatile("cpsid i" ::: "memory");
+        if (!(UART_STATE & 2u))
+            __asm volatile("wfi");
+        __asm volatile("cpsie i" ::: "memory");
     }
 }

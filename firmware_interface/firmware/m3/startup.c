@@ -4,6 +4,7 @@
 extern uint32_t data_start, data_end, data_load, bss_start, bss_end, stack_top;
 int main(void);
 void systick_handler(void);
+void uart0_rx_handler(void);
 
 void reset_handler(void);
 static void fault_handler(void)
@@ -12,9 +13,10 @@ static void fault_handler(void)
         ;
 }
 
-__attribute__((section(".vectors"), used)) static void (*const vectors[16])(void) = {
+__attribute__((section(".vectors"), used)) static void (*const vectors[17])(void) = {
     (void (*)(void))(uintptr_t)&stack_top, reset_handler, fault_handler, fault_handler, fault_handler,
     fault_handler, fault_handler, 0, 0, 0, 0, fault_handler, fault_handler, 0, fault_handler, systick_handler,
+    uart0_rx_handler, /* IRQ 0: UART0 RX */
 };
 
 void reset_handler(void)

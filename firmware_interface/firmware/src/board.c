@@ -6,6 +6,7 @@
 #include "crc32.h"
 #include "ep_net.h"
 #include "frame.h"
+#include "packed.h"
 #include "port.h"
 #include "protocol.h"
 #include "selftest.h"
@@ -25,6 +26,9 @@ typedef struct {
     uint8_t hello_ok, reset_pending, last_error;
     uint32_t boot_id, boot_ms;
     uint32_t rx_frames, rx_dropped, rx_bad_crc, rx_overflow, naks_sent, replays, requests;
+#ifndef EP_NO_PACKED
+    uint8_t unpacked[EP_MAX_UNPACKED]; /* a packed tensor, decoded */
+#endif
 } board_t;
 
 static board_t B;
@@ -58,7 +62,11 @@ static int cmd_hello(const uint8_t *req, size_t n, uint8_t *out, size_t *olen)
         return ST_BAD_VERSION;
     memset(out, 0, HELLO_RECORD_LEN);
     out[0] = EP_PROTO_MAJOR;
+#ifdef EP_NO_PACKED
+    out[1] = 0; /* protocol 1.0: no packed commands */
+#else
     out[1] = EP_PROTO_MINOR;
+#endif
     out[2] = EP_FW_MAJOR;
     out[3] = EP_FW_MINOR;
     out[4] = EP_FW_PATCH;
@@ -66,7 +74,11 @@ static int cmd_hello(const uint8_t *req, size_t n, uint8_t *out, size_t *olen)
     put_u32(out + 8, B.cfg.device_id);
     put_u32(out + 12, B.boot_id);
     put_u32(out + 16, CAP_MSE_NUDGE | CAP_CE_READOUT | CAP_ALTERNATING | CAP_UNTIED | CAP_EARLY_STOP |
-                          CAP_SELF_TEST | CAP_SET_STATES);
+                          CAP_SELF_TEST | CAP_SET_STATES
+#ifndef EP_NO_PACKED
+                          | CAP_PACKED
+#endif
+                          );
     put_u32(out + 20, B.cfg.arena_size);
     put_u16(out + 24, EP_MAX_LAYERS);
     put_u16(out + 26, EP_MAX_UNITS);
@@ -104,6 +116,35 @@ static int parse_tail_tensor(const uint8_t *req, size_t n, size_t head, tensor_v
     if (n < head)
         return ST_BAD_LENGTH;
     return tensor_parse(req + head, n - head, t);
+}
+
+/* A request that ends in a packed tensor (section 4.1), decoded into B.unpacked. */
+#ifndef EP_NO_PACKED
+static int parse_tail_packed(const uint8_t *req, size_t n, size_t head, tensor_view_t *t)
+{
+    if (n < head)
+        return ST_BAD_LENGTH;
+    return packed_decode(req + head, n - head, B.unpacked, sizeof B.unpacked, t);
+}
+#endif
+
+static int apply_delta(const uint8_t *req, const tensor_view_t *t, uint8_t *out, size_t *olen, uint8_t *field)
+{
+    if (req[1] != 0) {
+        *field = 1;
+        return ST_BAD_ARGUMENT;
+    }
+    uint32_t sat = 0;
+    int st = ep_apply_delta(&B.net, req[0], get_u32(req + 2), get_u32(req + 6), t, &sat, field);
+    if (st == ST_OK || st == ST_SATURATED) {
+        put_u32(out, sat);
+        put_u32(out + 4, B.net.version);
+        *olen = 8;
+    } else if (st == ST_STALE_VERSION) {
+        put_u32(out, B.net.version);
+        *olen = 4;
+    }
+    return st;
 }
 
 static int execute(uint8_t cmd, const uint8_t *req, size_t n, uint8_t *out, size_t *olen, uint8_t *field)
@@ -173,27 +214,27 @@ static int execute(uint8_t cmd, const uint8_t *req, size_t n, uint8_t *out, size
         }
         return st;
     }
-    case CMD_APPLY_DELTA: {
+    case CMD_APPLY_DELTA:
         if ((st = parse_tail_tensor(req, n, 10, &t)) != ST_OK) {
             *field = 4;
             return st;
         }
-        if (req[1] != 0) {
-            *field = 1;
-            return ST_BAD_ARGUMENT;
+        return apply_delta(req, &t, out, olen, field);
+#ifndef EP_NO_PACKED
+    case CMD_APPLY_DELTA_PACKED:
+        /* the packed tensor is decoded whole before anything is applied: same checks, same effect */
+        if ((st = parse_tail_packed(req, n, 10, &t)) != ST_OK) {
+            *field = 4;
+            return st;
         }
-        uint32_t sat = 0;
-        st = ep_apply_delta(&B.net, req[0], get_u32(req + 2), get_u32(req + 6), &t, &sat, field);
-        if (st == ST_OK || st == ST_SATURATED) {
-            put_u32(out, sat);
-            put_u32(out + 4, B.net.version);
-            *olen = 8;
-        } else if (st == ST_STALE_VERSION) {
-            put_u32(out, B.net.version);
-            *olen = 4;
+        return apply_delta(req, &t, out, olen, field);
+    case CMD_SET_INPUT_PACKED:
+        if ((st = parse_tail_packed(req, n, 4, &t)) != ST_OK) {
+            *field = 2;
+            return st;
         }
-        return st;
-    }
+        return ep_set_input(&B.net, get_u16(req), get_u16(req + 2), &t, field);
+#endif
     case CMD_SET_INPUT:
         if ((st = parse_tail_tensor(req, n, 4, &t)) != ST_OK) {
             *field = 2;

@@ -1,11 +1,11 @@
-/* Protocol constants of docs/board_protocol.md (version 1.0) and the board's limits. */
+/* Protocol constants of docs/board_protocol.md (version 1.1) and the board's limits. */
 #ifndef EP_PROTOCOL_H
 #define EP_PROTOCOL_H
 
 #define EP_PROTO_MAJOR 1
-#define EP_PROTO_MINOR 0
+#define EP_PROTO_MINOR 1
 #define EP_FW_MAJOR 1
-#define EP_FW_MINOR 0
+#define EP_FW_MINOR 1
 #define EP_FW_PATCH 0
 
 #ifndef EP_MAX_PAYLOAD
@@ -44,7 +44,8 @@ enum {
     CMD_HELLO = 0x01, CMD_PING = 0x02, CMD_RESET = 0x03, CMD_SELF_TEST = 0x04, CMD_CONFIGURE = 0x05,
     CMD_WRITE_WEIGHTS = 0x06, CMD_READ_WEIGHTS = 0x07, CMD_COMMIT_WEIGHTS = 0x08, CMD_APPLY_DELTA = 0x09,
     CMD_SET_INPUT = 0x0A, CMD_SET_TARGET = 0x0B, CMD_RELAX = 0x0C, CMD_READ_STATES = 0x0D,
-    CMD_GET_STATUS = 0x0E, CMD_TENSOR_CRC = 0x0F, CMD_SET_STATES = 0x10, EVT_BOOT = 0x80
+    CMD_GET_STATUS = 0x0E, CMD_TENSOR_CRC = 0x0F, CMD_SET_STATES = 0x10, CMD_APPLY_DELTA_PACKED = 0x11,
+    CMD_SET_INPUT_PACKED = 0x12, EVT_BOOT = 0x80
 };
 
 enum {
@@ -63,6 +64,11 @@ enum { DT_I8 = 0, DT_I16 = 1, DT_I32 = 2, DT_U8 = 3, DT_U16 = 4 };
 #define CAP_EARLY_STOP (1u << 4)
 #define CAP_SELF_TEST (1u << 5)
 #define CAP_SET_STATES (1u << 6)
+#define CAP_PACKED (1u << 7) /* APPLY_DELTA_PACKED, SET_INPUT_PACKED (protocol 1.1) */
+
+/* A packed tensor decodes to at most this many bytes (8 x the maximum payload). A board built with
+   -DEP_NO_PACKED offers neither packed command nor the capability bit: a protocol 1.0 board. */
+#define EP_MAX_UNPACKED (8 * EP_MAX_PAYLOAD)
 
 #define HELLO_RECORD_LEN 44
 #define STATUS_RECORD_LEN 44
