@@ -1,8 +1,9 @@
 """The simulated analog crossbar target: every parameter held as conductance pairs, read and written as a device would.
 
 Relaxation runs the network's dynamics with every array read going through ``periphery.ArrayReads``;
-updates go through ``devices.PairArray.write`` (pulses, asymmetry, noise, bounds). With every effect off
-(preset ``ideal``) the states and updates equal the reference target's to float tolerance.
+updates go through ``devices.PairArray.write`` (pulses, asymmetry, noise, bounds), or, with another
+``crossbar.algorithm`` than ``in_situ``, through ``algorithms.py`` (a fast array A and/or digital state). With every
+effect off (preset ``ideal``) the states and updates equal the reference target's to float tolerance.
 """
 
 from __future__ import annotations
