@@ -13,6 +13,7 @@ subtraction or chopper). Seeds are fixed.
 
 from __future__ import annotations
 
+import io
 import math
 
 import pytest
@@ -285,8 +286,11 @@ def test_checkpoint_resumes_exactly(alg: str) -> None:
     _run(t, ups[:4])
     state = t.device_state()
     end = _run(t, ups[4:])
+    buffer = io.BytesIO()  # through a checkpoint file, as training saves and loads it
+    torch.save(state, buffer)
+    buffer.seek(0)
     u = _target(**keys)
-    u.load_device_state(state)
+    u.load_device_state(torch.load(buffer, map_location="cpu", weights_only=True))
     _close(end, _run(u, ups[4:]), 0.0)
     assert t.device_report() == u.device_report()
     other = _target(**{**keys, "algorithm": "in_situ", "gamma": 0.0, "in_chop_prob": 0.1})
