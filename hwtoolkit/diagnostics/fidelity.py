@@ -12,6 +12,10 @@ the weights the device holds:
   ``apply_update`` (as two pulse trains where the target's capabilities ask for them, as in training); cosine of
   the change the device really shows (``read_weights() - w0``) with the learning-rate-scaled ``ideal`` (what the
   write path adds on top);
+* ``applied_vs_ideal_windowed``: one cosine over the whole window of ``K`` batches: the change the device really
+  made from the first batch's weights to the last batch's result, against the sum of the ``K`` learning-rate-scaled
+  ``ideal`` updates, each computed on the weights the device held at its batch (per-batch pulse noise averages out
+  over the window; a drift that the updates do not ask for does not);
 * ``ideal_vs_bptt``: cosine of ``ideal`` with the negative BPTT gradient through ``ep.free_steps`` free steps
   from ``w0`` (how well EP itself estimates the gradient at these settings, independent of the device).
 
@@ -72,6 +76,8 @@ def measure_fidelity(cfg: Config, target: targets.Target, splits: Splits, seed: 
         raise ValueError("the training split is empty: no batches to measure gradient fidelity on")
     gen = torch.Generator().manual_seed(derive_seed(seed))
     per_batch = []
+    start: dict[str, torch.Tensor] | None = None
+    ideal_sum: dict[str, torch.Tensor] = {}
     with targets.open_exact(spec, "float64") as reference:
         for _ in range(batches):
             idx = torch.randperm(n, generator=gen)[:cfg.train.batch_size]
@@ -79,6 +85,8 @@ def measure_fidelity(cfg: Config, target: targets.Target, splits: Splits, seed: 
             x = splits.train_x[idx].float().div_(255.0)
             y = splits.train_y[idx]
             w0 = target.read_weights()
+            if start is None:
+                start = {k: t.double() for k, t in w0.items()}
             reference.program(w0)
             ideal = _host(estimator(reference, x, y, torch.Generator().manual_seed(sign_seed)).direction)
             grads, _ = bptt_grads(spec, {k: t.double() for k, t in w0.items()}, x.double(), y, cfg.ep.free_steps)
@@ -88,6 +96,8 @@ def measure_fidelity(cfg: Config, target: targets.Target, splits: Splits, seed: 
             after = target.read_weights()
             applied = {k: after[k].double() - w0[k].double() for k in after}
             scaled_ideal = {k: lrs[layer_of[k]] * d for k, d in ideal.items()}
+            for k, d in scaled_ideal.items():
+                ideal_sum[k] = ideal_sum[k] + d if k in ideal_sum else d.clone()
             per_batch.append({
                 "applied_vs_ideal": cosine(applied, scaled_ideal),
                 "ideal_vs_bptt": cosine(ideal, {k: -g for k, g in grads.items()}),
@@ -97,6 +107,11 @@ def measure_fidelity(cfg: Config, target: targets.Target, splits: Splits, seed: 
     summary: dict[str, Any] = {"batches": batches, "estimator": estimator_name, "seed": seed}
     for c in COSINES:
         summary[c] = statistics.fmean(b[c] for b in per_batch) if per_batch else None
+    if start is not None:
+        end = target.read_weights()
+        summary["applied_vs_ideal_windowed"] = cosine({k: end[k].double() - start[k] for k in end}, ideal_sum)
+    else:
+        summary["applied_vs_ideal_windowed"] = None
     summary["saturated"] = sum(b["saturated"] for b in per_batch)
     summary["per_batch"] = per_batch
     return summary

@@ -166,6 +166,65 @@ class TimeEffects:
               "0 while drift_nu = 0 (the spread is around drift_nu)")
 
 
+ALGORITHMS = ("in_situ", "mixed_precision", "tiki_taka", "ttv2", "c_ttv2", "agad")
+REFERENCES = ("symmetry_point", "zero")
+TRANSFERS = ("tiki_taka", "ttv2", "c_ttv2", "agad")
+ALGORITHM_KEYS: dict[str, tuple[str, ...]] = {
+    "in_situ": (),
+    "mixed_precision": ("transfer_every", "threshold"),
+    "tiki_taka": ("transfer_every", "transfer_columns", "fast_lr", "transfer_lr", "gamma", "fast_reference"),
+    "ttv2": ("transfer_every", "transfer_columns", "fast_lr", "transfer_lr", "threshold", "momentum",
+             "forget_buffer", "fast_reference"),
+}
+ALGORITHM_KEYS["c_ttv2"] = ALGORITHM_KEYS["ttv2"] + ("in_chop_prob",)
+ALGORITHM_KEYS["agad"] = ALGORITHM_KEYS["c_ttv2"]
+
+
+@dataclass(frozen=True)
+class TrainingAlgorithm:
+    """How the EP update reaches the devices (docs/crossbar.md, "Analog training algorithms").
+
+    ``in_situ`` writes it straight to the weight arrays; the others keep digital state (mixed precision's chi,
+    TTv2's buffer H) and/or a second, fast array A per parameter (algorithms.py). Each parameter is used by the
+    algorithms listed in ``ALGORITHM_KEYS``; setting one that the chosen algorithm does not use is an error.
+    """
+
+    algorithm: str = "in_situ"
+    transfer_every: int = 1  # updates between transfer events (mixed precision: between flushes of chi)
+    transfer_columns: int = 1  # columns of A read and transferred per transfer event (aihwkit n_reads_per_transfer)
+    fast_lr: float = 1.0  # A receives fast_lr x the EP update (the EP learning rate is already in the update)
+    transfer_lr: float = 1.0  # a transfer adds transfer_lr x the read of A's column to C (TTv2: to H)
+    gamma: float = 0.0  # tiki_taka: the network reads gamma A + C
+    threshold: float = 1.0  # pulses fire where |chi| or |H| reaches threshold device steps (>= 1)
+    momentum: float = 0.0  # TTv2 family: after a transfer, this fraction of H stays (forget_buffer) or of n is kept
+    forget_buffer: bool = True  # TTv2 family: H = momentum H where pulses fired (else H -= (1 - momentum) n)
+    in_chop_prob: float = 0.1  # c_ttv2: chance a column's chopper flips after its read; agad: 1 / chopper period
+    fast_reference: str = "symmetry_point"  # A's reads subtract its devices' symmetry point, or nothing ("zero")
+
+    @property
+    def name(self) -> str:
+        return self.algorithm
+
+    def validate(self) -> None:
+        check(self.algorithm in ALGORITHMS, "algorithm", self.algorithm, f"one of {ALGORITHMS}")
+        for key in ("transfer_every", "transfer_columns"):
+            v = getattr(self, key)
+            check(v >= 1, key, v, "an integer >= 1")
+        check(math.isfinite(self.fast_lr) and self.fast_lr > 0, "fast_lr", self.fast_lr, "a positive number")
+        _nonnegative(self, "transfer_lr", "gamma")
+        check(math.isfinite(self.threshold) and self.threshold >= 1, "threshold", self.threshold,
+              "a number >= 1 (device steps)")
+        check(0 <= self.momentum < 1, "momentum", self.momentum, "a number in [0, 1)")
+        check(0 <= self.in_chop_prob <= 1, "in_chop_prob", self.in_chop_prob, "a probability in [0, 1]")
+        check(self.fast_reference in REFERENCES, "fast_reference", self.fast_reference, f"one of {REFERENCES}")
+        used = ALGORITHM_KEYS[self.algorithm]
+        for f in dataclasses.fields(self):
+            if f.name != "algorithm" and f.name not in used and getattr(self, f.name) != f.default:
+                users = [a for a, ks in ALGORITHM_KEYS.items() if f.name in ks]
+                raise CrossbarConfigError(f"crossbar.{f.name} = {getattr(self, f.name)!r} is a parameter of "
+                                          f"algorithm = {' | '.join(users)}, not {self.algorithm!r}")
+
+
 @dataclass(frozen=True)
 class TileConfig:
     """One crossbar tile: the device and its response model, variation, write and read settings, time effects."""
@@ -177,6 +236,7 @@ class TileConfig:
     write: WriteSettings = field(default_factory=WriteSettings)
     read: ReadSettings = field(default_factory=ReadSettings)
     time: TimeEffects = field(default_factory=TimeEffects)
+    algorithm: TrainingAlgorithm = field(default_factory=TrainingAlgorithm)
 
     @property
     def update(self) -> str:
@@ -184,8 +244,11 @@ class TileConfig:
         return self.write.update
 
     def validate(self) -> None:
-        for part in (self.device, self.response, self.variation, self.write, self.read, self.time):
+        for part in (self.device, self.response, self.variation, self.write, self.read, self.time, self.algorithm):
             part.validate()
+        if self.algorithm.gamma:
+            check(not self.read.ir_drop, "gamma", self.algorithm.gamma,
+                  "0 while ir_drop > 0 (IR drop is modelled on the weight array C alone)")
         if self.device.dw_min == 0:
             for key in ("dw_min_std", "write_noise_std"):
                 check(getattr(self.variation, key) == 0, key, getattr(self.variation, key),
@@ -195,7 +258,7 @@ class TileConfig:
 
 
 GROUPS: dict[str, type] = {"device": Device, "variation": Variation, "write": WriteSettings, "read": ReadSettings,
-                           "time": TimeEffects}
+                           "time": TimeEffects, "algorithm": TrainingAlgorithm}
 """The ``TileConfig`` field of each group of flat keys (the response model's keys are routed by model)."""
 
 GROUP_OF: dict[str, str] = {f.name: group for group, cls in GROUPS.items() for f in dataclasses.fields(cls)

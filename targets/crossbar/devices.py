@@ -298,6 +298,42 @@ class PairArray:
             idx, n, d = self._pulse_counts(d, gen)
             travel = torch.mul(n, dw, out=s("travel", n.numel()))
             total = float(n.sum()) * (2 if self.differential else 1)
+        return self._send(idx, n, d, travel, total, gen, now)
+
+    def write_counts(self, counts: torch.Tensor, gen: torch.Generator, now: float) -> WriteStats:
+        """Send whole pulse counts (signed, one per weight: + raises the weight) without rounding or cap.
+
+        For the controllers that decide counts themselves (docs/crossbar.md, "Analog training algorithms"); a
+        differential pair's devices both get the count, a one-sided pair's device of the count's sign gets it.
+        """
+        s = self._buffer
+        if self.cfg.device.dw_min == 0:
+            raise ValueError("pulse counts need a device with a finite step (dw_min > 0)")
+        d = counts.to(self.device, self.dtype).reshape(-1)
+        n = torch.abs(d, out=s("n"))
+        idx = None
+        if 2 * count(torch.sign(n, out=s("pulsed"))) <= n.numel():
+            idx = self._nonzero(torch.gt(n, 0, out=s("mask", dtype=torch.bool)))
+            k = idx.numel()
+            n = torch.index_select(n, 0, idx, out=s("n_pulsed", k))
+            d = torch.index_select(d, 0, idx, out=s("d_pulsed", k))
+        travel = torch.mul(n, self.cfg.device.dw_min, out=s("travel", n.numel()))
+        return self._send(idx, n, d, travel, float(n.sum()) * (2 if self.differential else 1), gen, now)
+
+    @property
+    def step(self) -> float:
+        """The nominal weight change of one pulse (on both devices of a differential pair)."""
+        return self.cfg.device.dw_min * self.scale * (2 if self.differential else 1)
+
+    def set_devices(self, pos: torch.Tensor, neg: torch.Tensor, gen: torch.Generator, now: float) -> None:
+        """Program each device to a normalized conductance (within ``program_noise``), as ``program`` does."""
+        for dev, target in ((self.pos, pos), (self.neg, neg)):
+            self._set(dev, torch.as_tensor(target, dtype=self.dtype).to(self.device).expand(self.shape), gen, now)
+
+    def _send(self, idx: torch.Tensor | None, n: torch.Tensor | None, d: torch.Tensor, travel: torch.Tensor,
+              total: float, gen: torch.Generator, now: float) -> WriteStats:
+        """Give the pulse counts ``n`` (nominal travel ``travel``, direction the sign of ``d``) to the devices."""
+        s = self._buffer
         size = travel.numel()
         sign = torch.sign(d, out=s("sign", size))
         stats = WriteStats(pulses=total)

@@ -93,6 +93,22 @@ class ArrayReads:
             return lambda: fixed
         return lambda: L.add_bias(geo, self._dense_reads(p, exact, x_in, "w1", exact_is_fresh=False), bias)
 
+    def columns(self, name: str, exact: torch.Tensor) -> torch.Tensor:
+        """Read columns of an array with one-hot inputs, through the forward converters and with read noise.
+
+        ``exact`` holds the columns' weights, one per row (``(k, outputs)``), of an array with the weight scale of
+        parameter ``name``; each is read with one input line driven at ``min(1, in_bound)`` (after the DAC) and
+        the output divided by that drive. IR drop is not modelled on these reads (docs/crossbar.md).
+        """
+        p = self.cfg.forward
+        drive = quantize(exact.new_full((exact.shape[0], 1), min(1.0, p.in_bound)), p.dac_bits, p.in_bound)
+        noisy, self.noisy = self.noisy, True
+        try:
+            out = self._dense_reads(p, exact * drive, drive, name)
+        finally:
+            self.noisy = noisy
+        return out / drive
+
     def unit(self, p: Periphery, name: str) -> float:
         """One output unit of array ``name``: a full-range weight times a full-range input."""
         return self.scale_of(name) * p.in_bound

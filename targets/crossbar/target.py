@@ -1,8 +1,9 @@
 """The simulated analog crossbar target: every parameter held as conductance pairs, read and written as a device would.
 
 Relaxation runs the network's dynamics with every array read going through ``periphery.ArrayReads``;
-updates go through ``devices.PairArray.write`` (pulses, asymmetry, noise, bounds). With every effect off
-(preset ``ideal``) the states and updates equal the reference target's to float tolerance.
+updates go through ``devices.PairArray.write`` (pulses, asymmetry, noise, bounds), or, with another
+``crossbar.algorithm`` than ``in_situ``, through ``algorithms.py`` (a fast array A and/or digital state). With every
+effect off (preset ``ideal``) the states and updates equal the reference target's to float tolerance.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from hwtoolkit.network.spec import NetworkSpec
 
 from ..base import Capabilities, InputMemo, RunContext, Start, Target, TargetError, Update, UpdateReport, start_states
 from ..options import TorchOptions
+from . import algorithms
 from .config import TileConfig, device_config
 from .devices import PairArray, Scratch
 from .errors import CrossbarConfigError
@@ -78,13 +80,15 @@ class CrossbarTarget(Target):
         self._reads = ArrayReads(self.config.read, spec.tied, lambda n: self.arrays[n].scale, self._ir_weight,
                                  lambda: self._gen)
         self.totals = {"saturated": 0, "refreshed": 0, "clipped_on_program": 0, "writes": 0}
+        self.algorithm: algorithms.Algorithm | None = None  # None: in_situ, the update written straight to C
 
     @property
     def capabilities(self) -> Capabilities:
         return Capabilities(name=self.name, device=str(self.device), dtype=str(self.dtype).removeprefix("torch."),
                             exact=False, update_trains=self.writes_trains(self.options), models_time=True,
                             device_state=True,
-                            notes=f"preset {self.config.preset}; update {self.config.update}")
+                            notes=f"preset {self.config.preset}; update {self.config.update}; "
+                                  f"algorithm {self.config.algorithm.name}")
 
     # ---- weights ---------------------------------------------------------------------------------------------
 
@@ -93,6 +97,8 @@ class CrossbarTarget(Target):
             self._make_arrays(weights)
         for name, w in weights.items():
             self.totals["clipped_on_program"] += self.arrays[name].program(w.detach(), self._gen, self.now)
+        if self.algorithm is not None:  # the weights are C's; A and the digital state start afresh
+            self.algorithm.reset(self._gen, self.now)
         self._changed()
 
     def _make_arrays(self, weights: Mapping[str, torch.Tensor]) -> None:
@@ -108,6 +114,9 @@ class CrossbarTarget(Target):
             scale = scales[name]
             self.arrays[name] = PairArray(self.config, tuple(shape), self._cpu_gen, self.device, self.dtype, scale,
                                           scratch)
+        self.algorithm = algorithms.make(self.config, self.arrays, self._reads)
+        if self.algorithm is not None:  # its own devices are drawn after C's
+            self.algorithm.draw(self._cpu_gen, self.device, self.dtype, scratch)
 
     def _changed(self) -> None:
         self._weights = None
@@ -124,6 +133,8 @@ class CrossbarTarget(Target):
             raise TargetError("the target holds no weights yet: call program(weights) first")
         if self._weights is None:
             self._weights = {n: a.weight(self.now) for n, a in self.arrays.items()}
+            if self.algorithm is not None:
+                self._weights = {n: self.algorithm.exposed(n, w, self.now) for n, w in self._weights.items()}
         return self._weights
 
     def _ir_weight(self, name: str, transposed: bool) -> torch.Tensor:
@@ -192,7 +203,14 @@ class CrossbarTarget(Target):
             writes = [dict(update.delta)]
         report = UpdateReport()
         pulses = 0.0
+        if self.algorithm is not None:
+            writes = [self.algorithm.apply(writes, update.delta, self._gen, self.now)]
         for write in writes:
+            if not isinstance(write, dict):  # what the algorithm did
+                pulses += write.pulses
+                report.saturated += write.saturated
+                self.totals["refreshed"] += write.refreshed
+                continue
             for name, d in write.items():
                 stats = self.arrays[name].write(d, self._gen, self.now)
                 pulses += stats.pulses
@@ -211,6 +229,8 @@ class CrossbarTarget(Target):
         if self.config.time.lifetime or self.config.time.diffusion:
             for a in self.arrays.values():
                 a.elapse(seconds, self._gen)
+            if self.algorithm is not None:
+                self.algorithm.elapse(seconds, self._gen)
         if self.config.time.active:
             self._changed()
 
@@ -223,8 +243,11 @@ class CrossbarTarget(Target):
         is drawn again from the seed, in the same order, when the state is loaded.
         """
         arrays = {name: a.state() for name, a in self.arrays.items()}
-        return {"seed": self.seed, "now": self.now, "totals": dict(self.totals), "arrays": arrays,
-                "gen": self._gen.get_state(), "cpu_gen": self._cpu_gen.get_state()}
+        out = {"seed": self.seed, "now": self.now, "totals": dict(self.totals), "arrays": arrays,
+               "gen": self._gen.get_state(), "cpu_gen": self._cpu_gen.get_state()}
+        if self.algorithm is not None:
+            out["algorithm"] = {"name": self.algorithm.name, **self.algorithm.state()}
+        return out
 
     def _load_device_state(self, state: Mapping[str, Any]) -> None:
         if state.get("seed") != self.seed:
@@ -239,12 +262,19 @@ class CrossbarTarget(Target):
             self._draw_arrays({n: float(a["scale"]) for n, a in state["arrays"].items()})
             for name, saved in state["arrays"].items():
                 self.arrays[name].load_state(saved)
+            if self.algorithm is not None or "algorithm" in state:
+                saved_alg = state.get("algorithm") or {"name": "in_situ"}
+                if self.algorithm is None or saved_alg["name"] != self.algorithm.name:
+                    raise ValueError(f"the saved device trained with algorithm {saved_alg['name']!r}, this target "
+                                     f"with {self.config.algorithm.name!r}")
+                self.algorithm.load_state(saved_alg)
             self.now = float(state["now"])
             self.totals = {k: int(v) for k, v in state["totals"].items()}
             self._gen.set_state(state["gen"])
             self._cpu_gen.set_state(state["cpu_gen"])
         except (KeyError, TypeError, RuntimeError, ValueError) as e:
             self.arrays = {}
+            self.algorithm = None
             raise TargetError(f"the saved crossbar state does not fit this target ({type(e).__name__}: {e})") \
                 from None
         self._changed()
@@ -268,6 +298,7 @@ class CrossbarTarget(Target):
             "refreshes": self.totals["refreshed"],
             "clipped_on_program": self.totals["clipped_on_program"],
             "simulated_seconds": self.now,
+            **(self.algorithm.report() if self.algorithm is not None else {"digital_words": 0.0}),
         }
 
     def symmetry_points(self) -> dict[str, tuple[torch.Tensor | None, torch.Tensor | None]]:

@@ -309,9 +309,11 @@ def test_fidelity_cosines_see_what_a_device_does(tiny_config, estimator):
 
     exact = fidelity(ReferenceTarget)
     assert exact["applied_vs_ideal"] > 0.9999 and exact["device_vs_ideal"] > 0.9999
+    assert exact["applied_vs_ideal_windowed"] > 0.9999  # the summed change is the sum of the ideal updates
     assert exact["estimator"] == estimator and len(exact["per_batch"]) == 3
     write = fidelity(_WritePathTarget)
     assert write["device_vs_ideal"] > 0.9999 and write["applied_vs_ideal"] < 0.95
+    assert write["applied_vs_ideal_windowed"] < 0.95
     assert write["ideal_vs_bptt"] == pytest.approx(exact["ideal_vs_bptt"], abs=0.05)
     noisy = fidelity(_NoisyReadTarget)
     assert noisy["device_vs_ideal"] < 0.9 and noisy["applied_vs_ideal"] < 0.9
