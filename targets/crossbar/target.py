@@ -201,21 +201,13 @@ class CrossbarTarget(Target):
             writes = [dict(update.trains[0]), {n: -t for n, t in update.trains[1].items()}]
         else:
             writes = [dict(update.delta)]
-        report = UpdateReport()
-        pulses = 0.0
-        if self.algorithm is not None:
-            writes = [self.algorithm.apply(writes, update.delta, self._gen, self.now)]
-        for write in writes:
-            if not isinstance(write, dict):  # what the algorithm did
-                pulses += write.pulses
-                report.saturated += write.saturated
-                self.totals["refreshed"] += write.refreshed
-                continue
-            for name, d in write.items():
-                stats = self.arrays[name].write(d, self._gen, self.now)
-                pulses += stats.pulses
-                report.saturated += stats.saturated
-                self.totals["refreshed"] += stats.refreshed
+        if self.algorithm is not None:  # the algorithm decides what reaches the devices
+            done = [self.algorithm.apply(writes, update.delta, self._gen, self.now)]
+        else:
+            done = [self.arrays[name].write(d, self._gen, self.now) for write in writes for name, d in write.items()]
+        report = UpdateReport(saturated=sum(s.saturated for s in done))
+        pulses = sum(s.pulses for s in done)
+        self.totals["refreshed"] += sum(s.refreshed for s in done)
         self.totals["saturated"] += report.saturated
         self.totals["writes"] += 1
         report.details = {"pulses": pulses}
