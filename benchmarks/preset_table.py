@@ -66,7 +66,7 @@ def table(rows: dict[str, list[dict]], rates: dict[str, dict] | None = None) -> 
     ideal = stats.get("ideal", {}).get("mean")
     head = "| preset | " + ("learning rate (study) | " if rates else "") + \
            "test accuracy, mean ± sd (%) | min | max | vs ideal (points) | applied vs ideal | device EP vs ideal |"
-    lines = [head, "|" + "---|" * head.count(" | ")]
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for preset, s in stats.items():
         rate = ""
         if rates:
