@@ -43,6 +43,10 @@ from hwtoolkit.training.optimizer import SGD
 from hwtoolkit.training.rundir import RunDir
 
 COSINES = ("applied_vs_ideal", "ideal_vs_bptt", "device_vs_ideal")
+"""The per-batch cosines, each a mean over the measured batches."""
+WINDOWED = "applied_vs_ideal_windowed"
+FIGURES = (*COSINES, WINDOWED)
+"""Every fidelity figure a sweep point reports: the per-batch means and the one over the whole window."""
 
 
 def cosine(a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor]) -> float:
@@ -109,9 +113,9 @@ def measure_fidelity(cfg: Config, target: targets.Target, splits: Splits, seed: 
         summary[c] = statistics.fmean(b[c] for b in per_batch) if per_batch else None
     if start is not None:
         end = target.read_weights()
-        summary["applied_vs_ideal_windowed"] = cosine({k: end[k].double() - start[k] for k in end}, ideal_sum)
+        summary[WINDOWED] = cosine({k: end[k].double() - start[k] for k in end}, ideal_sum)
     else:
-        summary["applied_vs_ideal_windowed"] = None
+        summary[WINDOWED] = None
     summary["saturated"] = sum(b["saturated"] for b in per_batch)
     summary["per_batch"] = per_batch
     return summary

@@ -14,16 +14,17 @@ import statistics
 from pathlib import Path
 from typing import Any, Sequence
 
-from hwtoolkit.diagnostics.fidelity import COSINES
+from hwtoolkit.diagnostics.fidelity import FIGURES
 from hwtoolkit.files import write_text_atomic
 
 from .values import SweepValue
 
-COLUMNS = ("key", "value", "seed", "test_accuracy", "val_accuracy", "train_seconds", *COSINES, "test_loss", "point",
+COLUMNS = ("key", "value", "seed", "test_accuracy", "val_accuracy", "train_seconds", *FIGURES, "test_loss", "point",
            "status", "attempts", "error")
 STATUS_OK, STATUS_FAILED = "ok", "failed"  # a failed point stays in the outputs with its last error
 ERROR_BARS = "min-max over seeds"
-HEADERS = {"applied_vs_ideal": "applied/ideal", "ideal_vs_bptt": "ideal/BPTT", "device_vs_ideal": "device/ideal"}
+HEADERS = {"applied_vs_ideal": "applied/ideal", "ideal_vs_bptt": "ideal/BPTT", "device_vs_ideal": "device/ideal",
+           "applied_vs_ideal_windowed": "applied/ideal (window)"}
 
 
 def _stats(xs: Sequence[float]) -> dict[str, float]:
@@ -44,8 +45,8 @@ def aggregate(rows: Sequence[dict], values: Sequence[SweepValue]) -> list[dict]:
             continue
         entry: dict[str, Any] = {"value": v.value, "label": v.label, "seeds": len(group), "failed": failed,
                                  "test_accuracy": _stats([r["test_accuracy"] for r in group])}
-        for c in COSINES:
-            xs = [r[c] for r in group if r[c] is not None]
+        for c in FIGURES:
+            xs = [r[c] for r in group if r.get(c) is not None]
             entry[c] = _stats(xs) if xs else None
         result.append(entry)
     return result
@@ -97,12 +98,12 @@ def format_table(report: dict) -> str:
     key = report["key"]
     width = max([len(key), *(len(a["label"]) for a in report["aggregate"])])
     lines = [f"{key:<{width}}  {'seeds':>5}  {'test acc. (%): mean ± std [min, max]':<36}  "
-             + "  ".join(HEADERS[c] for c in COSINES)]
+             + "  ".join(HEADERS[c] for c in FIGURES)]
     for a in report["aggregate"]:
         acc = a["test_accuracy"]
         cell = (f"{100 * acc['mean']:6.2f} ± {100 * acc['std']:5.2f} "
                 f"[{100 * acc['min']:6.2f}, {100 * acc['max']:6.2f}]")
-        cos = "  ".join(f"{'-' if a[c] is None else format(a[c]['mean'], '.4f'):>{len(HEADERS[c])}}" for c in COSINES)
+        cos = "  ".join(f"{'-' if a[c] is None else format(a[c]['mean'], '.4f'):>{len(HEADERS[c])}}" for c in FIGURES)
         lines.append(f"{a['label']:<{width}}  {a['seeds']:>5}  {cell:<36}  {cos}")
     failed = [r for r in report["rows"] if r.get("status") == STATUS_FAILED]
     for r in failed:

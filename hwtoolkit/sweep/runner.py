@@ -24,7 +24,7 @@ from tqdm import tqdm
 import targets
 from hwtoolkit import config as config_mod
 from hwtoolkit.config import Config, ConfigError
-from hwtoolkit.diagnostics.fidelity import COSINES, run_fidelity
+from hwtoolkit.diagnostics.fidelity import FIGURES, run_fidelity
 from hwtoolkit.executors import ExecutorSpec, Progress, run_tasks
 from hwtoolkit.files import check_output_dir, check_same_spec, locked_directory, remove_if_unused, write_text_atomic
 from hwtoolkit.runs import open_target
@@ -170,8 +170,8 @@ def train_point(task: PointTask) -> dict:
     row = point_row(point, task.key, task.out)
     row.update({"test_accuracy": summary["test_accuracy"], "val_accuracy": summary.get("val_accuracy"),
                 "train_seconds": summary.get("train_seconds"), "test_loss": summary.get("test_loss")})
-    for c in COSINES:
-        row[c] = fidelity[c] if fidelity else None
+    for c in FIGURES:
+        row[c] = fidelity.get(c) if fidelity else None  # a fidelity.json of an older release lacks the window
     return row
 
 
@@ -179,7 +179,7 @@ def point_row(point: Point, key: str, out: Path, error: str | None = None, attem
     """A point's row without figures: what a failed point reports (its status, attempts and last error)."""
     row: dict[str, Any] = {"key": key, "value": point.value.value, "label": point.value.label, "seed": point.seed,
                            "test_accuracy": None, "val_accuracy": None, "train_seconds": None, "test_loss": None,
-                           **{c: None for c in COSINES}}
+                           **{c: None for c in FIGURES}}
     row["point"] = str(point.dir.relative_to(out)) if point.dir.is_relative_to(out) else str(point.dir)
     row.update({"status": STATUS_FAILED if error else STATUS_OK, "attempts": attempts, "error": error})
     return row
@@ -256,7 +256,7 @@ def _run_points(config_path: str | Path, key: str, values: Sequence[SweepValue],
             tracking.try_log_run(write, points[i].dir, name=f"{out.name}/{names[i]}",
                                  tags={"hwtoolkit.kind": "sweep point", "hwtoolkit.sweep": str(out.resolve()),
                                        "hwtoolkit.sweep_key": key, "hwtoolkit.sweep_value": row["label"]},
-                                 extra_metrics={c: row[c] for c in COSINES if row[c] is not None})
+                                 extra_metrics={c: row[c] for c in FIGURES if row[c] is not None})
 
     def show_progress(p: Progress) -> None:
         bar.set_postfix_str(p.describe())

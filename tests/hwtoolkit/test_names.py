@@ -7,7 +7,7 @@ import argparse
 from hwtoolkit import config
 from hwtoolkit.cli import build_parser
 from hwtoolkit.diagnostics import gdu
-from hwtoolkit.diagnostics.fidelity import COSINES
+from hwtoolkit.diagnostics.fidelity import COSINES, FIGURES
 from hwtoolkit.network.flops import NUDGED_PHASES
 from hwtoolkit.plots import COSINE_LABELS
 from hwtoolkit.sweep.report import HEADERS
@@ -37,4 +37,4 @@ def test_export_formats_are_the_exporters() -> None:
 
 
 def test_every_fidelity_cosine_has_a_plot_label_and_a_table_header() -> None:
-    assert set(COSINE_LABELS) == set(COSINES) == set(HEADERS)
+    assert set(COSINE_LABELS) == set(COSINES) and set(HEADERS) == set(FIGURES)

@@ -188,7 +188,12 @@ def test_fidelity_on_the_reference_target_is_near_one(lr_sweep):
         fidelity = json.loads((out / row["point"] / "fidelity.json").read_text())
         assert fidelity["batches"] == 2 and len(fidelity["per_batch"]) == 2
         assert fidelity["applied_vs_ideal"] == row["applied_vs_ideal"]
+        # the windowed figure is a column too, the point's own (not a mean of the per-batch cosines)
+        assert fidelity["applied_vs_ideal_windowed"] == row["applied_vs_ideal_windowed"] > 0.99
     assert all(a["applied_vs_ideal"]["min"] > 0.99 for a in report["aggregate"])
+    assert all(a["applied_vs_ideal_windowed"]["min"] > 0.99 for a in report["aggregate"])
+    with open(out / "sweep.csv", newline="") as f:
+        assert all(float(r["applied_vs_ideal_windowed"]) > 0.99 for r in csv.DictReader(f))
 
 
 def test_existing_out_is_refused_without_resume(lr_sweep, tmp_path, capsys):
