@@ -89,16 +89,17 @@ def measure_fidelity(cfg: Config, target: targets.Target, splits: Splits, seed: 
             x = splits.train_x[idx].float().div_(255.0)
             y = splits.train_y[idx]
             w0 = target.read_weights()
+            w0_64 = {k: t.double() for k, t in w0.items()}
             if start is None:
-                start = {k: t.double() for k, t in w0.items()}
+                start = w0_64
             reference.program(w0)
             ideal = _host(estimator(reference, x, y, torch.Generator().manual_seed(sign_seed)).direction)
-            grads, _ = bptt_grads(spec, {k: t.double() for k, t in w0.items()}, x.double(), y, cfg.ep.free_steps)
+            grads, _ = bptt_grads(spec, w0_64, x.double(), y, cfg.ep.free_steps)
             estimate = estimator(target, x, y, torch.Generator().manual_seed(sign_seed))
             device = estimate.direction
             report = target.apply_update(plain_sgd.update(estimate, None))
             after = target.read_weights()
-            applied = {k: after[k].double() - w0[k].double() for k in after}
+            applied = {k: after[k].double() - w0_64[k] for k in after}
             scaled_ideal = {k: lrs[layer_of[k]] * d for k, d in ideal.items()}
             for k, d in scaled_ideal.items():
                 ideal_sum[k] = ideal_sum[k] + d if k in ideal_sum else d.clone()

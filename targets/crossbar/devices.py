@@ -310,13 +310,7 @@ class PairArray:
         if self.cfg.device.dw_min == 0:
             raise ValueError("pulse counts need a device with a finite step (dw_min > 0)")
         d = counts.to(self.device, self.dtype).reshape(-1)
-        n = torch.abs(d, out=s("n"))
-        idx = None
-        if 2 * count(torch.sign(n, out=s("pulsed"))) <= n.numel():
-            idx = self._nonzero(torch.gt(n, 0, out=s("mask", dtype=torch.bool)))
-            k = idx.numel()
-            n = torch.index_select(n, 0, idx, out=s("n_pulsed", k))
-            d = torch.index_select(d, 0, idx, out=s("d_pulsed", k))
+        idx, n, d = self._gather_pulsed(torch.abs(d, out=s("n")), d)
         travel = torch.mul(n, self.cfg.device.dw_min, out=s("travel", n.numel()))
         return self._send(idx, n, d, travel, float(n.sum()) * (2 if self.differential else 1), gen, now)
 
@@ -371,8 +365,16 @@ class PairArray:
         if sparse is not None:
             idx, n = sparse
             return idx, n, d.index_select(0, idx)
-        n = x if mode == "exact" else self._round(x, gen)
-        if mode == "exact" or 2 * count(torch.sign(n, out=s("pulsed"))) > n.numel():  # dense: gathering costs more
+        if mode == "exact":
+            return None, x, d
+        return self._gather_pulsed(self._round(x, gen), d)
+
+    def _gather_pulsed(self, n: torch.Tensor, d: torch.Tensor
+                       ) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:
+        """(flat indices of the devices with pulses, their counts, their requests), or (None, n, d) where more
+        than half get pulses (gathering would then cost more than writing every device)."""
+        s = self._buffer
+        if 2 * count(torch.sign(n, out=s("pulsed"))) > n.numel():
             return None, n, d
         idx = self._nonzero(torch.gt(n, 0, out=s("mask", dtype=torch.bool)))
         k = idx.numel()
