@@ -25,15 +25,22 @@ from report import write_report  # noqa: E402
 FIDELITY = ("applied_vs_ideal", "device_vs_ideal")
 
 
-def preset_of(sweep: dict, row: dict) -> str:
-    """The preset a sweep row trained: the swept value, or the sweep's fixed ``crossbar.preset``."""
-    if sweep["key"] == "crossbar.preset":
+def value_of(sweep: dict, row: dict, key: str, default: str | None = None) -> str:
+    """What a sweep row ran with for ``key``: the swept value, or the sweep's ``--set`` of it (else ``default``)."""
+    if sweep["key"] == key:
         return str(row["value"])
     for item in sweep.get("sets", []):
-        key, _, value = item.partition("=")
-        if key.strip() == "crossbar.preset":
+        name, _, value = item.partition("=")
+        if name.strip() == key:
             return value.strip().strip("'\"")
-    raise SystemExit(f"{sweep.get('out')}: neither sweeps nor sets crossbar.preset")
+    if default is not None:
+        return default
+    raise SystemExit(f"{sweep.get('out')}: neither sweeps nor sets {key}")
+
+
+def preset_of(sweep: dict, row: dict) -> str:
+    """The preset a sweep row trained: the swept value, or the sweep's fixed ``crossbar.preset``."""
+    return value_of(sweep, row, "crossbar.preset")
 
 
 def read_rows(paths: list[Path]) -> dict[str, list[dict]]:

@@ -44,6 +44,29 @@ def plot_training(metrics: list[dict], path: Path, title: str = "") -> Path:
     return path
 
 
+def plot_costs(costs: dict, path: Path, title: str = "") -> Path:
+    """Energy and latency per training example by part, EP beside backprop on the same device (a target's
+    ``cost_report()``)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    methods = [m for m in ("ep", "backprop", "inference") if m in costs["per_example"]]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+    for ax, figure, unit, scale in ((axes[0], "energy_pj", "nJ", 1e-3), (axes[1], "latency_ns", "us", 1e-3)):
+        parts = [k for k in costs["per_example"][methods[0]][figure] if k != "total"]
+        bottom = [0.0] * len(methods)
+        for part in parts:
+            values = [scale * costs["per_example"][m][figure][part] for m in methods]
+            ax.bar(methods, values, bottom=bottom, label=part)
+            bottom = [b + v for b, v in zip(bottom, values)]
+        ax.set(ylabel=f"{figure.split('_')[0]} per example ({unit})", title=figure.split("_")[0])
+        ax.legend(fontsize=8)
+    ratio = costs["ep_over_backprop_energy"]
+    fig.suptitle(f"{title}: EP / backprop energy {ratio:.3g} (inference: one free phase)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def plot_gdu(result: "GDUResult", path: Path, units: int = 3) -> Path:
     """EP updates (solid) and -BPTT gradients (dashed, markers) over t, for a few units of each layer."""
     path.parent.mkdir(parents=True, exist_ok=True)

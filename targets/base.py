@@ -254,6 +254,12 @@ class Target(ABC):
         self._load_device_state(state)
         self._programmed = True
 
+    def cost_report(self) -> dict[str, Any]:
+        """What the training batches so far cost on the device (counts, energy, latency, and backprop's on the same
+        device for comparison), written to ``summary.json`` as ``costs``; ``{}`` for a target that does not count
+        its operations (docs/crossbar.md, "Cost accounting", describes the crossbar's)."""
+        return {}
+
     def compute_context(self) -> ContextManager[object]:
         """The numerical setting (e.g. a compute precision) for host math on this target's states; none by default."""
         return nullcontext()

@@ -33,7 +33,8 @@ from hwtoolkit.training.rundir import RunDir
 from hwtoolkit.tracking import Tracker
 
 from .errors import SweepError
-from .report import ERROR_BARS, STATUS_FAILED, STATUS_OK, aggregate, json_safe, write_outputs
+from .report import (COST_FIGURES, ERROR_BARS, STATUS_FAILED, STATUS_OK, aggregate, cost_figures, json_safe,
+                     write_outputs)
 from .values import SweepValue, is_numeric, parse_values, point_dirname, safe_name
 
 FIDELITY_FILE = "fidelity.json"
@@ -172,6 +173,7 @@ def train_point(task: PointTask) -> dict:
                 "train_seconds": summary.get("train_seconds"), "test_loss": summary.get("test_loss")})
     for c in FIGURES:
         row[c] = fidelity.get(c) if fidelity else None  # a fidelity.json of an older release lacks the window
+    row.update(cost_figures(summary))
     return row
 
 
@@ -179,7 +181,7 @@ def point_row(point: Point, key: str, out: Path, error: str | None = None, attem
     """A point's row without figures: what a failed point reports (its status, attempts and last error)."""
     row: dict[str, Any] = {"key": key, "value": point.value.value, "label": point.value.label, "seed": point.seed,
                            "test_accuracy": None, "val_accuracy": None, "train_seconds": None, "test_loss": None,
-                           **{c: None for c in FIGURES}}
+                           **{c: None for c in (*FIGURES, *COST_FIGURES)}}
     row["point"] = str(point.dir.relative_to(out)) if point.dir.is_relative_to(out) else str(point.dir)
     row.update({"status": STATUS_FAILED if error else STATUS_OK, "attempts": attempts, "error": error})
     return row
@@ -256,7 +258,7 @@ def _run_points(config_path: str | Path, key: str, values: Sequence[SweepValue],
             tracking.try_log_run(write, points[i].dir, name=f"{out.name}/{names[i]}",
                                  tags={"hwtoolkit.kind": "sweep point", "hwtoolkit.sweep": str(out.resolve()),
                                        "hwtoolkit.sweep_key": key, "hwtoolkit.sweep_value": row["label"]},
-                                 extra_metrics={c: row[c] for c in FIGURES if row[c] is not None})
+                                 extra_metrics={c: row[c] for c in (*FIGURES, *COST_FIGURES) if row[c] is not None})
 
     def show_progress(p: Progress) -> None:
         bar.set_postfix_str(p.describe())

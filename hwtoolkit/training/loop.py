@@ -243,6 +243,7 @@ def _finish(cfg: Config, run: RunDir, target: targets.Target, splits: Splits, be
     """Evaluate the best validation weights on the test set, once, and write the summary and plots."""
     if target.capabilities.device_state:  # evaluate_run restores this device to reproduce the test figure
         checkpoint.save(run.device_checkpoint, {"device": target.device_state()})
+    costs = target.cost_report()  # of the training batches, before the test set is read
     target.program(checkpoint.load(run.best_checkpoint)["weights"])
     test = evaluate(target, splits.test_x, splits.test_y, cfg.ep, cfg.train.eval_batch_size, "test")
     metrics = run.read_metrics()
@@ -255,10 +256,14 @@ def _finish(cfg: Config, run: RunDir, target: targets.Target, splits: Splits, be
         "train_unconverged_batches": sum(m["train_unconverged_batches"] for m in metrics),
         "train_seconds": elapsed, "samples_per_second": cfg.train.epochs * splits.train_x.shape[0] / max(elapsed, 1e-9),
     }
+    if costs:
+        summary["costs"] = costs
     run.write_summary(summary)
-    from hwtoolkit.plots import plot_training
+    from hwtoolkit.plots import plot_costs, plot_training
 
     plot_training(metrics, run.plots / "training.png", title=f"{cfg.name} ({cfg.estimator}, {cfg.target.name})")
+    if costs:
+        plot_costs(costs, run.plots / "costs.png", title=f"{cfg.name} on {cfg.target.name}")
     log(f"test accuracy {100 * summary['test_accuracy']:.2f}% (best validation epoch {best['epoch']}), "
         f"trained in {elapsed:.1f} s; run directory {run.root}")
     return summary

@@ -22,6 +22,7 @@ from typing import Any, Mapping
 import torch
 
 from .config import TileConfig
+from .costs import Counts
 from .devices import PairArray, Scratch, WriteStats
 from .periphery import ArrayReads
 
@@ -56,7 +57,8 @@ class Algorithm:
         self.updates = 0
 
     def apply(self, writes: list[dict[str, torch.Tensor]], delta: Mapping[str, torch.Tensor], gen: torch.Generator,
-              now: float) -> WriteStats:
+              now: float, counts: Counts) -> WriteStats:
+        """Write one update; the algorithm's digital work goes into ``counts`` (its reads are counted there too)."""
         raise NotImplementedError
 
     def exposed(self, name: str, c_weight: torch.Tensor, now: float) -> torch.Tensor:
@@ -95,15 +97,20 @@ class MixedPrecision(Algorithm):
         for t in self.chi.values():
             t.zero_()
 
-    def apply(self, writes, delta, gen, now) -> WriteStats:
+    def apply(self, writes, delta, gen, now, counts) -> WriteStats:
+        """Digital work: one add per weight per update; per flush, per weight chi / step, the threshold test and
+        chi -= n step (two multiplies, two adds)."""
         for name, d in delta.items():
             self.chi[name].add_(d.to(self.chi[name]))
+            counts.adds += d.numel()
         self.updates += 1
         stats = WriteStats()
         if self.updates % self.alg.transfer_every:
             return stats
         for name, chi in self.chi.items():
             c = self.arrays[name]
+            counts.muls += 2 * chi.numel()
+            counts.adds += 2 * chi.numel()
             if c.cfg.device.dw_min == 0:
                 s = c.write(chi, gen, now)
                 chi.zero_()
@@ -176,20 +183,25 @@ class Transfer(Algorithm):
         for t in self.chop.values():
             t.fill_(1)
 
-    def apply(self, writes, delta, gen, now) -> WriteStats:
-        """A += c fast_lr w for each write w (the increment, or the two trains one after the other)."""
+    def apply(self, writes, delta, gen, now, counts) -> WriteStats:
+        """A += c fast_lr w for each write w (the increment, or the two trains one after the other).
+
+        Digital work: a multiply per weight and write (two when chopped); per transferred weight, Tiki-Taka one
+        multiply, the TTv2 family H's update, threshold test and decay (two multiplies, two adds), AGAD one add
+        more for its reference and one for its running sum."""
         stats = WriteStats()
         for write in writes:
             for name, d in write.items():
                 a = self.fast[name]
                 d = d.to(a.device, a.dtype) * self.alg.fast_lr
+                counts.muls += d.numel() * (2 if self.chopped else 1)
                 if self.chopped:
                     d = (_matrix(d) * self.chop[name]).view(a.shape)
                 _add(stats, a.write(d, gen, now))
         self.updates += 1
         if self.updates % self.alg.transfer_every == 0:
             for name in self.fast:
-                _add(stats, self._transfer(name, gen, now))
+                _add(stats, self._transfer(name, gen, now, counts))
         return stats
 
     def read_fast(self, name: str, now: float) -> torch.Tensor:
@@ -197,10 +209,16 @@ class Transfer(Algorithm):
         a = self.fast[name]
         return _matrix(a.weight(now) - self.offset[name])
 
-    def _transfer(self, name: str, gen: torch.Generator, now: float) -> WriteStats:
+    def _transfer(self, name: str, gen: torch.Generator, now: float, counts: Counts) -> WriteStats:
         c, alg = self.arrays[name], self.alg
         cols = self.chop[name].numel()
         k = min(alg.transfer_columns, cols)
+        moved = k * c.shape[0]  # weights transferred
+        if self.name == "tiki_taka":
+            counts.muls += moved
+        else:
+            counts.muls += 2 * moved
+            counts.adds += (4 if self.name == "agad" else 2) * moved
         js = [(self.pointer[name] + i) % cols for i in range(k)]
         self.pointer[name] = (self.pointer[name] + k) % cols
         idx = torch.tensor(js, device=c.device)
@@ -301,6 +319,7 @@ def _add(total: WriteStats, s: WriteStats) -> None:
     total.pulses += s.pulses
     total.saturated += s.saturated
     total.refreshed += s.refreshed
+    total.writes += s.writes
 
 
 def make(cfg: TileConfig, arrays: dict[str, PairArray], reads: ArrayReads) -> Algorithm | None:

@@ -226,8 +226,31 @@ class TrainingAlgorithm:
 
 
 @dataclass(frozen=True)
+class CostTable:
+    """Per-operation energy and latency that price the cost accounting (costs.py); docs/crossbar.md, "Cost
+    accounting", gives every value's source. Nothing here changes what the crossbar computes."""
+
+    cost_read_voltage: float = 0.2  # V across a cell during a read
+    cost_read_ns: float = 10.0  # integration time of one array read
+    cost_adc_fom_fj: float = 10.0  # Walden figure of merit (fJ per conversion step); a conversion: fom x 2^bits
+    cost_adc_bits: int = 8  # bits priced for an ideal ADC (adc_bits = 0)
+    cost_dac_pj: float = 0.1  # one input conversion (an assumption, see the docs)
+    cost_add_pj: float = 0.9  # float32 add, 45 nm (Horowitz, ISSCC 2014)
+    cost_mul_pj: float = 3.7  # float32 multiply, 45 nm (Horowitz, ISSCC 2014)
+    cost_activation_pj: float = 1.8  # a piecewise-linear activation: two comparisons
+    cost_mvm_ns: float = 80.0  # one input vector through an array, conversions included
+    cost_pulse_ns: float = 1.0  # one pulse slot of a write
+    cost_digital_op_ns: float = 0.01  # digital throughput: 100 operations per ns
+
+    def validate(self) -> None:
+        _nonnegative(self, *(f.name for f in dataclasses.fields(self) if f.name != "cost_adc_bits"))
+        check(1 <= self.cost_adc_bits <= 16, "cost_adc_bits", self.cost_adc_bits, "an integer in [1, 16]")
+
+
+@dataclass(frozen=True)
 class TileConfig:
-    """One crossbar tile: the device and its response model, variation, write and read settings, time effects."""
+    """One crossbar tile: the device and its response model, variation, write and read settings, time effects,
+    the training algorithm and the table that prices its operations."""
 
     preset: str = "ideal"
     device: Device = field(default_factory=Device)
@@ -237,6 +260,7 @@ class TileConfig:
     read: ReadSettings = field(default_factory=ReadSettings)
     time: TimeEffects = field(default_factory=TimeEffects)
     algorithm: TrainingAlgorithm = field(default_factory=TrainingAlgorithm)
+    costs: CostTable = field(default_factory=CostTable)
 
     @property
     def update(self) -> str:
@@ -244,7 +268,8 @@ class TileConfig:
         return self.write.update
 
     def validate(self) -> None:
-        for part in (self.device, self.response, self.variation, self.write, self.read, self.time, self.algorithm):
+        for part in (self.device, self.response, self.variation, self.write, self.read, self.time, self.algorithm,
+                     self.costs):
             part.validate()
         if self.algorithm.gamma:
             check(not self.read.ir_drop, "gamma", self.algorithm.gamma,
@@ -258,7 +283,7 @@ class TileConfig:
 
 
 GROUPS: dict[str, type] = {"device": Device, "variation": Variation, "write": WriteSettings, "read": ReadSettings,
-                           "time": TimeEffects, "algorithm": TrainingAlgorithm}
+                           "time": TimeEffects, "algorithm": TrainingAlgorithm, "costs": CostTable}
 """The ``TileConfig`` field of each group of flat keys (the response model's keys are routed by model)."""
 
 GROUP_OF: dict[str, str] = {f.name: group for group, cls in GROUPS.items() for f in dataclasses.fields(cls)

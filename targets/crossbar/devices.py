@@ -196,6 +196,7 @@ class WriteStats:
     pulses: float = 0.0
     saturated: int = 0  # devices that ended at a bound after being pulsed
     refreshed: int = 0  # one-sided pairs reprogrammed
+    writes: int = 0  # write operations on an array
 
 
 class PairArray:
@@ -330,7 +331,7 @@ class PairArray:
         s = self._buffer
         size = travel.numel()
         sign = torch.sign(d, out=s("sign", size))
-        stats = WriteStats(pulses=total)
+        stats = WriteStats(pulses=total, writes=1)
         directions = ((self.pos, sign), (self.neg, torch.neg(sign, out=s("down", size))))
         if self.differential:  # one count per pair: up on one device, down on the other
             pulsed = None if idx is not None else torch.sign(travel, out=s("pulsed"))

@@ -18,6 +18,7 @@ from hwtoolkit.network import layers as L
 from hwtoolkit.network.spec import LayerGeometry
 
 from .config import Periphery, ReadSettings
+from .costs import Counts
 
 
 def quantize(x: torch.Tensor, bits: int, bound: float | torch.Tensor, in_place: bool = False,
@@ -49,6 +50,7 @@ class ArrayReads:
         self.ir_weight = ir_weight
         self.gen = gen
         self.noisy = True
+        self.counts: Counts | None = None  # where every read is counted (costs.py), if anywhere
         self._inputs: dict[tuple, torch.Tensor] = {}  # DAC outputs, one buffer per shape, valid during one read
 
     def reads(self) -> L.Reads:
@@ -59,19 +61,21 @@ class ArrayReads:
         p = self.cfg.forward
         s_in = self._dac(p, s_prev)
         if geo.kind == "conv":
+            self._count_conv(geo, s_prev.shape[0], transposed=False)
             return self._average(p, name, lambda: L.forward(geo, self._noisy_kernel(w, name), s_in)[0],
                                  L.forward(geo, w, s_in)[1])
         exact = s_in.flatten(1) @ (self.ir_weight(name, False) if self.cfg.ir_drop else w.t())
-        return self._dense_reads(p, exact, s_in.flatten(1), name), None
+        return self._dense_reads(p, exact, s_in.flatten(1), name, transposed=False), None
 
     def transpose(self, geo: LayerGeometry, w: torch.Tensor, s: torch.Tensor, ctx: Any) -> torch.Tensor:
         name = f"w{geo.index}" if self.tied else f"fb{geo.index}"
         p = self.cfg.transposed
         s_in = self._dac(p, s)
         if geo.kind == "conv":
+            self._count_conv(geo, s.shape[0], transposed=True)
             return self._average(p, name, lambda: L.transpose(geo, self._noisy_kernel(w, name), s_in, ctx))
         exact = s_in.flatten(1) @ (self.ir_weight(name, True) if self.cfg.ir_drop else w)
-        return self._dense_reads(p, exact, s_in.flatten(1), name).view(s.shape[0], *geo.in_shape)
+        return self._dense_reads(p, exact, s_in.flatten(1), name, transposed=True).view(s.shape[0], *geo.in_shape)
 
     def drive(self, geo: LayerGeometry, w: torch.Tensor, bias: torch.Tensor, x: torch.Tensor,
               memo: dict) -> Callable[[], torch.Tensor]:
@@ -82,16 +86,24 @@ class ArrayReads:
         """
         if geo.kind == "conv":
             fixed = L.add_bias(geo, self.forward(geo, w, x)[0], bias)
+            self._count_adds(fixed.numel())
             return lambda: fixed
         p = self.cfg.forward
         if "product" not in memo:
             x_in = quantize(x.flatten(1), p.dac_bits, p.in_bound)
             memo["product"] = x_in, x_in @ (self.ir_weight("w1", False) if self.cfg.ir_drop else w.t())
         x_in, exact = memo["product"]
-        if not (self.noisy and self.cfg.has_noise):
+        if not (self.noisy and self.cfg.has_noise):  # read once, kept for every step of the phase
             fixed = L.add_bias(geo, quantize(exact, p.adc_bits, p.out_bound * self.unit(p, "w1")), bias)
+            if self.counts is not None:
+                self.counts.read(False, exact.shape[0], x_in.shape[1], exact.shape[1], adds=exact.numel())
             return lambda: fixed
-        return lambda: L.add_bias(geo, self._dense_reads(p, exact, x_in, "w1", exact_is_fresh=False), bias)
+
+        def read() -> torch.Tensor:
+            self._count_adds(exact.numel())
+            return L.add_bias(geo, self._dense_reads(p, exact, x_in, "w1", transposed=False, exact_is_fresh=False),
+                              bias)
+        return read
 
     def columns(self, name: str, exact: torch.Tensor) -> torch.Tensor:
         """Read columns of an array with one-hot inputs, through the forward converters and with read noise.
@@ -104,7 +116,7 @@ class ArrayReads:
         drive = quantize(exact.new_full((exact.shape[0], 1), min(1.0, p.in_bound)), p.dac_bits, p.in_bound)
         noisy, self.noisy = self.noisy, True
         try:
-            out = self._dense_reads(p, exact * drive, drive, name)
+            out = self._dense_reads(p, exact * drive, drive, name, transposed=False)
         finally:
             self.noisy = noisy
         return out / drive
@@ -113,13 +125,16 @@ class ArrayReads:
         """One output unit of array ``name``: a full-range weight times a full-range input."""
         return self.scale_of(name) * p.in_bound
 
-    def _dense_reads(self, p: Periphery, exact: torch.Tensor, s_in: torch.Tensor, name: str,
+    def _dense_reads(self, p: Periphery, exact: torch.Tensor, s_in: torch.Tensor, name: str, transposed: bool,
                      exact_is_fresh: bool = True) -> torch.Tensor:
+        """Read ``exact = s_in @ W`` as the converters and the noise give it (``read_averages`` noisy reads)."""
         std = self._noise_std(p, s_in, name)
         bound = p.out_bound * self.unit(p, name)
+        k = 1 if std is None else self.cfg.read_averages
+        if self.counts is not None:
+            self.counts.read(transposed, k * exact.shape[0], s_in.shape[1], exact.shape[1])
         if std is None:
             return quantize(exact, p.adc_bits, bound, in_place=exact_is_fresh)
-        k = self.cfg.read_averages
         if p.adc_bits == 0:  # averaging k Gaussian reads is one read with std / sqrt(k)
             return self._randn(exact).mul_(std).div_(math.sqrt(k)).add_(exact)
         return sum(quantize(self._randn(exact).mul_(std).add_(exact), p.adc_bits, bound, in_place=True)
@@ -136,8 +151,22 @@ class ArrayReads:
             return out
         return (device ** 2 * s_in.square().sum(1, keepdim=True) + out ** 2).sqrt()
 
+    def _reads_per_read(self) -> int:
+        return self.cfg.read_averages if self.noisy and self.cfg.has_noise else 1
+
+    def _count_conv(self, geo: LayerGeometry, batch: int, transposed: bool) -> None:
+        """A convolution's read: one input vector per output position (its patch, or its channels transposed)."""
+        if self.counts is not None:
+            vectors = self._reads_per_read() * batch * math.prod(geo.conv_shape[1:])
+            outputs, inputs = geo.weight_shape[0], geo.fan_in
+            self.counts.read(transposed, vectors, outputs if transposed else inputs, inputs if transposed else outputs)
+
+    def _count_adds(self, n: int) -> None:
+        if self.counts is not None:
+            self.counts.adds += n
+
     def _average(self, p: Periphery, name: str, read: Callable[[], torch.Tensor], ctx: Any = None):
-        k = self.cfg.read_averages if self.noisy and self.cfg.has_noise else 1
+        k = self._reads_per_read()
         unit = self.unit(p, name)
         y = sum(self._out(p, read(), unit) for _ in range(k)) / k
         return y if ctx is None else (y, ctx)

@@ -19,7 +19,7 @@ from hwtoolkit.network.spec import NetworkSpec
 
 from ..base import Capabilities, InputMemo, RunContext, Start, Target, TargetError, Update, UpdateReport, start_states
 from ..options import TorchOptions
-from . import algorithms
+from . import algorithms, costs
 from .config import TileConfig, device_config
 from .devices import PairArray, Scratch
 from .errors import CrossbarConfigError
@@ -81,6 +81,7 @@ class CrossbarTarget(Target):
                                  lambda: self._gen)
         self.totals = {"saturated": 0, "refreshed": 0, "clipped_on_program": 0, "writes": 0}
         self.algorithm: algorithms.Algorithm | None = None  # None: in_situ, the update written straight to C
+        self.ledger = costs.Ledger()  # what every phase and update did, for cost_report()
 
     @property
     def capabilities(self) -> Capabilities:
@@ -160,6 +161,15 @@ class CrossbarTarget(Target):
         y = None if y is None else y.to(self.device)
         states = start_states(start, self.device, self.dtype)
         params = self.weights
+        counts = self._reads.counts = self.ledger.begin_phase(beta, x.shape[0])
+        result = self._run_phase(x, steps, beta, y, states, params, stop_tolerance)
+        self._count_phase(counts, beta != 0, result.steps, x.shape[0])
+        return result
+
+    def _run_phase(self, x: torch.Tensor, steps: int, beta: float, y: torch.Tensor | None,
+                       states: list[torch.Tensor] | None, params: dict[str, torch.Tensor],
+                       stop_tolerance: float) -> Relaxation:
+        """One phase through the read periphery (whose reads count into ``self._reads.counts``)."""
         if self._drive_memo.changed(x, self._version):
             self._drives = {}  # drives of another input or other weights
         per_step = self.config.read.read_noise == "step"
@@ -175,6 +185,16 @@ class CrossbarTarget(Target):
                                     self._reads.reads())
                 return Relaxation(tuple(end), dynamics.logits(self.spec, params, end[-1]), quiet.steps + 1,
                                   quiet.residual)
+
+    def _count_phase(self, counts: costs.Counts, nudged: bool, steps: int, examples: int) -> None:
+        """The digital work of a phase's steps, and the CE readout's reads (read exactly by the simulation: the
+        scores at the end, and with the nudge the scores and ``g W_out`` at every step)."""
+        counts.add(costs.step_ops(self.spec, nudged), steps * examples)
+        if self.spec.output == "ce":
+            for _ in range(1 + (steps if nudged else 0)):
+                costs.readout_read(counts, self.spec, examples, transposed=False)
+            for _ in range(steps if nudged else 0):
+                costs.readout_read(counts, self.spec, examples, transposed=True)
 
     def _phase_drive(self, x: torch.Tensor, noisy: bool):
         """The input drive, and read noise on or off for the phase's other reads too.
@@ -201,8 +221,11 @@ class CrossbarTarget(Target):
             writes = [dict(update.trains[0]), {n: -t for n, t in update.trains[1].items()}]
         else:
             writes = [dict(update.delta)]
+        if self.ledger.nudged:  # formed from the batch's phases
+            self.ledger.begin("estimate").add(costs.ep_update_ops(self.spec, self.ledger.pending_examples))
+        counts = self._reads.counts = self.ledger.begin("write")
         if self.algorithm is not None:  # the algorithm decides what reaches the devices
-            done = [self.algorithm.apply(writes, update.delta, self._gen, self.now)]
+            done = [self.algorithm.apply(writes, update.delta, self._gen, self.now, counts)]
         else:
             done = [self.arrays[name].write(d, self._gen, self.now) for write in writes for name, d in write.items()]
         report = UpdateReport(saturated=sum(s.saturated for s in done))
@@ -211,6 +234,9 @@ class CrossbarTarget(Target):
         self.totals["saturated"] += report.saturated
         self.totals["writes"] += 1
         report.details = {"pulses": pulses}
+        counts.pulses += pulses
+        counts.array_writes += sum(s.writes for s in done)
+        self.ledger.close_update()
         self._wait(self.config.time.time_per_update)
         self._changed()
         return report
@@ -236,7 +262,7 @@ class CrossbarTarget(Target):
         """
         arrays = {name: a.state() for name, a in self.arrays.items()}
         out = {"seed": self.seed, "now": self.now, "totals": dict(self.totals), "arrays": arrays,
-               "gen": self._gen.get_state(), "cpu_gen": self._cpu_gen.get_state()}
+               "gen": self._gen.get_state(), "cpu_gen": self._cpu_gen.get_state(), "costs": self.ledger.state()}
         if self.algorithm is not None:
             out["algorithm"] = {"name": self.algorithm.name, **self.algorithm.state()}
         return out
@@ -262,6 +288,8 @@ class CrossbarTarget(Target):
                 self.algorithm.load_state(saved_alg)
             self.now = float(state["now"])
             self.totals = {k: int(v) for k, v in state["totals"].items()}
+            # a state saved before the cost accounting existed starts counting afresh
+            self.ledger = costs.Ledger.from_state(state["costs"]) if "costs" in state else costs.Ledger()
             self._gen.set_state(state["gen"])
             self._cpu_gen.set_state(state["cpu_gen"])
         except (KeyError, TypeError, RuntimeError, ValueError) as e:
@@ -292,6 +320,17 @@ class CrossbarTarget(Target):
             "simulated_seconds": self.now,
             **(self.algorithm.report() if self.algorithm is not None else {"digital_words": 0.0}),
         }
+
+    def cost_report(self) -> dict[str, Any]:
+        """What the training batches so far cost, and what backprop would cost, per batch and per example
+        (costs.py; docs/crossbar.md, "Cost accounting"). Empty before the first training batch."""
+        cfg = self.config
+        write = cfg.write
+        pricing = costs.Pricing(cfg.costs, (cfg.device.g_min + cfg.device.g_max) / 2, cfg.device.pulse_energy_pj,
+                                cfg.read.forward.adc_bits, cfg.read.transposed.adc_bits,
+                                write.max_pulses or costs.UNCAPPED_SLOTS)
+        words = self.algorithm.digital_words() if self.algorithm is not None else 0
+        return costs.report(self.ledger, self.spec, pricing, words)
 
     def symmetry_points(self) -> dict[str, tuple[torch.Tensor | None, torch.Tensor | None]]:
         """Per parameter, the (pos, neg) devices' symmetry points (normalized conductance), or None."""

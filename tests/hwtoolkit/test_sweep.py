@@ -15,7 +15,7 @@ from hwtoolkit.plots import plot_sweep
 from hwtoolkit.diagnostics.fidelity import cosine, measure_fidelity
 from hwtoolkit.runs import load_splits
 from hwtoolkit.sweep import SweepError, run_sweep
-from hwtoolkit.sweep.report import COLUMNS, aggregate
+from hwtoolkit.sweep.report import COLUMNS, COST_FIGURES, aggregate, cost_figures, format_table
 from hwtoolkit.sweep.values import SweepValue, parse_values, point_dirname, split_values
 from targets import Update
 from targets.reference import ReferenceTarget
@@ -88,6 +88,28 @@ def test_aggregate_gives_mean_sample_std_min_max_per_value_in_order():
     assert acc["mean"] == pytest.approx(0.6) and acc["std"] == pytest.approx(0.02 ** 0.5)  # sample std, n - 1
     assert (acc["min"], acc["max"], agg[1]["seeds"]) == (0.5, 0.7, 2)
     assert agg[1]["applied_vs_ideal"]["mean"] == pytest.approx(0.5) and agg[1]["ideal_vs_bptt"] is None
+
+
+def test_cost_columns_come_from_the_summary_and_aggregate_and_print():
+    """A run with costs gives pulses, EP and backprop energy per example (uJ); one without gives empty cells, and
+    the printed table shows the cost columns only where some value has them."""
+    summary = {"costs": {"per_example": {"ep": {"pulses": 12.0, "energy_pj": {"total": 3e6}},
+                                         "backprop": {"energy_pj": {"total": 1e6}}}}}
+    assert cost_figures(summary) == {"pulses_per_example": 12.0, "energy_uj_per_example": pytest.approx(3.0),
+                                     "backprop_energy_uj_per_example": pytest.approx(1.0)}
+    assert cost_figures({}) == dict.fromkeys(COST_FIGURES)
+    values = [SweepValue("a", "a", "a")]
+    rows = [{"label": "a", "test_accuracy": 0.5, **cost_figures(summary)},
+            {"label": "a", "test_accuracy": 0.7, **cost_figures({**summary, "costs": {"per_example": {
+                "ep": {"pulses": 14.0, "energy_pj": {"total": 5e6}}, "backprop": {"energy_pj": {"total": 1e6}}}}})}]
+    agg = aggregate(rows, values)
+    assert agg[0]["energy_uj_per_example"]["mean"] == pytest.approx(4.0)
+    assert agg[0]["pulses_per_example"]["min"] == 12.0
+    text = format_table({"key": "crossbar.preset", "aggregate": agg, "rows": rows})
+    assert "EP uJ/ex" in text.splitlines()[0] and " 4 " in text.splitlines()[1] + " "
+    plain = format_table({"key": "k", "aggregate": aggregate([{"label": "a", "test_accuracy": 0.5}], values),
+                          "rows": []})
+    assert "uJ" not in plain
 
 
 # ------------------------------------------------------------------------------------ validation first

@@ -1,6 +1,7 @@
 """The learning loop end to end on a small IDX data set: learning, run directory, determinism, resume."""
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -131,7 +132,10 @@ def test_killed_run_resumes_to_the_same_weights(idx_dataset, tmp_path, extra):
     assert records(killed) == records(full)
     assert json.loads((killed / "summary.json").read_text())["test_accuracy"] == \
         json.loads((full / "summary.json").read_text())["test_accuracy"]
-    if extra:
+    if extra:  # the cost accounting counts every training batch once, resumed or not
+        costs = [json.loads((run / "summary.json").read_text())["costs"] for run in (full, killed)]
+        assert costs[0] == costs[1] and costs[0]["batches"] == 6 * math.ceil(costs[0]["examples"] / 6 / 25)
+        assert (full / "plots" / "costs.png").stat().st_size > 0
         a, b = (checkpoint.load(run / "checkpoints" / "device.pt")["device"] for run in (full, killed))
         assert a["now"] == b["now"] and a["totals"] == b["totals"] and torch.equal(a["gen"], b["gen"])
         for name, array in a["arrays"].items():
