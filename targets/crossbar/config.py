@@ -23,6 +23,7 @@ PULSE_MODES = ("exact", "count", "stochastic")
 PAIRS = ("differential", "one_sided")
 UPDATES = ("combined", "two_trains")
 READ_NOISE_MODES = ("step", "equilibrium")
+OUTER_PRODUCTS = ("pulsed", "digital")  # how the cost accounting forms an update's outer products (costs.py)
 
 
 def _nonnegative(obj: object, *keys: str) -> None:
@@ -241,10 +242,14 @@ class CostTable:
     cost_mvm_ns: float = 80.0  # one input vector through an array, conversions included
     cost_pulse_ns: float = 1.0  # one pulse slot of a write
     cost_digital_op_ns: float = 0.01  # digital throughput: 100 operations per ns
+    cost_outer_product: str = "pulsed"  # how an update's outer products are formed: "pulsed" or "digital"
 
     def validate(self) -> None:
-        _nonnegative(self, *(f.name for f in dataclasses.fields(self) if f.name != "cost_adc_bits"))
+        _nonnegative(self, *(f.name for f in dataclasses.fields(self)
+                             if f.name not in ("cost_adc_bits", "cost_outer_product")))
         check(1 <= self.cost_adc_bits <= 16, "cost_adc_bits", self.cost_adc_bits, "an integer in [1, 16]")
+        check(self.cost_outer_product in OUTER_PRODUCTS, "cost_outer_product", self.cost_outer_product,
+              f"one of {OUTER_PRODUCTS}")
 
 
 @dataclass(frozen=True)

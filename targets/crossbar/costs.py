@@ -20,8 +20,9 @@ from hwtoolkit.network.spec import LayerGeometry, NetworkSpec
 
 from .config import CostTable
 
-TRAIN_PHASES = ("free", "nudged+", "nudged-", "estimate", "write")
-"""A training batch: its phases, the update formed from their states (``estimate``), and writing it (``write``:
+RELAXED = ("free", "nudged+", "nudged-")
+TRAIN_PHASES = (*RELAXED, "estimate", "write")
+"""A training batch: its phases, forming the update from their states (``estimate``), and writing it (``write``:
 the training algorithm's reads, digital work and pulses)."""
 BACKPROP_PHASES = ("forward", "backward", "estimate", "write")
 UNCAPPED_SLOTS = 31  # pulse slots priced for a write without a cap (max_pulses = 0): the default cap
@@ -152,27 +153,35 @@ def step_ops(spec: NetworkSpec, nudged: bool) -> Counts:
     return c
 
 
-def _outer_products(spec: NetworkSpec, examples: float, terms: int) -> Counts:
-    """``terms`` batch-summed outer products per parameter (bias gradients: sums), then one combination and one
-    learning-rate multiply per parameter element."""
-    c = Counts()
+def _arrays(spec: NetworkSpec) -> list[tuple[int, int, int]]:
+    """(output lines, input lines, vectors per example) of every array an update writes: weights, biases (one
+    input line, the constant 1) and the CE readout."""
+    out = []
     for geo in spec.layers:
-        n = math.prod(geo.weight_shape) * _positions(geo)
-        c.muls += terms * examples * n
-        c.adds += terms * examples * (n + _units(geo))
+        out += [(geo.weight_shape[0], geo.fan_in, _positions(geo)), (geo.weight_shape[0], 1, _positions(geo))]
     if spec.output == "ce":
-        n = spec.classes * _units(spec.layers[-1])
-        c.muls += terms * examples * n
-        c.adds += terms * examples * (n + spec.classes)
-    elements = sum(math.prod(s) for s in spec.parameter_shapes().values())
-    c.muls += elements
-    c.adds += elements * (terms - 1)
+        out += [(spec.classes, _units(spec.layers[-1]), 1), (spec.classes, 1, 1)]
+    return out
+
+
+def outer_product_counts(spec: NetworkSpec, terms: int, examples: float, batches: float, scheme: str,
+                         slots: int) -> Counts:
+    """Digital work of forming ``terms`` rank-one terms per example into every array's update.
+
+    ``pulsed`` (aihwkit, NeuroSim): the array forms the outer product from coincident pulse trains; per example,
+    term and vector, each row and column value is scaled (a multiply) and turned into a train of ``slots``
+    stochastic pulses (a comparison each). ``digital``: the outer products are summed over the batch in digital
+    multiply-adds, the terms combined and multiplied by the learning rate once per element and batch.
+    """
+    c = Counts()
+    for rows, cols, vectors in _arrays(spec):
+        if scheme == "pulsed":
+            c.muls += terms * examples * vectors * (rows + cols)
+            c.adds += terms * examples * vectors * (rows + cols) * slots
+        else:
+            c.muls += terms * examples * vectors * rows * cols + batches * rows * cols
+            c.adds += terms * examples * vectors * rows * cols + batches * (terms - 1) * rows * cols
     return c
-
-
-def ep_update_ops(spec: NetworkSpec, examples: float) -> Counts:
-    """The EP update from two phases' states: two outer-product terms, their difference, the learning rate."""
-    return _outer_products(spec, examples, 2)
 
 
 def readout_read(c: Counts, spec: NetworkSpec, examples: int, transposed: bool) -> None:
@@ -187,9 +196,9 @@ def backprop_counts(spec: NetworkSpec, examples: float) -> dict[str, Counts]:
 
     Forward: every array read once per example, biases added, activations. Backward: the loss gradient, a
     transposed read of every array but the first (the input needs no gradient) and of the readout, one
-    activation-derivative multiply per unit. Estimate: one outer-product term per parameter and a learning-rate
-    multiply per element. Pooling is not counted; the writes are the EP run's (the same algorithm writes the same
-    update).
+    activation-derivative multiply per unit. The estimate (one outer-product term per example) is priced with the
+    scheme of the table (``outer_product_counts``); pooling is not counted; the writes are the EP run's (the same
+    algorithm writes the same update).
     """
     fwd, bwd = Counts(), Counts()
     geos = spec.layers
@@ -210,7 +219,7 @@ def backprop_counts(spec: NetworkSpec, examples: float) -> dict[str, Counts]:
         bwd.muls += examples * k
     else:
         bwd.adds += examples * k
-    return {"forward": fwd, "backward": bwd, "estimate": _outer_products(spec, examples, 1)}
+    return {"forward": fwd, "backward": bwd}
 
 
 def state_words(spec: NetworkSpec) -> int:
@@ -227,10 +236,11 @@ class Ledger:
     closed by the next free phase without an update (an evaluation) counts as inference.
     """
 
-    train: dict[str, Counts] = field(default_factory=lambda: {p: Counts() for p in TRAIN_PHASES})
+    train: dict[str, Counts] = field(default_factory=lambda: {p: Counts() for p in (*RELAXED, "write")})
     inference: Counts = field(default_factory=Counts)
     batches: int = 0
     examples: int = 0
+    estimated_examples: int = 0  # examples of the batches whose update came from nudged phases (EP's estimate)
     inference_examples: int = 0
     phases_kept: int = 0  # most phases one training batch relaxed (their states are kept for the update)
     pending: dict[str, Counts] = field(default_factory=dict)
@@ -255,9 +265,9 @@ class Ledger:
     def nudged(self) -> bool:
         return any(p.startswith("nudged") for p in self.pending)
 
-    def begin(self, phase: str) -> Counts:
-        """The counts of the batch's ``estimate`` or ``write``."""
-        self.phase = phase
+    def begin_write(self) -> Counts:
+        """The counts of writing the batch's update."""
+        self.phase = "write"
         return self.current
 
     def close_update(self) -> None:
@@ -267,7 +277,8 @@ class Ledger:
         if self.pending_examples:
             self.batches += 1
             self.examples += self.pending_examples
-            self.phases_kept = max(self.phases_kept, sum(p in ("free", "nudged+", "nudged-") for p in self.pending))
+            self.estimated_examples += self.pending_examples if self.nudged else 0
+            self.phases_kept = max(self.phases_kept, sum(p in RELAXED for p in self.pending))
         self.pending, self.pending_examples = {}, 0
 
     def _close_without_update(self) -> None:
@@ -281,15 +292,16 @@ class Ledger:
         inference = total({"done": self.inference, **self.pending})
         return {"train": {p: dataclasses.asdict(c) for p, c in self.train.items()},
                 "inference": dataclasses.asdict(inference), "batches": self.batches, "examples": self.examples,
+                "estimated_examples": self.estimated_examples,
                 "inference_examples": self.inference_examples + self.pending_examples,
                 "phases_kept": self.phases_kept}
 
     @classmethod
     def from_state(cls, state: Mapping[str, Any]) -> "Ledger":
-        return cls(train={p: Counts(**state["train"][p]) for p in TRAIN_PHASES},
+        return cls(train={p: Counts(**state["train"][p]) for p in (*RELAXED, "write")},
                    inference=Counts(**state["inference"]), batches=int(state["batches"]),
-                   examples=int(state["examples"]), inference_examples=int(state["inference_examples"]),
-                   phases_kept=int(state["phases_kept"]))
+                   examples=int(state["examples"]), estimated_examples=int(state["estimated_examples"]),
+                   inference_examples=int(state["inference_examples"]), phases_kept=int(state["phases_kept"]))
 
 
 def report(ledger: Ledger, spec: NetworkSpec, pricing: Pricing, algorithm_words: int) -> dict[str, Any]:
@@ -298,8 +310,16 @@ def report(ledger: Ledger, spec: NetworkSpec, pricing: Pricing, algorithm_words:
         return {}
     b, n = ledger.batches, ledger.examples
     batch = n / b
-    ep = total(ledger.train)
-    bp = {**backprop_counts(spec, batch), "write": Counts().add(ledger.train["write"], 1 / b)}  # same writes
+    t = pricing.table
+    estimated_batches = ledger.estimated_examples / batch
+    train = {**{p: ledger.train[p] for p in RELAXED},
+             "estimate": outer_product_counts(spec, 2, ledger.estimated_examples, estimated_batches,
+                                              t.cost_outer_product, pricing.write_slots),
+             "write": ledger.train["write"]}
+    ep = total(train)
+    bp = {**backprop_counts(spec, batch),
+          "estimate": outer_product_counts(spec, 1, batch, 1, t.cost_outer_product, pricing.write_slots),
+          "write": Counts().add(ledger.train["write"], 1 / b)}  # the same algorithm writes the same update
     bp_total = total(bp)
     per_example = {
         "ep": {"energy_pj": energy_pj(ep.scaled(1 / n), pricing), "latency_ns": latency_ns(ep.scaled(1 / n), pricing),
@@ -315,7 +335,7 @@ def report(ledger: Ledger, spec: NetworkSpec, pricing: Pricing, algorithm_words:
     input_words = math.prod(spec.input_shape)
     return {
         "batches": b, "examples": n,
-        "per_batch": {"ep": {**{p: c.scaled(1 / b) for p, c in ledger.train.items()}, "total": ep.scaled(1 / b)},
+        "per_batch": {"ep": {**{p: c.scaled(1 / b) for p, c in train.items()}, "total": ep.scaled(1 / b)},
                       "backprop": {**{p: c.scaled(1) for p, c in bp.items()}, "total": bp_total.scaled(1)}},
         "per_example": per_example,
         "ep_over_backprop_energy": per_example["ep"]["energy_pj"]["total"]

@@ -221,9 +221,7 @@ class CrossbarTarget(Target):
             writes = [dict(update.trains[0]), {n: -t for n, t in update.trains[1].items()}]
         else:
             writes = [dict(update.delta)]
-        if self.ledger.nudged:  # formed from the batch's phases
-            self.ledger.begin("estimate").add(costs.ep_update_ops(self.spec, self.ledger.pending_examples))
-        counts = self._reads.counts = self.ledger.begin("write")
+        counts = self._reads.counts = self.ledger.begin_write()
         if self.algorithm is not None:  # the algorithm decides what reaches the devices
             done = [self.algorithm.apply(writes, update.delta, self._gen, self.now, counts)]
         else:

@@ -59,9 +59,9 @@ def test_ep_counts_of_a_tiny_network_equal_the_hand_count():
     (1 add x 3 units), layer 2 forward and bias (1 add x 2 units): 5 adds, 5 activations; plus the drive's bias,
     3 adds per example once: free adds 5*3*5 + 15 = 90, activations 75. A nudged phase: 10 forward, 10
     transposed, cells 120; the MSE nudge adds 2 adds and 1 multiply per output unit and step: adds (5 + 4)*2*5 =
-    90, muls 2*2*5 = 20, activations 50. Estimate: two outer-product terms over 5 examples, 12 + 6 weights
-    (muls 180, adds 180 + 2*5*(3 + 2) = 230), then per element (23) one difference and one learning-rate
-    multiply: adds 253, muls 203. Write: one write per parameter array (4).
+    90, muls 2*2*5 = 20, activations 50. Estimate, pulsed (the default): two rank-one terms per example into the
+    arrays w1 (3 x 4), b1 (3 x 1), w2 (2 x 3), b2 (2 x 1), whose rows and columns add up to 19 values, each scaled
+    (muls 2*5*19 = 190) and turned into 31 pulse slots (adds 190*31 = 5890). Write: one write per array (4).
     """
     t = _target()
     _train_batch(t, *_batch())
@@ -72,26 +72,39 @@ def test_ep_counts_of_a_tiny_network_equal_the_hand_count():
     nudged = {"mvm_forward": 10, "mvm_transposed": 10, "cells": 120, "dac_forward": 30, "adc_forward": 20,
               "dac_transposed": 20, "adc_transposed": 30, "adds": 90, "muls": 20, "activations": 50}
     assert _counts(per_batch["nudged+"]) == nudged and _counts(per_batch["nudged-"]) == nudged
-    assert _counts(per_batch["estimate"]) == {"adds": 253, "muls": 203}
+    assert _counts(per_batch["estimate"]) == {"adds": 5890, "muls": 190}
     assert _counts(per_batch["write"]) == {"array_writes": 4}
-    assert per_batch["total"]["cells"] == 480 and per_batch["total"]["adds"] == 90 * 3 + 253
+    assert per_batch["total"]["cells"] == 480 and per_batch["total"]["adds"] == 90 * 3 + 5890
+
+
+def test_digital_outer_products_are_multiply_adds_per_element_and_example():
+    """Digital: 2 terms x 5 examples x 23 elements (weights and biases) multiply-adds, then per element one
+    difference and one learning-rate multiply: adds 230 + 23, muls 230 + 23. Backprop: one term, no difference:
+    adds 115, muls 115 + 23."""
+    t = _target(cost_outer_product="digital")
+    _train_batch(t, *_batch())
+    per_batch = t.cost_report()["per_batch"]
+    assert _counts(per_batch["ep"]["estimate"]) == {"adds": 253, "muls": 253}
+    assert _counts(per_batch["backprop"]["estimate"]) == {"adds": 115, "muls": 138}
+    with pytest.raises(TargetError, match="cost_outer_product"):
+        _target(cost_outer_product="analog")
 
 
 def test_backprop_counts_of_the_tiny_network_equal_the_hand_count():
     """Backprop on the same arrays, batch of 5. Forward: W1 (5 vectors, cells 60, DAC 20, ADC 15) and W2 (5, cells
     30, DAC 15, ADC 10); 5 units' biases and activations per example: 25 adds, 25 activations. Backward: the MSE
     loss gradient (2 adds per example: 10), W2 transposed (5 vectors, cells 30, DAC 10, ADC 15), one derivative
-    multiply per unit (25). Estimate: one term (muls 90, adds 90 + 25) and one learning-rate multiply per
-    element (23): adds 115, muls 113."""
+    multiply per unit (25). Estimate, pulsed: one term, 5 x 19 values scaled (muls 95) into 31 slots (adds
+    2945)."""
     bp = costs.backprop_counts(TINY, BATCH)
     assert _counts(vars(bp["forward"])) == {"mvm_forward": 10, "cells": 90, "dac_forward": 35, "adc_forward": 25,
                                             "adds": 25, "activations": 25}
     assert _counts(vars(bp["backward"])) == {"mvm_transposed": 5, "cells": 30, "dac_transposed": 10,
                                              "adc_transposed": 15, "adds": 10, "muls": 25}
-    assert _counts(vars(bp["estimate"])) == {"adds": 115, "muls": 113}
     t = _target()
     _train_batch(t, *_batch())
     report = t.cost_report()
+    assert _counts(report["per_batch"]["backprop"]["estimate"]) == {"adds": 2945, "muls": 95}
     assert report["per_batch"]["backprop"]["write"] == report["per_batch"]["ep"]["write"]  # the same writes
     assert report["memory_words"] == {"ep": 5 * (3 * 5 + 3), "backprop": 5 * (4 + 5)}
 
