@@ -23,7 +23,7 @@ from preset_table import value_of  # noqa: E402
 from report import write_report  # noqa: E402
 
 FIDELITY = ("applied_vs_ideal", "applied_vs_ideal_windowed", "device_vs_ideal")
-PARTS = ("array", "dac", "adc", "pulses", "digital")
+PARTS = ("array", "dac", "adc", "pulses", "pulse_trains", "digital")
 
 
 def groups(paths: list[Path]) -> dict[tuple[str, str], list[tuple[dict, dict]]]:

@@ -241,6 +241,7 @@ class CostTable:
     cost_activation_pj: float = 1.8  # a piecewise-linear activation: two comparisons
     cost_mvm_ns: float = 80.0  # one input vector through an array, conversions included
     cost_pulse_ns: float = 1.0  # one pulse slot of a write
+    cost_pulse_slot_pj: float = 0.05  # one stochastic pulse slot of a line: an 8-bit comparison and random bits
     cost_digital_op_ns: float = 0.01  # digital throughput: 100 operations per ns
     cost_outer_product: str = "pulsed"  # how an update's outer products are formed: "pulsed" or "digital"
 

@@ -41,6 +41,8 @@ class Counts:
     adc_transposed: int = 0
     array_writes: int = 0  # write operations, one per array written
     pulses: float = 0.0  # device pulses (both devices of a differential pair count)
+    pulse_slots: int = 0  # stochastic pulse slots generated for a line of a rank-one update (pulsed estimate)
+    update_cycles: int = 0  # rank-one update cycles of an array, each as long as a write (pulsed estimate)
     adds: int = 0  # digital additions, subtractions and comparisons
     muls: int = 0  # digital multiplications (and divisions)
     activations: int = 0  # activation functions (and exponentials) evaluated
@@ -96,6 +98,7 @@ def energy_pj(c: Counts | Mapping[str, float], p: Pricing) -> dict[str, float]:
            "dac": (c["dac_forward"] + c["dac_transposed"]) * t.cost_dac_pj,
            "adc": c["adc_forward"] * adc(p.adc_bits_forward) + c["adc_transposed"] * adc(p.adc_bits_transposed),
            "pulses": c["pulses"] * p.pulse_energy_pj,
+           "pulse_trains": c["pulse_slots"] * t.cost_pulse_slot_pj,
            "digital": c["adds"] * t.cost_add_pj + c["muls"] * t.cost_mul_pj + c["activations"] * t.cost_activation_pj}
     out["total"] = sum(out.values())
     return out
@@ -106,7 +109,7 @@ def latency_ns(c: Counts | Mapping[str, float], p: Pricing) -> dict[str, float]:
     c = c if isinstance(c, Mapping) else dataclasses.asdict(c)
     t = p.table
     out = {"reads": (c["mvm_forward"] + c["mvm_transposed"]) * t.cost_mvm_ns,
-           "writes": c["array_writes"] * p.write_slots * t.cost_pulse_ns,
+           "writes": (c["array_writes"] + c["update_cycles"]) * p.write_slots * t.cost_pulse_ns,
            "digital": (c["adds"] + c["muls"] + c["activations"]) * t.cost_digital_op_ns}
     out["total"] = sum(out.values())
     return out
@@ -168,16 +171,17 @@ def outer_product_counts(spec: NetworkSpec, terms: int, examples: float, batches
                          slots: int) -> Counts:
     """Digital work of forming ``terms`` rank-one terms per example into every array's update.
 
-    ``pulsed`` (aihwkit, NeuroSim): the array forms the outer product from coincident pulse trains; per example,
-    term and vector, each row and column value is scaled (a multiply) and turned into a train of ``slots``
-    stochastic pulses (a comparison each). ``digital``: the outer products are summed over the batch in digital
+    ``pulsed`` (aihwkit, NeuroSim): the array forms the outer product from coincident pulse trains, one update
+    cycle per example, term and vector; each row and column value is scaled (a multiply) and turned into a train
+    of ``slots`` stochastic pulse slots. ``digital``: the outer products are summed over the batch in digital
     multiply-adds, the terms combined and multiplied by the learning rate once per element and batch.
     """
     c = Counts()
     for rows, cols, vectors in _arrays(spec):
         if scheme == "pulsed":
             c.muls += terms * examples * vectors * (rows + cols)
-            c.adds += terms * examples * vectors * (rows + cols) * slots
+            c.pulse_slots += terms * examples * vectors * (rows + cols) * slots
+            c.update_cycles += terms * examples * vectors
         else:
             c.muls += terms * examples * vectors * rows * cols + batches * rows * cols
             c.adds += terms * examples * vectors * rows * cols + batches * (terms - 1) * rows * cols

@@ -61,7 +61,8 @@ def test_ep_counts_of_a_tiny_network_equal_the_hand_count():
     transposed, cells 120; the MSE nudge adds 2 adds and 1 multiply per output unit and step: adds (5 + 4)*2*5 =
     90, muls 2*2*5 = 20, activations 50. Estimate, pulsed (the default): two rank-one terms per example into the
     arrays w1 (3 x 4), b1 (3 x 1), w2 (2 x 3), b2 (2 x 1), whose rows and columns add up to 19 values, each scaled
-    (muls 2*5*19 = 190) and turned into 31 pulse slots (adds 190*31 = 5890). Write: one write per array (4).
+    (muls 2*5*19 = 190) and turned into 31 pulse slots (190*31 = 5890), in 2*5*4 = 40 update cycles. Write: one
+    write per array (4).
     """
     t = _target()
     _train_batch(t, *_batch())
@@ -72,9 +73,9 @@ def test_ep_counts_of_a_tiny_network_equal_the_hand_count():
     nudged = {"mvm_forward": 10, "mvm_transposed": 10, "cells": 120, "dac_forward": 30, "adc_forward": 20,
               "dac_transposed": 20, "adc_transposed": 30, "adds": 90, "muls": 20, "activations": 50}
     assert _counts(per_batch["nudged+"]) == nudged and _counts(per_batch["nudged-"]) == nudged
-    assert _counts(per_batch["estimate"]) == {"adds": 5890, "muls": 190}
+    assert _counts(per_batch["estimate"]) == {"pulse_slots": 5890, "muls": 190, "update_cycles": 40}
     assert _counts(per_batch["write"]) == {"array_writes": 4}
-    assert per_batch["total"]["cells"] == 480 and per_batch["total"]["adds"] == 90 * 3 + 5890
+    assert per_batch["total"]["cells"] == 480 and per_batch["total"]["adds"] == 90 * 3
 
 
 def test_digital_outer_products_are_multiply_adds_per_element_and_example():
@@ -94,8 +95,8 @@ def test_backprop_counts_of_the_tiny_network_equal_the_hand_count():
     """Backprop on the same arrays, batch of 5. Forward: W1 (5 vectors, cells 60, DAC 20, ADC 15) and W2 (5, cells
     30, DAC 15, ADC 10); 5 units' biases and activations per example: 25 adds, 25 activations. Backward: the MSE
     loss gradient (2 adds per example: 10), W2 transposed (5 vectors, cells 30, DAC 10, ADC 15), one derivative
-    multiply per unit (25). Estimate, pulsed: one term, 5 x 19 values scaled (muls 95) into 31 slots (adds
-    2945)."""
+    multiply per unit (25). Estimate, pulsed: one term, 5 x 19 values scaled (muls 95) into 31 slots (2945),
+    5 x 4 update cycles."""
     bp = costs.backprop_counts(TINY, BATCH)
     assert _counts(vars(bp["forward"])) == {"mvm_forward": 10, "cells": 90, "dac_forward": 35, "adc_forward": 25,
                                             "adds": 25, "activations": 25}
@@ -104,7 +105,8 @@ def test_backprop_counts_of_the_tiny_network_equal_the_hand_count():
     t = _target()
     _train_batch(t, *_batch())
     report = t.cost_report()
-    assert _counts(report["per_batch"]["backprop"]["estimate"]) == {"adds": 2945, "muls": 95}
+    assert _counts(report["per_batch"]["backprop"]["estimate"]) == {"pulse_slots": 2945, "muls": 95,
+                                                                     "update_cycles": 20}
     assert report["per_batch"]["backprop"]["write"] == report["per_batch"]["ep"]["write"]  # the same writes
     assert report["memory_words"] == {"ep": 5 * (3 * 5 + 3), "backprop": 5 * (4 + 5)}
 
@@ -172,19 +174,21 @@ def test_pulses_and_transfer_reads_are_counted_in_the_write():
 
 def test_energy_and_latency_follow_the_table():
     """1000 cells at 0.2 V, 12.5 uS (the middle of 0-25 uS), 10 ns, two devices each: 10 pJ. 100 ADC conversions
-    at 6 bits and 10 fJ per step: 64 pJ. 10 pulses at 2 pJ, 7 adds, 3 muls, 2 activations."""
+    at 6 bits and 10 fJ per step: 64 pJ. 10 pulses at 2 pJ, 100 pulse slots at 0.05 pJ, 7 adds, 3 muls, 2
+    activations; latency: 3 reads of 80 ns, 2 writes and 3 update cycles of 31 slots of 1 ns."""
     table = costs.CostTable()
     pricing = costs.Pricing(table, 12.5, 2.0, 6, 0, 31)
     c = costs.Counts(mvm_forward=3, cells=1000, adc_forward=100, adc_transposed=10, dac_forward=40, pulses=10,
-                     array_writes=2, adds=7, muls=3, activations=2)
+                     array_writes=2, adds=7, muls=3, activations=2, pulse_slots=100, update_cycles=3)
     e = costs.energy_pj(c, pricing)
     assert e["array"] == pytest.approx(10.0)
     assert e["adc"] == pytest.approx(100 * 0.64 + 10 * 2.56)  # the transposed ADC priced at cost_adc_bits = 8
     assert e["dac"] == pytest.approx(4.0) and e["pulses"] == pytest.approx(20.0)
+    assert e["pulse_trains"] == pytest.approx(5.0)
     assert e["digital"] == pytest.approx(7 * 0.9 + 3 * 3.7 + 2 * 1.8)
     assert e["total"] == pytest.approx(sum(v for k, v in e.items() if k != "total"))
     lat = costs.latency_ns(c, pricing)
-    assert lat["reads"] == pytest.approx(240.0) and lat["writes"] == pytest.approx(62.0)
+    assert lat["reads"] == pytest.approx(240.0) and lat["writes"] == pytest.approx((2 + 3) * 31.0)
 
 
 def test_the_cost_table_is_a_crossbar_option_and_bad_values_are_named():
