@@ -10,10 +10,12 @@ benchmarks/aihwkit_conformance.py, which prints the table of docs/crossbar.md, "
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
+import torch
 
 from targets.crossbar.config import device_config
 from targets.crossbar.importers import from_aihwkit
@@ -144,3 +146,94 @@ def variation_cases() -> dict[str, Any]:
         "table": all_cases["table"].device(dw_min=0.01, **spread),
     }
 
+
+
+# ---- transfers (Tiki-Taka family) ---------------------------------------------------------------------------------
+
+def ttv2_parameters(compound: Any, lr: float) -> dict[str, Any]:
+    """The crossbar ``algorithm = "ttv2"`` keys of an aihwkit ``BufferedTransferCompound`` trained at SGD rate ``lr``.
+
+    aihwkit's buffer H is in weight units (H += transfer_lr lr A), and each pulse on C takes thres_scale dw_min
+    off it (one pulse where |H| >= thres_scale dw_min); the crossbar's H is in steps of C (H += transfer_lr / step
+    x read), a pulse takes one step off it. So the crossbar's H is aihwkit's in units of thres_scale dw_min, its
+    transfer_lr is transfer_lr x lr (with scale_transfer_lr) / thres_scale, and its threshold 1. aihwkit's default
+    transfer update (desired_bl = 1) fires at most one pulse per weight and event, the crossbar trunc(H): equal
+    while |H| stays below 2 (docs: the documented difference)."""
+    if not compound.transfer_columns or compound.random_selection or compound.with_reset_prob:
+        raise ValueError("only column transfers in order, without reset, have a crossbar counterpart")
+    if compound.step != 1.0:
+        raise ValueError(f"BufferedTransferCompound.step = {compound.step}: the crossbar fires whole pulses (1)")
+    every = compound.transfer_every
+    if every != int(every) or every < 1:
+        raise ValueError(f"transfer_every = {every}: the crossbar transfers every whole number of updates")
+    return {"algorithm": "ttv2", "transfer_every": int(every), "transfer_columns": compound.n_reads_per_transfer,
+            "transfer_lr": compound.transfer_lr * (lr if compound.scale_transfer_lr else 1.0) / compound.thres_scale,
+            "threshold": 1.0, "momentum": compound.momentum,
+            "forget_buffer": compound.forget_buffer, "fast_reference": "zero"}
+
+
+def ttv2_compound(device: Any, **fields: Any) -> Any:
+    """An aihwkit ``BufferedTransferCompound`` of two ``device`` arrays with exact (perfect) transfer reads."""
+    from aihwkit.simulator.configs import BufferedTransferCompound
+
+    compound = BufferedTransferCompound(unit_cell_devices=[copy.deepcopy(device), copy.deepcopy(device)], **fields)
+    compound.transfer_forward.is_perfect = True
+    return compound
+
+
+def aihwkit_transfers(compound: Any, fast_steps: np.ndarray, events: int, lr: float) -> list[dict[str, np.ndarray]]:
+    """aihwkit's side: A set to ``fast_steps`` (in steps dw_min of the device), C and H zero, then ``events``
+    updates with a zero gradient (each counts towards transfer_every, moves nothing). After each: C's change in
+    steps, and H in units of thres_scale steps (the crossbar's units, see ``ttv2_parameters``)."""
+    from aihwkit.simulator.configs import UnitCellRPUConfig
+    from aihwkit.simulator.tiles import AnalogTile
+
+    out_size, in_size = fast_steps.shape
+    dw = compound.unit_cell_devices[1].dw_min
+    config = UnitCellRPUConfig(device=compound)
+    config.forward.is_perfect = True
+    tile = AnalogTile(out_size, in_size, config)
+    tile.set_learning_rate(lr)
+    hidden = tile.get_hidden_parameters()
+    hidden["hidden_weights_0"] = torch.tensor(fast_steps * compound.unit_cell_devices[0].dw_min, dtype=torch.float32)
+    hidden["hidden_weights_1"] = torch.zeros(out_size, in_size)
+    hidden["buffered_FP_weight_0"] = torch.zeros(out_size, in_size)
+    tile.set_hidden_parameters(hidden)
+    trace = []
+    for _ in range(events):
+        tile.update(torch.zeros(1, in_size), torch.zeros(1, out_size))
+        h = tile.get_hidden_parameters()
+        trace.append({"c": h["hidden_weights_1"].double().numpy() / dw,
+                      "h": h["buffered_FP_weight_0"].double().numpy() / (dw * compound.thres_scale)})
+    return trace
+
+
+def crossbar_transfers(device: Any, keys: dict[str, Any], fast_steps: np.ndarray, events: int,
+                       tweak: Callable[[Any], None] | None = None) -> list[dict[str, np.ndarray]]:
+    """The crossbar's side of ``aihwkit_transfers``: the device imported from ``device``, ideal reads, its
+    algorithm's A (``w1`` of a one-layer network) set to ``fast_steps`` steps, then ``events`` zero updates.
+    ``tweak`` may alter the algorithm object first (to show that a wrong transfer fails)."""
+    import targets
+    from hwtoolkit.network.parameters import init_parameters
+    from hwtoolkit.network.spec import NetworkSpec
+    from targets import Update
+
+    out_size, in_size = fast_steps.shape
+    spec = NetworkSpec(input_shape=(1, 1, in_size), hidden=(out_size,), classes=2)
+    params = from_aihwkit(device)
+    params.pop("source")
+    t = targets.open("crossbar", spec, dtype="float64", **params, **keys)
+    t.program(init_parameters(spec, 0, torch.float64))
+    alg, a = t.algorithm, t.algorithm.fast["w1"]
+    if tweak is not None:
+        tweak(alg)
+    w = torch.tensor(fast_steps, dtype=torch.float64) * a.step
+    a.set_devices(a.reference + w / (2 * a.scale), a.reference - w / (2 * a.scale), t._gen, t.now)
+    c, step = t.arrays["w1"], t.arrays["w1"].step
+    before = c.weight(t.now).clone()
+    zero = {n: torch.zeros(tuple(s), dtype=torch.float64) for n, s in spec.parameter_shapes().items()}
+    trace = []
+    for _ in range(events):
+        t.apply_update(Update(zero))
+        trace.append({"c": ((c.weight(t.now) - before) / step).numpy(), "h": alg.h["w1"].clone().numpy()})
+    return trace
