@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import torch
@@ -150,32 +150,61 @@ def variation_cases() -> dict[str, Any]:
 
 # ---- transfers (Tiki-Taka family) ---------------------------------------------------------------------------------
 
+TTV2_FIELDS = ("transfer_columns", "random_selection", "with_reset_prob", "step", "transfer_every",
+               "n_reads_per_transfer", "transfer_lr", "scale_transfer_lr", "thres_scale", "momentum", "forget_buffer")
+"""The BufferedTransferCompound fields the crossbar's TTv2 keys depend on."""
+
+
 def ttv2_parameters(compound: Any, lr: float) -> dict[str, Any]:
-    """The crossbar ``algorithm = "ttv2"`` keys of an aihwkit ``BufferedTransferCompound`` trained at SGD rate ``lr``.
+    """The crossbar ``algorithm = "ttv2"`` keys of an aihwkit ``BufferedTransferCompound`` (object, or a mapping of
+    its ``TTV2_FIELDS``) trained at SGD rate ``lr``.
 
     aihwkit's buffer H is in weight units (H += transfer_lr lr A), and each pulse on C takes thres_scale dw_min
     off it (one pulse where |H| >= thres_scale dw_min); the crossbar's H is in steps of C (H += transfer_lr / step
     x read), a pulse takes one step off it. So the crossbar's H is aihwkit's in units of thres_scale dw_min, its
     transfer_lr is transfer_lr x lr (with scale_transfer_lr) / thres_scale, and its threshold 1. aihwkit's default
-    transfer update (desired_bl = 1) fires at most one pulse per weight and event, the crossbar trunc(H): equal
-    while |H| stays below 2 (docs: the documented difference)."""
-    if not compound.transfer_columns or compound.random_selection or compound.with_reset_prob:
+    transfer update (desired_bl = 1) fires at most one pulse per weight and event, the crossbar trunc(H) pulses:
+    the two agree while |H| stays below 2 thresholds (a documented difference)."""
+    f = dict(compound) if isinstance(compound, Mapping) else {k: getattr(compound, k) for k in TTV2_FIELDS}
+    if not f["transfer_columns"] or f["random_selection"] or f["with_reset_prob"]:
         raise ValueError("only column transfers in order, without reset, have a crossbar counterpart")
-    if compound.step != 1.0:
-        raise ValueError(f"BufferedTransferCompound.step = {compound.step}: the crossbar fires whole pulses (1)")
-    every = compound.transfer_every
+    if f["step"] != 1.0:
+        raise ValueError(f"BufferedTransferCompound.step = {f['step']}: the crossbar fires whole pulses (1)")
+    every = f["transfer_every"]
     if every != int(every) or every < 1:
         raise ValueError(f"transfer_every = {every}: the crossbar transfers every whole number of updates")
-    return {"algorithm": "ttv2", "transfer_every": int(every), "transfer_columns": compound.n_reads_per_transfer,
-            "transfer_lr": compound.transfer_lr * (lr if compound.scale_transfer_lr else 1.0) / compound.thres_scale,
-            "threshold": 1.0, "momentum": compound.momentum,
-            "forget_buffer": compound.forget_buffer, "fast_reference": "zero"}
+    return {"algorithm": "ttv2", "transfer_every": int(every), "transfer_columns": int(f["n_reads_per_transfer"]),
+            "transfer_lr": f["transfer_lr"] * (lr if f["scale_transfer_lr"] else 1.0) / f["thres_scale"],
+            "threshold": 1.0, "momentum": f["momentum"], "forget_buffer": bool(f["forget_buffer"]),
+            "fast_reference": "zero"}
+
+
+TRANSFER_DEVICE = {"device": "ConstantStepDevice", "dw_min": 0.01, **NO_VARIATION}
+"""The transfer cases' device (aihwkit's names): noise-free constant steps, for C and A alike."""
+TRANSFER_LR = 0.4  # aihwkit's SGD learning rate (scales transfer_lr)
+TRANSFER_FAST = ((3.0, -2.6, 1.2, 0.4, -4.9), (-1.0, 5.5, 0.7, -3.3, 2.2), (4.1, 0.2, -0.9, 1.6, -2.4))
+"""A, in device steps: over 12 column reads |H| stays below 2 thresholds, so aihwkit's one-pulse cap never binds."""
+TRANSFER_BASE = {"transfer_every": 1, "n_reads_per_transfer": 2, "transfer_lr": 0.5, "momentum": 0.0,
+                 "forget_buffer": False, "thres_scale": 1.0}
+TRANSFER_CASES = {"remainder": {}, "forget": {"forget_buffer": True}, "momentum": {"momentum": 0.25},
+                  "forget-momentum": {"forget_buffer": True, "momentum": 0.25}, "one-column": {"n_reads_per_transfer": 1},
+                  "every-2": {"transfer_every": 2}, "threshold-1.5": {"thres_scale": 1.5}}
+"""BufferedTransferCompound fields (over TRANSFER_BASE) of each transfer case."""
+
+
+def transfer_case(name: str) -> tuple[dict[str, Any], int]:
+    """The compound fields of transfer case ``name`` and its number of transfer events (12 column reads)."""
+    fields = {**TRANSFER_BASE, **TRANSFER_CASES[name]}
+    return fields, 12 * int(fields["transfer_every"]) // int(fields["n_reads_per_transfer"])
 
 
 def ttv2_compound(device: Any, **fields: Any) -> Any:
-    """An aihwkit ``BufferedTransferCompound`` of two ``device`` arrays with exact (perfect) transfer reads."""
-    from aihwkit.simulator.configs import BufferedTransferCompound
+    """An aihwkit ``BufferedTransferCompound`` of two ``device`` arrays with exact (perfect) transfer reads;
+    ``device`` is an aihwkit device or its description (a mapping naming its class under ``"device"``)."""
+    from aihwkit.simulator.configs import BufferedTransferCompound, devices
 
+    if isinstance(device, dict):
+        device = getattr(devices, device["device"])(**{k: v for k, v in device.items() if k != "device"})
     compound = BufferedTransferCompound(unit_cell_devices=[copy.deepcopy(device), copy.deepcopy(device)], **fields)
     compound.transfer_forward.is_perfect = True
     return compound
@@ -188,6 +217,7 @@ def aihwkit_transfers(compound: Any, fast_steps: np.ndarray, events: int, lr: fl
     from aihwkit.simulator.configs import UnitCellRPUConfig
     from aihwkit.simulator.tiles import AnalogTile
 
+    fast_steps = np.asarray(fast_steps, dtype=np.float64)
     out_size, in_size = fast_steps.shape
     dw = compound.unit_cell_devices[1].dw_min
     config = UnitCellRPUConfig(device=compound)
@@ -212,12 +242,14 @@ def crossbar_transfers(device: Any, keys: dict[str, Any], fast_steps: np.ndarray
                        tweak: Callable[[Any], None] | None = None) -> list[dict[str, np.ndarray]]:
     """The crossbar's side of ``aihwkit_transfers``: the device imported from ``device``, ideal reads, its
     algorithm's A (``w1`` of a one-layer network) set to ``fast_steps`` steps, then ``events`` zero updates.
-    ``tweak`` may alter the algorithm object first (to show that a wrong transfer fails)."""
+    ``device`` is an aihwkit device or its description (``from_aihwkit``: no aihwkit needed). ``tweak`` may alter
+    the algorithm object first (to show that a wrong transfer fails)."""
     import targets
     from hwtoolkit.network.parameters import init_parameters
     from hwtoolkit.network.spec import NetworkSpec
     from targets import Update
 
+    fast_steps = np.asarray(fast_steps, dtype=np.float64)
     out_size, in_size = fast_steps.shape
     spec = NetworkSpec(input_shape=(1, 1, in_size), hidden=(out_size,), classes=2)
     params = from_aihwkit(device)
