@@ -187,7 +187,8 @@ TRANSFER_FAST = ((3.0, -2.6, 1.2, 0.4, -4.9), (-1.0, 5.5, 0.7, -3.3, 2.2), (4.1,
 TRANSFER_BASE = {"transfer_every": 1, "n_reads_per_transfer": 2, "transfer_lr": 0.5, "momentum": 0.0,
                  "forget_buffer": False, "thres_scale": 1.0}
 TRANSFER_CASES = {"remainder": {}, "forget": {"forget_buffer": True}, "momentum": {"momentum": 0.25},
-                  "forget-momentum": {"forget_buffer": True, "momentum": 0.25}, "one-column": {"n_reads_per_transfer": 1},
+                  "forget-momentum": {"forget_buffer": True, "momentum": 0.25},
+                  "one-column": {"n_reads_per_transfer": 1},
                   "every-2": {"transfer_every": 2}, "threshold-1.5": {"thres_scale": 1.5}}
 """BufferedTransferCompound fields (over TRANSFER_BASE) of each transfer case."""
 
@@ -201,19 +202,61 @@ def transfer_case(name: str) -> tuple[dict[str, Any], int]:
 def ttv2_compound(device: Any, **fields: Any) -> Any:
     """An aihwkit ``BufferedTransferCompound`` of two ``device`` arrays with exact (perfect) transfer reads;
     ``device`` is an aihwkit device or its description (a mapping naming its class under ``"device"``)."""
-    from aihwkit.simulator.configs import BufferedTransferCompound, devices
+    from aihwkit.simulator.configs import BufferedTransferCompound
 
-    if isinstance(device, dict):
+    return _compound(BufferedTransferCompound, device, fields)
+
+
+def tiki_taka_compound(device: Any, **fields: Any) -> Any:
+    """An aihwkit ``TransferCompound`` (Tiki-Taka) as ``ttv2_compound``, its transfer pulses deterministic:
+    ``PulseType.DETERMINISTIC_IMPLICIT`` at bit length 31 without update management, which fires round(change /
+    dw_min) pulses (checked for changes up to 6 pulses)."""
+    from aihwkit.simulator.configs import TransferCompound
+    from aihwkit.simulator.parameters.enums import PulseType
+
+    compound = _compound(TransferCompound, device, fields)
+    update = compound.transfer_update
+    update.pulse_type, update.desired_bl = PulseType.DETERMINISTIC_IMPLICIT, 31
+    update.update_bl_management = update.update_management = False
+    return compound
+
+
+def _compound(cls: type, device: Any, fields: Mapping[str, Any]) -> Any:
+    from aihwkit.simulator.configs import devices
+
+    if isinstance(device, Mapping):
         device = getattr(devices, device["device"])(**{k: v for k, v in device.items() if k != "device"})
-    compound = BufferedTransferCompound(unit_cell_devices=[copy.deepcopy(device), copy.deepcopy(device)], **fields)
+    compound = cls(unit_cell_devices=[copy.deepcopy(device), copy.deepcopy(device)], **fields)
     compound.transfer_forward.is_perfect = True
     return compound
+
+
+def tiki_taka_parameters(compound: Any, lr: float) -> dict[str, Any]:
+    """The crossbar ``algorithm = "tiki_taka"`` keys of a ``tiki_taka_compound`` trained at SGD rate ``lr``: a
+    transfer adds transfer_lr x lr (with scale_transfer_lr) x A's column to C, written in pulses rounded to the
+    nearest (pulse_mode = "count"), capped at aihwkit's desired_bl; gamma as aihwkit's."""
+    from aihwkit.simulator.parameters.enums import PulseType
+
+    update = compound.transfer_update
+    if update.pulse_type != PulseType.DETERMINISTIC_IMPLICIT or update.update_management or \
+            update.update_bl_management:
+        raise ValueError("only a deterministic transfer update (tiki_taka_compound) has an exact crossbar "
+                         "counterpart")
+    if not compound.transfer_columns or compound.random_selection or compound.with_reset_prob:
+        raise ValueError("only column transfers in order, without reset, have a crossbar counterpart")
+    every = compound.transfer_every
+    if every != int(every) or every < 1:
+        raise ValueError(f"transfer_every = {every}: the crossbar transfers every whole number of updates")
+    return {"algorithm": "tiki_taka", "transfer_every": int(every),
+            "transfer_columns": compound.n_reads_per_transfer, "gamma": compound.gamma,
+            "transfer_lr": compound.transfer_lr * (lr if compound.scale_transfer_lr else 1.0),
+            "fast_reference": "zero", "pulse_mode": "count", "max_pulses": update.desired_bl}
 
 
 def aihwkit_transfers(compound: Any, fast_steps: np.ndarray, events: int, lr: float) -> list[dict[str, np.ndarray]]:
     """aihwkit's side: A set to ``fast_steps`` (in steps dw_min of the device), C and H zero, then ``events``
     updates with a zero gradient (each counts towards transfer_every, moves nothing). After each: C's change in
-    steps, and H in units of thres_scale steps (the crossbar's units, see ``ttv2_parameters``)."""
+    steps and, for the TTv2 family, H in units of thres_scale steps (the crossbar's, see ``ttv2_parameters``)."""
     from aihwkit.simulator.configs import UnitCellRPUConfig
     from aihwkit.simulator.tiles import AnalogTile
 
@@ -227,14 +270,17 @@ def aihwkit_transfers(compound: Any, fast_steps: np.ndarray, events: int, lr: fl
     hidden = tile.get_hidden_parameters()
     hidden["hidden_weights_0"] = torch.tensor(fast_steps * compound.unit_cell_devices[0].dw_min, dtype=torch.float32)
     hidden["hidden_weights_1"] = torch.zeros(out_size, in_size)
-    hidden["buffered_FP_weight_0"] = torch.zeros(out_size, in_size)
+    if "buffered_FP_weight_0" in hidden:
+        hidden["buffered_FP_weight_0"] = torch.zeros(out_size, in_size)
     tile.set_hidden_parameters(hidden)
     trace = []
     for _ in range(events):
         tile.update(torch.zeros(1, in_size), torch.zeros(1, out_size))
         h = tile.get_hidden_parameters()
-        trace.append({"c": h["hidden_weights_1"].double().numpy() / dw,
-                      "h": h["buffered_FP_weight_0"].double().numpy() / (dw * compound.thres_scale)})
+        event = {"c": h["hidden_weights_1"].double().numpy() / dw}
+        if "buffered_FP_weight_0" in h:  # the TTv2 family's H
+            event["h"] = h["buffered_FP_weight_0"].double().numpy() / (dw * compound.thres_scale)
+        trace.append(event)
     return trace
 
 
@@ -261,11 +307,16 @@ def crossbar_transfers(device: Any, keys: dict[str, Any], fast_steps: np.ndarray
         tweak(alg)
     w = torch.tensor(fast_steps, dtype=torch.float64) * a.step
     a.set_devices(a.reference + w / (2 * a.scale), a.reference - w / (2 * a.scale), t._gen, t.now)
+    if not torch.allclose(alg.read_fast("w1", t.now), w, rtol=0, atol=1e-9 * a.step):
+        raise ValueError(f"A cannot hold fast_steps (largest {np.abs(fast_steps).max()} steps) within its range")
     c, step = t.arrays["w1"], t.arrays["w1"].step
     before = c.weight(t.now).clone()
     zero = {n: torch.zeros(tuple(s), dtype=torch.float64) for n, s in spec.parameter_shapes().items()}
     trace = []
     for _ in range(events):
         t.apply_update(Update(zero))
-        trace.append({"c": ((c.weight(t.now) - before) / step).numpy(), "h": alg.h["w1"].clone().numpy()})
+        event = {"c": ((c.weight(t.now) - before) / step).numpy()}
+        if alg.buffered:
+            event["h"] = alg.h["w1"].clone().numpy()
+        trace.append(event)
     return trace

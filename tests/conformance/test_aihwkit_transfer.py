@@ -19,15 +19,15 @@ import pytest
 pytest.importorskip("aihwkit", reason="aihwkit is not installed (make install builds it)")
 
 from targets.aihwkit.conformance import (TRANSFER_CASES, TRANSFER_DEVICE, TRANSFER_FAST, TRANSFER_LR,  # noqa: E402
-                                         aihwkit_transfers, crossbar_transfers, transfer_case, ttv2_compound,
-                                         ttv2_parameters)
+                                         aihwkit_transfers, crossbar_transfers, tiki_taka_compound,
+                                         tiki_taka_parameters, transfer_case, ttv2_compound, ttv2_parameters)
 
 TOL = 1e-4  # steps
 
 
 def _mismatch(ref, ours) -> float:
     """Largest |difference| of C's change or H, in steps, over every event."""
-    return max(float(np.abs(r[k] - o[k]).max()) for r, o in zip(ref, ours) for k in ("c", "h"))
+    return max(float(np.abs(r[k] - o[k]).max()) for r, o in zip(ref, ours) for k in r)
 
 
 def _pulses_per_event(trace) -> float:
@@ -86,9 +86,43 @@ def test_documented_difference_one_pulse_per_event():
     np.testing.assert_allclose(ours["h"][:, 0], [0.5, -0.5], atol=TOL)
 
 
+def _tiki_taka_fast() -> np.ndarray:
+    """A of 40 x 5 weights, up to 30 steps: transfers of 0.2 A of up to 6 pulses, none within 0.1 pulse of a
+    rounding boundary (so float32 and the bit-length quantization of aihwkit cannot tip a rounding)."""
+    fast = np.random.default_rng(7).uniform(-30, 30, size=(40, 5))
+    frac = np.abs(0.2 * fast) % 1
+    return np.where(np.abs(frac - 0.5) < 0.1, fast + 1.0, fast)
+
+
+TIKI_TAKA = {"transfer_every": 1, "n_reads_per_transfer": 2, "transfer_lr": 0.5}
+TIKI_TAKA_WRONG = {"transfer_lr 20% off": ({"transfer_lr": 0.5 * TRANSFER_LR * 1.2}, None, 1),
+                   "wrong sign": ({}, None, -1), "wrong column order": ({}, _start_at_column_1, 1)}
+
+
+@pytest.mark.parametrize("wrong", [None, *TIKI_TAKA_WRONG])
+def test_tiki_taka_transfer_matches_aihwkit_and_a_wrong_one_fails(wrong):
+    """Deterministic pulses on both sides (aihwkit DETERMINISTIC_IMPLICIT, the crossbar's pulse_mode = "count"):
+    C's change after each of 5 events, 2 columns each, agrees to 1e-4 steps; a wrong transfer misses a pulse."""
+    compound = tiki_taka_compound(TRANSFER_DEVICE, **TIKI_TAKA)
+    fast = _tiki_taka_fast()
+    ref = aihwkit_transfers(compound, fast, 5, TRANSFER_LR)
+    assert max(float(np.abs(r["c"]).max()) for r in ref) >= 4  # several pulses per weight and event
+    keys, tweak, sign = TIKI_TAKA_WRONG.get(wrong, ({}, None, 1))
+    ours = crossbar_transfers(TRANSFER_DEVICE, {**tiki_taka_parameters(compound, TRANSFER_LR), **keys}, sign * fast,
+                              5, tweak)
+    if wrong is None:
+        assert _mismatch(ref, ours) <= TOL
+    else:
+        assert _mismatch(ref, ours) >= 1 - TOL, wrong
+
+
 def test_unsupported_compounds_are_refused():
     fields, _ = transfer_case("remainder")
     with pytest.raises(ValueError, match="step"):
         ttv2_parameters(ttv2_compound(TRANSFER_DEVICE, **fields, step=2.0), TRANSFER_LR)
     with pytest.raises(ValueError, match="column transfers"):
         ttv2_parameters(ttv2_compound(TRANSFER_DEVICE, **fields, random_selection=True), TRANSFER_LR)
+    stochastic = tiki_taka_compound(TRANSFER_DEVICE, **TIKI_TAKA)
+    stochastic.transfer_update.update_management = True
+    with pytest.raises(ValueError, match="deterministic"):
+        tiki_taka_parameters(stochastic, TRANSFER_LR)

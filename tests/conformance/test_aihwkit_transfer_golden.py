@@ -53,3 +53,9 @@ def test_aihwkit_reproduces_the_golden_transfers(name):
     case = CASES[name]
     compound = ttv2_compound(GOLDEN["device"], **case["compound"])
     assert _max_diff(aihwkit_transfers(compound, GOLDEN["fast"], case["events"], GOLDEN["lr"]), case) <= TOL
+
+
+def test_an_a_beyond_the_devices_range_is_an_error():
+    with pytest.raises(ValueError, match="A cannot hold"):
+        crossbar_transfers(GOLDEN["device"], ttv2_parameters(CASES["remainder"]["compound"], GOLDEN["lr"]),
+                           np.full((2, 2), 500.0), 1)
