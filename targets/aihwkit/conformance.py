@@ -221,6 +221,43 @@ def tiki_taka_compound(device: Any, **fields: Any) -> Any:
     return compound
 
 
+def c_ttv2_compound(device: Any, **fields: Any) -> Any:
+    """An aihwkit ``ChoppedTransferCompound`` (c-TTv2) as ``ttv2_compound`` (aihwkit reads one column per event)."""
+    from aihwkit.simulator.configs import ChoppedTransferCompound
+
+    return _compound(ChoppedTransferCompound, device, fields)
+
+
+def c_ttv2_parameters(compound: Any, lr: float) -> dict[str, Any]:
+    """The crossbar ``algorithm = "c_ttv2"`` keys of a ``c_ttv2_compound`` trained at SGD rate ``lr``.
+
+    aihwkit's c-TTv2 keeps H in pulses (H += transfer_lr lr A / (buffer_granularity dw_min), a pulse where
+    |H| >= 1), so the crossbar's transfer_lr is transfer_lr x lr (with scale_transfer_lr) / buffer_granularity and
+    its threshold 1; the input choppers flip with the same probability (random, ``in_chop_random``)."""
+    checks = {"in_chop_random": True, "out_chop_prob": 0.0, "auto_granularity": 0.0, "auto_scale": False,
+              "correct_gradient_magnitudes": False, "step": 1.0}
+    bad = {k: getattr(compound, k) for k, v in checks.items() if getattr(compound, k) != v}
+    if bad:
+        raise ValueError(f"ChoppedTransferCompound fields {bad} have no crossbar counterpart (need {checks})")
+    if not compound.transfer_columns or compound.random_selection or compound.with_reset_prob:
+        raise ValueError("only column transfers in order, without reset, have a crossbar counterpart")
+    every = compound.transfer_every
+    if every != int(every) or every < 1:
+        raise ValueError(f"transfer_every = {every}: the crossbar transfers every whole number of updates")
+    out = {"algorithm": "c_ttv2", "transfer_every": int(every), "transfer_columns": compound.n_reads_per_transfer,
+           "transfer_lr": compound.transfer_lr * (lr if compound.scale_transfer_lr else 1.0)
+           / compound.buffer_granularity, "threshold": 1.0, "momentum": compound.momentum,
+           "forget_buffer": bool(compound.forget_buffer), "fast_reference": "zero"}
+    return {**out, "in_chop_prob": compound.in_chop_prob}
+
+
+def _buffer_unit(compound: Any) -> float:
+    """aihwkit's H per crossbar H: the TTv2 buffer is in weights (thres_scale dw_min each), c-TTv2's in pulses."""
+    if type(compound).__name__ == "BufferedTransferCompound":
+        return compound.unit_cell_devices[1].dw_min * compound.thres_scale
+    return 1.0
+
+
 def _compound(cls: type, device: Any, fields: Mapping[str, Any]) -> Any:
     from aihwkit.simulator.configs import devices
 
@@ -256,7 +293,7 @@ def tiki_taka_parameters(compound: Any, lr: float) -> dict[str, Any]:
 def aihwkit_transfers(compound: Any, fast_steps: np.ndarray, events: int, lr: float) -> list[dict[str, np.ndarray]]:
     """aihwkit's side: A set to ``fast_steps`` (in steps dw_min of the device), C and H zero, then ``events``
     updates with a zero gradient (each counts towards transfer_every, moves nothing). After each: C's change in
-    steps and, for the TTv2 family, H in units of thres_scale steps (the crossbar's, see ``ttv2_parameters``)."""
+    steps and, for the TTv2 family, H in the crossbar's units (``_buffer_unit``)."""
     from aihwkit.simulator.configs import UnitCellRPUConfig
     from aihwkit.simulator.tiles import AnalogTile
 
@@ -279,7 +316,7 @@ def aihwkit_transfers(compound: Any, fast_steps: np.ndarray, events: int, lr: fl
         h = tile.get_hidden_parameters()
         event = {"c": h["hidden_weights_1"].double().numpy() / dw}
         if "buffered_FP_weight_0" in h:  # the TTv2 family's H
-            event["h"] = h["buffered_FP_weight_0"].double().numpy() / (dw * compound.thres_scale)
+            event["h"] = h["buffered_FP_weight_0"].double().numpy() / _buffer_unit(compound)
         trace.append(event)
     return trace
 

@@ -9,6 +9,8 @@ ideal read periphery), then updates with a zero gradient, each counting towards 
 ``targets.aihwkit.conformance.ttv2_parameters``. A slightly wrong transfer (transfer_lr 20% off, the wrong sign,
 columns in the wrong order, H that forgets its remainder) fails the same comparison by far. Where |H| reaches two
 thresholds aihwkit fires one pulse and keeps the rest, the crossbar fires trunc(H): the documented difference.
+Tiki-Taka (TransferCompound with deterministic-implicit transfer pulses against pulse_mode = "count") and c-TTv2
+without chopper flips (ChoppedTransferCompound, in_chop_prob = 0) are checked the same way.
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ import pytest
 pytest.importorskip("aihwkit", reason="aihwkit is not installed (make install builds it)")
 
 from targets.aihwkit.conformance import (TRANSFER_CASES, TRANSFER_DEVICE, TRANSFER_FAST, TRANSFER_LR,  # noqa: E402
-                                         aihwkit_transfers, crossbar_transfers, tiki_taka_compound,
+                                         aihwkit_transfers, c_ttv2_compound, c_ttv2_parameters,
+                                         crossbar_transfers, tiki_taka_compound,
                                          tiki_taka_parameters, transfer_case, ttv2_compound, ttv2_parameters)
 
 TOL = 1e-4  # steps
@@ -116,6 +119,22 @@ def test_tiki_taka_transfer_matches_aihwkit_and_a_wrong_one_fails(wrong):
         assert _mismatch(ref, ours) >= 1 - TOL, wrong
 
 
+@pytest.mark.parametrize("fields, events", [({}, 12), ({"forget_buffer": False}, 12),
+                                            ({"forget_buffer": False, "momentum": 0.25}, 12),
+                                            ({"buffer_granularity": 1.5}, 20)],
+                         ids=["forget", "remainder", "remainder-momentum", "granularity-1.5"])
+def test_c_ttv2_without_chopper_flips_matches_aihwkit(fields, events):
+    """aihwkit's ChoppedTransferCompound with in_chop_prob = 0 (its TTv2 with H in pulses) against the crossbar's
+    c_ttv2 with in_chop_prob = 0: C's pulses and H after each one-column event, to 1e-4 steps."""
+    compound = c_ttv2_compound(TRANSFER_DEVICE, transfer_every=1, n_reads_per_transfer=1, transfer_lr=0.5,
+                               in_chop_prob=0.0, **fields)
+    ref = aihwkit_transfers(compound, TRANSFER_FAST, events, TRANSFER_LR)
+    ours = crossbar_transfers(TRANSFER_DEVICE, c_ttv2_parameters(compound, TRANSFER_LR), TRANSFER_FAST, events)
+    assert any(np.abs(r["c"]).max() >= 1 for r in ref)
+    assert _pulses_per_event(ours) <= 1 + TOL  # aihwkit's one-pulse cap never binds
+    assert _mismatch(ref, ours) <= TOL
+
+
 def test_unsupported_compounds_are_refused():
     fields, _ = transfer_case("remainder")
     with pytest.raises(ValueError, match="step"):
@@ -126,3 +145,5 @@ def test_unsupported_compounds_are_refused():
     stochastic.transfer_update.update_management = True
     with pytest.raises(ValueError, match="deterministic"):
         tiki_taka_parameters(stochastic, TRANSFER_LR)
+    with pytest.raises(ValueError, match="out_chop_prob"):
+        c_ttv2_parameters(c_ttv2_compound(TRANSFER_DEVICE, out_chop_prob=0.1), TRANSFER_LR)
