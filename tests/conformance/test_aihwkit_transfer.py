@@ -135,6 +135,36 @@ def test_c_ttv2_without_chopper_flips_matches_aihwkit(fields, events):
     assert _mismatch(ref, ours) <= TOL
 
 
+CHOP_COLUMNS = 1000
+Z_MAX = 4.0  # two-sided false-alarm rate 6.3e-5 per test
+
+
+def _kept_fraction(trace) -> float:
+    """After every column was read twice (A = 2 steps, no pulses): the fraction of columns whose H is not zero,
+    that is whose chopper did not flip after the first read."""
+    return float((np.abs(trace[-1]["h"]) > 0.5 * np.abs(trace[-1]["h"]).max()).mean())
+
+
+@pytest.mark.parametrize("ours_prob", [0.3, 0.5])
+def test_c_ttv2_chopper_flips_match_aihwkit_statistically(ours_prob):
+    """1000 columns, each read twice with in_chop_prob 0.3: H is 2 reads where the chopper kept its sign, 0 where
+    it flipped. aihwkit's and the crossbar's kept fractions agree by a two-proportion z-test at |z| <= 4 (aihwkit
+    seeds its choppers from the clock: a fresh draw each run); a crossbar flipping with probability 0.5 is
+    rejected (expected |z| about 9)."""
+    compound = c_ttv2_compound(TRANSFER_DEVICE, transfer_every=1, n_reads_per_transfer=1, transfer_lr=0.5,
+                               in_chop_prob=0.3)
+    fast = np.full((1, CHOP_COLUMNS), 2.0)  # 0.4 of a pulse per read
+    ref = _kept_fraction(aihwkit_transfers(compound, fast, 2 * CHOP_COLUMNS, TRANSFER_LR))
+    keys = {**c_ttv2_parameters(compound, TRANSFER_LR), "in_chop_prob": ours_prob}
+    ours = _kept_fraction(crossbar_transfers(TRANSFER_DEVICE, keys, fast, 2 * CHOP_COLUMNS))
+    pooled = (ref + ours) / 2
+    z = (ours - ref) / np.sqrt(2 * pooled * (1 - pooled) / CHOP_COLUMNS)
+    if ours_prob == compound.in_chop_prob:
+        assert abs(z) <= Z_MAX, (ref, ours, z)
+    else:
+        assert abs(z) > Z_MAX, (ref, ours, z)
+
+
 def test_unsupported_compounds_are_refused():
     fields, _ = transfer_case("remainder")
     with pytest.raises(ValueError, match="step"):
