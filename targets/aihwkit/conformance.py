@@ -6,6 +6,10 @@ Both get the same pulse sequences (``targets.crossbar.traces.pulse_directions``)
 largest trajectory difference as a fraction of the weight range; with it, two-sample Kolmogorov-Smirnov tests of the
 devices' weights and of their single-pulse increments at checkpoints. Used by tests/conformance and by
 benchmarks/aihwkit_conformance.py, which prints the table of docs/crossbar.md, "Conformance".
+
+Transfers (Tiki-Taka, TTv2, c-TTv2): aihwkit's compound tile and the crossbar's algorithm get A set to the same
+values and run the same transfer events without noise; ``*_parameters`` map an aihwkit compound onto the crossbar's
+``[crossbar]`` keys, ``aihwkit_transfers`` and ``crossbar_transfers`` return C's change and H after each event.
 """
 
 from __future__ import annotations
@@ -147,7 +151,6 @@ def variation_cases() -> dict[str, Any]:
     }
 
 
-
 # ---- transfers (Tiki-Taka family) ---------------------------------------------------------------------------------
 
 TTV2_FIELDS = ("transfer_columns", "random_selection", "with_reset_prob", "step", "transfer_every",
@@ -166,17 +169,30 @@ def ttv2_parameters(compound: Any, lr: float) -> dict[str, Any]:
     transfer update (desired_bl = 1) fires at most one pulse per weight and event, the crossbar trunc(H) pulses:
     the two agree while |H| stays below 2 thresholds (a documented difference)."""
     f = dict(compound) if isinstance(compound, Mapping) else {k: getattr(compound, k) for k in TTV2_FIELDS}
-    if not f["transfer_columns"] or f["random_selection"] or f["with_reset_prob"]:
-        raise ValueError("only column transfers in order, without reset, have a crossbar counterpart")
     if f["step"] != 1.0:
         raise ValueError(f"BufferedTransferCompound.step = {f['step']}: the crossbar fires whole pulses (1)")
+    return {**_transfer_keys(f, "ttv2", lr, f["thres_scale"]), "threshold": 1.0, "momentum": f["momentum"],
+            "forget_buffer": bool(f["forget_buffer"])}
+
+
+def _transfer_keys(f: Mapping[str, Any], algorithm: str, lr: float, granularity: float) -> dict[str, Any]:
+    """The keys every transfer algorithm shares, from the compound's fields ``f``: the event schedule, the
+    transfer rate (x ``lr`` with scale_transfer_lr, / ``granularity``) and A read without a reference."""
+    if not f["transfer_columns"] or f["random_selection"] or f["with_reset_prob"]:
+        raise ValueError("only column transfers in order, without reset, have a crossbar counterpart")
     every = f["transfer_every"]
     if every != int(every) or every < 1:
         raise ValueError(f"transfer_every = {every}: the crossbar transfers every whole number of updates")
-    return {"algorithm": "ttv2", "transfer_every": int(every), "transfer_columns": int(f["n_reads_per_transfer"]),
-            "transfer_lr": f["transfer_lr"] * (lr if f["scale_transfer_lr"] else 1.0) / f["thres_scale"],
-            "threshold": 1.0, "momentum": f["momentum"], "forget_buffer": bool(f["forget_buffer"]),
+    return {"algorithm": algorithm, "transfer_every": int(every), "transfer_columns": int(f["n_reads_per_transfer"]),
+            "transfer_lr": f["transfer_lr"] * (lr if f["scale_transfer_lr"] else 1.0) / granularity,
             "fast_reference": "zero"}
+
+
+def _fields(compound: Any) -> dict[str, Any]:
+    """A compound's dataclass fields by name."""
+    import dataclasses
+
+    return {f.name: getattr(compound, f.name) for f in dataclasses.fields(compound)}
 
 
 TRANSFER_DEVICE = {"device": "ConstantStepDevice", "dw_min": 0.01, **NO_VARIATION}
@@ -239,16 +255,9 @@ def c_ttv2_parameters(compound: Any, lr: float) -> dict[str, Any]:
     bad = {k: getattr(compound, k) for k, v in checks.items() if getattr(compound, k) != v}
     if bad:
         raise ValueError(f"ChoppedTransferCompound fields {bad} have no crossbar counterpart (need {checks})")
-    if not compound.transfer_columns or compound.random_selection or compound.with_reset_prob:
-        raise ValueError("only column transfers in order, without reset, have a crossbar counterpart")
-    every = compound.transfer_every
-    if every != int(every) or every < 1:
-        raise ValueError(f"transfer_every = {every}: the crossbar transfers every whole number of updates")
-    out = {"algorithm": "c_ttv2", "transfer_every": int(every), "transfer_columns": compound.n_reads_per_transfer,
-           "transfer_lr": compound.transfer_lr * (lr if compound.scale_transfer_lr else 1.0)
-           / compound.buffer_granularity, "threshold": 1.0, "momentum": compound.momentum,
-           "forget_buffer": bool(compound.forget_buffer), "fast_reference": "zero"}
-    return {**out, "in_chop_prob": compound.in_chop_prob}
+    return {**_transfer_keys(_fields(compound), "c_ttv2", lr, compound.buffer_granularity), "threshold": 1.0,
+            "momentum": compound.momentum, "forget_buffer": bool(compound.forget_buffer),
+            "in_chop_prob": compound.in_chop_prob}
 
 
 def _buffer_unit(compound: Any) -> float:
@@ -279,15 +288,8 @@ def tiki_taka_parameters(compound: Any, lr: float) -> dict[str, Any]:
             update.update_bl_management:
         raise ValueError("only a deterministic transfer update (tiki_taka_compound) has an exact crossbar "
                          "counterpart")
-    if not compound.transfer_columns or compound.random_selection or compound.with_reset_prob:
-        raise ValueError("only column transfers in order, without reset, have a crossbar counterpart")
-    every = compound.transfer_every
-    if every != int(every) or every < 1:
-        raise ValueError(f"transfer_every = {every}: the crossbar transfers every whole number of updates")
-    return {"algorithm": "tiki_taka", "transfer_every": int(every),
-            "transfer_columns": compound.n_reads_per_transfer, "gamma": compound.gamma,
-            "transfer_lr": compound.transfer_lr * (lr if compound.scale_transfer_lr else 1.0),
-            "fast_reference": "zero", "pulse_mode": "count", "max_pulses": update.desired_bl}
+    return {**_transfer_keys(_fields(compound), "tiki_taka", lr, 1.0), "gamma": compound.gamma,
+            "pulse_mode": "count", "max_pulses": update.desired_bl}
 
 
 def aihwkit_transfers(compound: Any, fast_steps: np.ndarray, events: int, lr: float) -> list[dict[str, np.ndarray]]:
