@@ -10,7 +10,8 @@ ideal read periphery), then updates with a zero gradient, each counting towards 
 columns in the wrong order, H that forgets its remainder) fails the same comparison by far. Where |H| reaches two
 thresholds aihwkit fires one pulse and keeps the rest, the crossbar fires trunc(H): the documented difference.
 Tiki-Taka (TransferCompound with deterministic-implicit transfer pulses against pulse_mode = "count") and c-TTv2
-without chopper flips (ChoppedTransferCompound, in_chop_prob = 0) are checked the same way.
+without chopper flips (ChoppedTransferCompound, in_chop_prob = 0) are checked the same way; c-TTv2's chopper flips
+by a two-proportion z-test at |z| <= 4 (two-sided false alarm 6.3e-5) over 1000 columns.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ def _mismatch(ref, ours) -> float:
 
 
 def _pulses_per_event(trace) -> float:
+    """The most pulses any weight of C got in one event (aihwkit's TTv2 family fires at most one)."""
     steps = [trace[0]["c"]] + [b["c"] - a["c"] for a, b in zip(trace, trace[1:])]
     return max(float(np.abs(s).max()) for s in steps)
 
