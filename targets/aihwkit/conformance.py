@@ -6,14 +6,20 @@ Both get the same pulse sequences (``targets.crossbar.traces.pulse_directions``)
 largest trajectory difference as a fraction of the weight range; with it, two-sample Kolmogorov-Smirnov tests of the
 devices' weights and of their single-pulse increments at checkpoints. Used by tests/conformance and by
 benchmarks/aihwkit_conformance.py, which prints the table of docs/crossbar.md, "Conformance".
+
+Transfers (Tiki-Taka, TTv2, c-TTv2): aihwkit's compound tile and the crossbar's algorithm get A set to the same
+values and run the same transfer events without noise; ``*_parameters`` map an aihwkit compound onto the crossbar's
+``[crossbar]`` keys, ``aihwkit_transfers`` and ``crossbar_transfers`` return C's change and H after each event.
 """
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import numpy as np
+import torch
 
 from targets.crossbar.config import device_config
 from targets.crossbar.importers import from_aihwkit
@@ -144,3 +150,212 @@ def variation_cases() -> dict[str, Any]:
         "table": all_cases["table"].device(dw_min=0.01, **spread),
     }
 
+
+# ---- transfers (Tiki-Taka family) ---------------------------------------------------------------------------------
+
+TTV2_FIELDS = ("transfer_columns", "random_selection", "with_reset_prob", "step", "transfer_every",
+               "n_reads_per_transfer", "transfer_lr", "scale_transfer_lr", "thres_scale", "momentum", "forget_buffer")
+"""The BufferedTransferCompound fields the crossbar's TTv2 keys depend on."""
+
+
+def ttv2_parameters(compound: Any, lr: float) -> dict[str, Any]:
+    """The crossbar ``algorithm = "ttv2"`` keys of an aihwkit ``BufferedTransferCompound`` (object, or a mapping of
+    its ``TTV2_FIELDS``) trained at SGD rate ``lr``.
+
+    aihwkit's buffer H is in weight units (H += transfer_lr lr A), and each pulse on C takes thres_scale dw_min
+    off it (one pulse where |H| >= thres_scale dw_min); the crossbar's H is in steps of C (H += transfer_lr / step
+    x read), a pulse takes one step off it. So the crossbar's H is aihwkit's in units of thres_scale dw_min, its
+    transfer_lr is transfer_lr x lr (with scale_transfer_lr) / thres_scale, and its threshold 1. aihwkit's default
+    transfer update (desired_bl = 1) fires at most one pulse per weight and event, the crossbar trunc(H) pulses:
+    the two agree while |H| stays below 2 thresholds (a documented difference)."""
+    f = dict(compound) if isinstance(compound, Mapping) else {k: getattr(compound, k) for k in TTV2_FIELDS}
+    if f["step"] != 1.0:
+        raise ValueError(f"BufferedTransferCompound.step = {f['step']}: the crossbar fires whole pulses (1)")
+    return {**_transfer_keys(f, "ttv2", lr, f["thres_scale"]), "threshold": 1.0, "momentum": f["momentum"],
+            "forget_buffer": bool(f["forget_buffer"])}
+
+
+def _transfer_keys(f: Mapping[str, Any], algorithm: str, lr: float, granularity: float) -> dict[str, Any]:
+    """The keys every transfer algorithm shares, from the compound's fields ``f``: the event schedule, the
+    transfer rate (x ``lr`` with scale_transfer_lr, / ``granularity``) and A read without a reference."""
+    if not f["transfer_columns"] or f["random_selection"] or f["with_reset_prob"]:
+        raise ValueError("only column transfers in order, without reset, have a crossbar counterpart")
+    every = f["transfer_every"]
+    if every != int(every) or every < 1:
+        raise ValueError(f"transfer_every = {every}: the crossbar transfers every whole number of updates")
+    return {"algorithm": algorithm, "transfer_every": int(every), "transfer_columns": int(f["n_reads_per_transfer"]),
+            "transfer_lr": f["transfer_lr"] * (lr if f["scale_transfer_lr"] else 1.0) / granularity,
+            "fast_reference": "zero"}
+
+
+def _fields(compound: Any) -> dict[str, Any]:
+    """A compound's dataclass fields by name."""
+    import dataclasses
+
+    return {f.name: getattr(compound, f.name) for f in dataclasses.fields(compound)}
+
+
+TRANSFER_DEVICE = {"device": "ConstantStepDevice", "dw_min": 0.01, **NO_VARIATION}
+"""The transfer cases' device (aihwkit's names): noise-free constant steps, for C and A alike."""
+TRANSFER_LR = 0.4  # aihwkit's SGD learning rate (scales transfer_lr)
+TRANSFER_FAST = ((3.0, -2.6, 1.2, 0.4, -4.9), (-1.0, 5.5, 0.7, -3.3, 2.2), (4.1, 0.2, -0.9, 1.6, -2.4))
+"""A, in device steps: over 12 column reads |H| stays below 2 thresholds, so aihwkit's one-pulse cap never binds."""
+TRANSFER_BASE = {"transfer_every": 1, "n_reads_per_transfer": 2, "transfer_lr": 0.5, "momentum": 0.0,
+                 "forget_buffer": False, "thres_scale": 1.0}
+TRANSFER_CASES = {"remainder": {}, "forget": {"forget_buffer": True}, "momentum": {"momentum": 0.25},
+                  "forget-momentum": {"forget_buffer": True, "momentum": 0.25},
+                  "one-column": {"n_reads_per_transfer": 1},
+                  "every-2": {"transfer_every": 2}, "threshold-1.5": {"thres_scale": 1.5}}
+"""BufferedTransferCompound fields (over TRANSFER_BASE) of each transfer case."""
+
+
+def transfer_case(name: str) -> tuple[dict[str, Any], int]:
+    """The compound fields of transfer case ``name`` and its number of transfer events (12 column reads)."""
+    fields = {**TRANSFER_BASE, **TRANSFER_CASES[name]}
+    return fields, 12 * int(fields["transfer_every"]) // int(fields["n_reads_per_transfer"])
+
+
+def ttv2_compound(device: Any, **fields: Any) -> Any:
+    """An aihwkit ``BufferedTransferCompound`` of two ``device`` arrays with exact (perfect) transfer reads;
+    ``device`` is an aihwkit device or its description (a mapping naming its class under ``"device"``)."""
+    from aihwkit.simulator.configs import BufferedTransferCompound
+
+    return _compound(BufferedTransferCompound, device, fields)
+
+
+def tiki_taka_compound(device: Any, **fields: Any) -> Any:
+    """An aihwkit ``TransferCompound`` (Tiki-Taka) as ``ttv2_compound``, its transfer pulses deterministic:
+    ``PulseType.DETERMINISTIC_IMPLICIT`` at bit length 31 without update management, which fires round(change /
+    dw_min) pulses (checked for changes up to 6 pulses)."""
+    from aihwkit.simulator.configs import TransferCompound
+    from aihwkit.simulator.parameters.enums import PulseType
+
+    compound = _compound(TransferCompound, device, fields)
+    update = compound.transfer_update
+    update.pulse_type, update.desired_bl = PulseType.DETERMINISTIC_IMPLICIT, 31
+    update.update_bl_management = update.update_management = False
+    return compound
+
+
+def c_ttv2_compound(device: Any, **fields: Any) -> Any:
+    """An aihwkit ``ChoppedTransferCompound`` (c-TTv2) as ``ttv2_compound`` (aihwkit reads one column per event)."""
+    from aihwkit.simulator.configs import ChoppedTransferCompound
+
+    return _compound(ChoppedTransferCompound, device, fields)
+
+
+def c_ttv2_parameters(compound: Any, lr: float) -> dict[str, Any]:
+    """The crossbar ``algorithm = "c_ttv2"`` keys of a ``c_ttv2_compound`` trained at SGD rate ``lr``.
+
+    aihwkit's c-TTv2 keeps H in pulses (H += transfer_lr lr A / (buffer_granularity dw_min), a pulse where
+    |H| >= 1), so the crossbar's transfer_lr is transfer_lr x lr (with scale_transfer_lr) / buffer_granularity and
+    its threshold 1; the input choppers flip with the same probability (random, ``in_chop_random``)."""
+    checks = {"in_chop_random": True, "out_chop_prob": 0.0, "auto_granularity": 0.0, "auto_scale": False,
+              "correct_gradient_magnitudes": False, "step": 1.0}
+    bad = {k: getattr(compound, k) for k, v in checks.items() if getattr(compound, k) != v}
+    if bad:
+        raise ValueError(f"ChoppedTransferCompound fields {bad} have no crossbar counterpart (need {checks})")
+    return {**_transfer_keys(_fields(compound), "c_ttv2", lr, compound.buffer_granularity), "threshold": 1.0,
+            "momentum": compound.momentum, "forget_buffer": bool(compound.forget_buffer),
+            "in_chop_prob": compound.in_chop_prob}
+
+
+def _buffer_unit(compound: Any) -> float:
+    """aihwkit's H per crossbar H: the TTv2 buffer is in weights (thres_scale dw_min each), c-TTv2's in pulses."""
+    if type(compound).__name__ == "BufferedTransferCompound":
+        return compound.unit_cell_devices[1].dw_min * compound.thres_scale
+    return 1.0
+
+
+def _compound(cls: type, device: Any, fields: Mapping[str, Any]) -> Any:
+    from aihwkit.simulator.configs import devices
+
+    if isinstance(device, Mapping):
+        device = getattr(devices, device["device"])(**{k: v for k, v in device.items() if k != "device"})
+    compound = cls(unit_cell_devices=[copy.deepcopy(device), copy.deepcopy(device)], **fields)
+    compound.transfer_forward.is_perfect = True
+    return compound
+
+
+def tiki_taka_parameters(compound: Any, lr: float) -> dict[str, Any]:
+    """The crossbar ``algorithm = "tiki_taka"`` keys of a ``tiki_taka_compound`` trained at SGD rate ``lr``: a
+    transfer adds transfer_lr x lr (with scale_transfer_lr) x A's column to C, written in pulses rounded to the
+    nearest (pulse_mode = "count"), capped at aihwkit's desired_bl; gamma as aihwkit's."""
+    from aihwkit.simulator.parameters.enums import PulseType
+
+    update = compound.transfer_update
+    if update.pulse_type != PulseType.DETERMINISTIC_IMPLICIT or update.update_management or \
+            update.update_bl_management:
+        raise ValueError("only a deterministic transfer update (tiki_taka_compound) has an exact crossbar "
+                         "counterpart")
+    return {**_transfer_keys(_fields(compound), "tiki_taka", lr, 1.0), "gamma": compound.gamma,
+            "pulse_mode": "count", "max_pulses": update.desired_bl}
+
+
+def aihwkit_transfers(compound: Any, fast_steps: np.ndarray, events: int, lr: float) -> list[dict[str, np.ndarray]]:
+    """aihwkit's side: A set to ``fast_steps`` (in steps dw_min of the device), C and H zero, then ``events``
+    updates with a zero gradient (each counts towards transfer_every, moves nothing). After each: C's change in
+    steps and, for the TTv2 family, H in the crossbar's units (``_buffer_unit``)."""
+    from aihwkit.simulator.configs import UnitCellRPUConfig
+    from aihwkit.simulator.tiles import AnalogTile
+
+    fast_steps = np.asarray(fast_steps, dtype=np.float64)
+    out_size, in_size = fast_steps.shape
+    dw = compound.unit_cell_devices[1].dw_min
+    config = UnitCellRPUConfig(device=compound)
+    config.forward.is_perfect = True
+    tile = AnalogTile(out_size, in_size, config)
+    tile.set_learning_rate(lr)
+    hidden = tile.get_hidden_parameters()
+    hidden["hidden_weights_0"] = torch.tensor(fast_steps * compound.unit_cell_devices[0].dw_min, dtype=torch.float32)
+    hidden["hidden_weights_1"] = torch.zeros(out_size, in_size)
+    if "buffered_FP_weight_0" in hidden:
+        hidden["buffered_FP_weight_0"] = torch.zeros(out_size, in_size)
+    tile.set_hidden_parameters(hidden)
+    trace = []
+    for _ in range(events):
+        tile.update(torch.zeros(1, in_size), torch.zeros(1, out_size))
+        h = tile.get_hidden_parameters()
+        event = {"c": h["hidden_weights_1"].double().numpy() / dw}
+        if "buffered_FP_weight_0" in h:  # the TTv2 family's H
+            event["h"] = h["buffered_FP_weight_0"].double().numpy() / _buffer_unit(compound)
+        trace.append(event)
+    return trace
+
+
+def crossbar_transfers(device: Any, keys: dict[str, Any], fast_steps: np.ndarray, events: int,
+                       tweak: Callable[[Any], None] | None = None) -> list[dict[str, np.ndarray]]:
+    """The crossbar's side of ``aihwkit_transfers``: the device imported from ``device``, ideal reads, its
+    algorithm's A (``w1`` of a one-layer network) set to ``fast_steps`` steps, then ``events`` zero updates.
+    ``device`` is an aihwkit device or its description (``from_aihwkit``: no aihwkit needed). ``tweak`` may alter
+    the algorithm object first (to show that a wrong transfer fails)."""
+    import targets
+    from hwtoolkit.network.parameters import init_parameters
+    from hwtoolkit.network.spec import NetworkSpec
+    from targets import Update
+
+    fast_steps = np.asarray(fast_steps, dtype=np.float64)
+    out_size, in_size = fast_steps.shape
+    spec = NetworkSpec(input_shape=(1, 1, in_size), hidden=(out_size,), classes=2)
+    params = from_aihwkit(device)
+    params.pop("source")
+    t = targets.open("crossbar", spec, dtype="float64", **params, **keys)
+    t.program(init_parameters(spec, 0, torch.float64))
+    alg, a = t.algorithm, t.algorithm.fast["w1"]
+    if tweak is not None:
+        tweak(alg)
+    w = torch.tensor(fast_steps, dtype=torch.float64) * a.step
+    a.set_devices(a.reference + w / (2 * a.scale), a.reference - w / (2 * a.scale), t._gen, t.now)
+    if not torch.allclose(alg.read_fast("w1", t.now), w, rtol=0, atol=1e-9 * a.step):
+        raise ValueError(f"A cannot hold fast_steps (largest {np.abs(fast_steps).max()} steps) within its range")
+    c, step = t.arrays["w1"], t.arrays["w1"].step
+    before = c.weight(t.now).clone()
+    zero = {n: torch.zeros(tuple(s), dtype=torch.float64) for n, s in spec.parameter_shapes().items()}
+    trace = []
+    for _ in range(events):
+        t.apply_update(Update(zero))
+        event = {"c": ((c.weight(t.now) - before) / step).numpy()}
+        if alg.buffered:
+            event["h"] = alg.h["w1"].clone().numpy()
+        trace.append(event)
+    return trace
