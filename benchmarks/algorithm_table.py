@@ -4,10 +4,14 @@ validation data, then test accuracy, fidelity, pulses, and EP's energy per train
     python benchmarks/algorithm_table.py select runs/alg10/select-*/sweep.json
     python benchmarks/algorithm_table.py table runs/alg10/*-a/sweep.json runs/alg10/*-b/sweep.json \
         --json benchmarks/results/algorithms_10ep/table.json
+    python benchmarks/algorithm_table.py effects runs/alg10/ko-*/sweep.json \
+        --baseline benchmarks/results/presets_untuned_10ep/sweep.json benchmarks/results/presets_refit_10ep/sweep.json
 
 ``select`` groups the rows of selection sweeps by (preset, algorithm) and picks the swept value of the best
 validation accuracy. ``table`` groups the rows of the final sweeps by (preset, algorithm) and reads every point's
-``summary.json`` for its costs (energy per example by part: array, converters, pulses, digital).
+``summary.json`` for its costs (energy per example by part: array, converters, pulses, digital). ``effects``
+lists sweeps that switch one device effect off on a preset (a "knockout"), against the preset's own rows in the
+``--baseline`` sweeps and its distance from the ideal device there.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from preset_table import value_of  # noqa: E402
+from preset_table import read_rows, value_of  # noqa: E402
 from report import write_report  # noqa: E402
 
 FIDELITY = ("applied_vs_ideal", "applied_vs_ideal_windowed", "device_vs_ideal")
@@ -87,13 +91,40 @@ def table(paths: list[Path]) -> dict:
     return record
 
 
+def effects(paths: list[Path], baseline: list[Path]) -> dict:
+    base = {p: [100 * r["test_accuracy"] for r in rows] for p, rows in read_rows(baseline).items()}
+    ideal = statistics.fmean(base["ideal"])
+    record = {}
+    print(f"| preset | switched off | seeds | test accuracy (%) | vs the preset ({len(base['ideal'])} seeds) | "
+          "vs ideal |")
+    print("|---|---|---|---|---|---|")
+    for path in paths:
+        sweep = json.loads(path.read_text())
+        for value in dict.fromkeys(str(r["value"]) for r in sweep["rows"]):
+            rows = [r for r in sweep["rows"] if str(r["value"]) == value and r.get("test_accuracy") is not None]
+            preset = value_of(sweep, rows[0], "crossbar.preset")
+            acc = _mean_sd([100 * r["test_accuracy"] for r in rows])
+            own = statistics.fmean(base[preset])
+            change = " ".join([f"{sweep['key']} = {value}", *(s for s in sweep.get("sets", [])
+                                                              if s.startswith("crossbar.") and "preset" not in s)])
+            record[f"{preset}: {change}"] = {"seeds": len(rows), "mean": acc[0], "sd": acc[1],
+                                              "vs_preset": acc[0] - own, "vs_ideal": acc[0] - ideal}
+            print(f"| `{preset}` | {change} | {len(rows)} | {acc[0]:.2f} ± {acc[1]:.2f} | {acc[0] - own:+.2f} | "
+                  f"{acc[0] - ideal:+.2f} |")
+    return record
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("mode", choices=("select", "table"))
+    p.add_argument("mode", choices=("select", "table", "effects"))
     p.add_argument("sweeps", type=Path, nargs="+", help="sweep.json files")
+    p.add_argument("--baseline", type=Path, nargs="*", default=[], help="effects: the presets' own sweep.json files")
     p.add_argument("--json", type=Path, help="write the figures here")
     args = p.parse_args(argv)
-    record = select(args.sweeps) if args.mode == "select" else table(args.sweeps)
+    if args.mode == "effects" and not args.baseline:
+        p.error("effects needs --baseline sweep.json files holding every preset's rows and the ideal device's")
+    record = (select(args.sweeps) if args.mode == "select" else table(args.sweeps) if args.mode == "table"
+              else effects(args.sweeps, args.baseline))
     if args.json:
         write_report(args.json, record)
     return 0
