@@ -167,6 +167,7 @@ def test_ce_nudged_phase_tracks_the_float_softmax_network(beta, hidden):
     """The integer softmax is not torch's: a nudged state may differ by an LSB (2 once fed back), and rarely does."""
     spec = NetworkSpec(input_shape=(1, 6, 6), hidden=hidden, classes=4, output="ce")
     t, fp = pair(spec)
+    t.quant.integer_softmax = False  # the Brevitas network with torch's softmax
     g = torch.Generator().manual_seed(5)
     x, y = torch.rand(200, 1, 6, 6, generator=g), torch.randint(0, 4, (200,), generator=g)
     xi = fp.encode_input(x)
@@ -178,6 +179,21 @@ def test_ce_nudged_phase_tracks_the_float_softmax_network(beta, hidden):
                       for s, f in zip(nudged.states, fnudged.states)])
     assert same.double().mean() >= 0.97
     assert lsb_gap(nudged.states, ffree.states, fp.state_frac) > 1  # the nudge moved something
+
+
+@pytest.mark.parametrize("beta, update", [(0.5, "synchronous"), (-0.25, "alternating"), (1.0, "synchronous")])
+def test_ce_nudged_phase_of_the_reference_target_is_bit_exact(beta, update):
+    """A fixed-point CE network on the reference target nudges through the integer softmax: bit for bit."""
+    spec = NetworkSpec(input_shape=(1, 6, 6), hidden=(20, 12), classes=4, output="ce", update=update)
+    t, fp = pair(spec)
+    g = torch.Generator().manual_seed(7)
+    x, y = torch.rand(200, 1, 6, 6, generator=g), torch.randint(0, 4, (200,), generator=g)
+    xi = fp.encode_input(x)
+    free, ffree = t.relax(x, 20), fp.relax(xi, 20)
+    nudged = t.relax(x, 10, beta=beta, y=y, init=free)
+    fnudged = fp.relax(xi, 10, beta=beta, y=y, init=ffree.states)
+    assert lsb_gap(nudged.states, fnudged.states, fp.state_frac) == 0
+    assert lsb_gap(nudged.states, ffree.states, fp.state_frac) > 0
 
 
 def test_ce_nudge_stays_within_the_accumulator_width():

@@ -259,8 +259,9 @@ def test_ce_nudged_states_are_bit_exact_and_moved_by_the_nudge(host_client):
 # -- training with the board in the loop ---------------------------------------------------------------------
 
 
-def _board_config(root, url, epochs=2, extra=""):
-    text = tiny_config_text(root, "symmetric", epochs=epochs, extra=extra).replace('output = "ce"', 'output = "mse"')
+def _board_config(root, url, epochs=2, extra="", output="mse"):
+    text = tiny_config_text(root, "symmetric", epochs=epochs, extra=extra).replace('output = "ce"',
+                                                                                    f'output = "{output}"')
     text = text.replace("lr = [0.1, 0.05]", "lr = [0.1, 0.05]").replace("weight_decay = 1e-4", "weight_decay = 0.0")
     text += "\n[quant]\nweight_bits = 8\nstate_bits = 8\n"
     if url:
@@ -272,11 +273,13 @@ def _weights(run):
     return checkpoint.load(Path(run) / "checkpoints" / "best.pt")["weights"]
 
 
+@pytest.mark.parametrize("output", ["mse", "ce"])
 def test_training_on_the_board_equals_the_fixed_point_model_on_the_reference_target(host_board, idx_dataset,
-                                                                                     tmp_path):
-    """Same seed, same config: the board's states equal the quantized reference's, so the runs are identical."""
-    board = config.loads(_board_config(idx_dataset, host_board.url))
-    reference = config.loads(_board_config(idx_dataset, None))
+                                                                                     tmp_path, output):
+    """Same seed, same config: the board's states equal the quantized reference's, so the runs are identical
+    (for CE both nudge through the integer softmax; the readout's update is the host's on both)."""
+    board = config.loads(_board_config(idx_dataset, host_board.url, output=output))
+    reference = config.loads(_board_config(idx_dataset, None, output=output))
     a = train(board, tmp_path / "board", log=lambda s: None)
     b = train(reference, tmp_path / "reference", log=lambda s: None)
     assert a["test_accuracy"] == b["test_accuracy"] and a["test_accuracy"] > 0.5
