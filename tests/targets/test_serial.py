@@ -121,6 +121,13 @@ def test_every_board_states_equal_the_fixed_point_model(board_client, net, quant
     check_bit_exact(board_client, net, quant, seed, steps, beta)
 
 
+def test_every_board_runs_the_ce_nudge_bit_exactly_or_refuses_it(board_client):
+    """A fixed CE case on every board: QEMU and the host build nudge bit-exactly, fpga-sim refuses by name."""
+    net = {"hidden": [10, 6], "classes": 4, "output": "ce", "tied": False, "update": "alternating",
+           "activation": "hard_sigmoid_half", "side": 5, "normalised": True}
+    check_bit_exact(board_client, net, {"weight_bits": 8, "state_bits": 8}, 11, 8, -0.5)
+
+
 def check_packed_equals_dense(client, net, quant, seed, steps):
     """Random sparse integer updates (some clipping) and inputs with a blank background, sent packed and then
     dense to the same board: the same weights (read back and by CRC), versions, saturation counts and states,
