@@ -346,13 +346,18 @@ def _reset_between_chunks(board):
     board.client.apply_delta = apply_then_reset
 
 
+@pytest.mark.parametrize("output", ["mse", "ce"])
 @pytest.mark.parametrize("when", ["before_update", "inside_update"])
-def test_a_board_reset_is_repaired_without_losing_or_repeating_updates(host_client, when):
+def test_a_board_reset_is_repaired_without_losing_or_repeating_updates(host_client, when, output):
+    """A reset loses the CONFIGURE record (for CE: its nudge and softmax shifts); the repair sends it again."""
     reset = (lambda board: board.client.reset()) if when == "before_update" else _reset_between_chunks
-    board, ref = _trained_pair(host_client, SMALL, W8, reset_at=(2, reset))
+    spec = dataclasses.replace(SMALL, output=output)
+    board, ref = _trained_pair(host_client, spec, W8, reset_at=(2, reset))
     assert board.report.resets_recovered == 1 and board.report.uploads == 2
     held, expected = board.board_weights(), ref.effective_params()
     assert all(torch.equal(held[n], expected[n].float()) for n in expected)
+    shadow, ref_shadow = board.read_weights(), ref.read_weights()  # every nudged phase after the reset was equal
+    assert all(torch.equal(shadow[n], ref_shadow[n]) for n in shadow)
 
 
 WIDE = NetworkSpec(input_shape=(1, 5, 5), hidden=(128,), classes=3, output="mse")  # W1 takes two payloads
