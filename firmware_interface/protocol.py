@@ -79,6 +79,7 @@ class Capability(IntFlag):
     SELF_TEST = 1 << 5
     SET_STATES = 1 << 6
     PACKED = 1 << 7  # APPLY_DELTA_PACKED and SET_INPUT_PACKED (protocol 1.1)
+    CE_NUDGE = 1 << 8  # nudged phases of a CE network (the integer softmax; softmax_shift in CONFIGURE)
 
 
 class Phase(IntEnum):
@@ -208,7 +209,8 @@ class NetworkRecord:
     untied: bool = False
     signed_input: bool = False
     classes: int = 0  # readout rows (CE); 0 without a readout
-    nudge_shift: int = 0
+    nudge_shift: int = 0  # MSE: the nudge's left shift; CE: the CE nudge's right shift (docs/board_protocol.md)
+    softmax_shift: int = 0  # CE: F_out + 15 - 6, the integer softmax's exponent shift; 0 otherwise
 
     HEAD = struct.Struct("<BBBBBBHH")
     LAYER = struct.Struct("<HbB")
@@ -219,7 +221,7 @@ class NetworkRecord:
         out = self.HEAD.pack(len(self.layers), flags, self.weight_bits, self.state_bits, self.input_bits, 0,
                              self.max_batch, self.input_size)
         out += b"".join(self.LAYER.pack(g.units, g.state_shift, 0) for g in self.layers)
-        return out + self.TAIL.pack(self.classes, self.nudge_shift, 0)
+        return out + self.TAIL.pack(self.classes, self.nudge_shift, self.softmax_shift)
 
     def fan_in(self, layer: int) -> int:
         """Inputs of 1-based state layer ``layer``."""

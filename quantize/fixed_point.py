@@ -16,7 +16,8 @@ every term shifted left to ``F_l`` (exact, no rounding):
 and the new state is ``clamp(round_half_even(acc / 2^(F_l - f_s + a)), 0, 2^state_bits - 1)`` with ``a = 0``
 for ``hard_sigmoid`` (``clip(u, 0, 1)``) and ``a = 1`` for ``hard_sigmoid_half`` (``clip(u/2, 0, 1)``).
 Round half to even is torch's and Brevitas's rounding. The nudge of an MSE output is
-``beta_q * (onehot - s_L)`` with ``beta_q = round(beta * 2^beta_frac)``. Class scores are integers with
+``beta_q * (onehot - s_L)`` with ``beta_q = round(beta * 2^beta_frac)``; a CE output's nudge goes through the
+integer softmax ``softmax_fixed`` (``FixedPointNetwork.nudge``). Class scores are integers with
 ``F_out`` fractional bits. Here the arithmetic runs in int64; ``accumulator_bits`` says how wide a board's
 accumulator must be.
 """
@@ -39,6 +40,18 @@ FILE_FORMAT = "hwtoolkit-fixed-point/1"
 
 ACTIVATION_SHIFT = {"hard_sigmoid": 0, "hard_sigmoid_half": 1}
 BETA_FRAC = 16
+
+# The integer softmax of the CE nudge (docs/quantize.md#the-integer-softmax).
+LOG2E_FRAC = 15
+LOG2E_Q = 47274  # round(log2(e) * 2^15)
+EXP_FRAC_BITS = 6  # the base-2 exponent keeps 6 fractional bits: a 64-entry table
+EXP_TABLE_FRAC = 15
+EXP_TABLE = (  # round(2^15 * 2^(-r/64)), r = 0 ... 63
+    32768, 32415, 32066, 31720, 31379, 31041, 30706, 30376, 30048, 29725, 29405, 29088, 28774, 28464, 28158, 27855,
+    27554, 27258, 26964, 26674, 26386, 26102, 25821, 25543, 25268, 24995, 24726, 24460, 24196, 23936, 23678, 23423,
+    23170, 22921, 22674, 22430, 22188, 21949, 21713, 21479, 21247, 21019, 20792, 20568, 20347, 20127, 19911, 19696,
+    19484, 19274, 19066, 18861, 18658, 18457, 18258, 18061, 17867, 17674, 17484, 17296, 17109, 16925, 16743, 16562)
+PROB_FRAC = 16  # softmax outputs: unsigned, 2^-16 per unit
 
 
 class FixedPointError(ValueError):
@@ -63,6 +76,33 @@ def round_shift(a: torch.Tensor, k: int) -> torch.Tensor:
     r = a - (q << k)
     half = 1 << (k - 1)
     return q + ((r > half) | ((r == half) & (q & 1).bool())).long()
+
+
+def softmax_fixed(scores: torch.Tensor, score_frac: int, table: Sequence[int] = EXP_TABLE) -> torch.Tensor:
+    """Integer softmax over dim 1 of integer ``scores`` (``score_frac`` bits): probabilities with ``PROB_FRAC`` bits.
+
+    ``2^((o_i - max o) log2 e)``: the exponent in units of 2^-6 (round half even), its integer part a right shift
+    and its fractional part a 64-entry table; normalised by an integer division rounding half up. Each output is
+    within half a unit of the exact quotient, so the outputs sum to ``2^16`` within ``classes / 2`` units.
+    """
+    if score_frac + LOG2E_FRAC < EXP_FRAC_BITS:
+        raise FixedPointError(f"score_frac = {score_frac} is invalid: the softmax needs at least "
+                              f"{EXP_FRAC_BITS - LOG2E_FRAC}")
+    lut = torch.tensor(table, dtype=torch.long)
+    d = scores.long() - scores.long().max(1, keepdim=True).values  # <= 0
+    e = -round_shift(d * LOG2E_Q, score_frac + LOG2E_FRAC - EXP_FRAC_BITS)  # -exponent, >= 0, 6 frac bits
+    whole = (e >> EXP_FRAC_BITS).clamp(max=EXP_TABLE_FRAC + 1)  # beyond 16 the term rounds to 0 anyway
+    u = round_shift_each(lut[e & ((1 << EXP_FRAC_BITS) - 1)], whole)
+    total = u.sum(1, keepdim=True)  # >= 2^15: the largest score contributes table[0]
+    return ((u << (PROB_FRAC + 1)) + total) // (2 * total)
+
+
+def round_shift_each(a: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """``round_half_even(a / 2^k)`` with a shift ``k >= 1`` or 0 per element (``round_shift`` elementwise)."""
+    q = a >> k
+    r = a - (q << k)
+    half = (1 << k) >> 1
+    return q + ((k > 0) & ((r > half) | ((r == half) & (q & 1).bool()))).long()
 
 
 def _frac_of(scale: torch.Tensor, what: str) -> torch.Tensor:
@@ -118,6 +158,7 @@ class FixedPointNetwork:
     plans: list[LayerPlan] = field(default_factory=list)
     score_frac: int = 0
     readout: tuple[torch.Tensor, torch.Tensor] | None = None  # aligned (W_out, b_out) for a CE readout
+    ce_nudge_bound: int = 0  # the largest |CE nudge| in the last accumulator (beside plans[-1].bound)
 
     # -- construction ------------------------------------------------------------------------------------
 
@@ -186,6 +227,7 @@ class FixedPointNetwork:
             self.score_frac = int((fw + fs).max())
             shift = self.score_frac - fw - fs
             self.readout = (w.data << shift.view(-1, 1), b.data << shift)
+            self.ce_nudge_bound = _ce_nudge_bound(w, self.plans[-1].acc_frac)
         else:
             self.score_frac = fs
 
@@ -193,8 +235,12 @@ class FixedPointNetwork:
 
     @property
     def accumulator_bits(self) -> int:
-        """Signed accumulator width that no input, state or |beta| <= 4 can overflow (readout included)."""
-        bound = max(plan.bound for plan in self.plans)
+        """Signed accumulator width that no input, state or |beta| <= 4 can overflow (readout and CE nudge included).
+
+        ``plans[-1].bound`` holds the MSE nudge but not the CE one, which only a board running the integer softmax
+        adds (``ce_nudge_bound``).
+        """
+        bound = max(max(plan.bound for plan in self.plans), self.plans[-1].bound + self.ce_nudge_bound)
         if self.readout is not None:
             w, b = self.readout
             bound = max(bound, int(w.abs().sum(1).max()) * ((1 << self.state_bits) - 1) + int(b.abs().max()))
@@ -281,9 +327,6 @@ class FixedPointNetwork:
         if steps < 1:
             raise ValueError(f"steps = {steps} is invalid: a phase needs at least one step")
         if beta != 0.0:
-            if spec.output != "mse":
-                raise FixedPointError("the fixed-point nudge needs network.output = \"mse\" (the CE nudge goes "
-                                      "through a softmax, which has no integer form here)")
             if y is None:
                 raise ValueError("a nudged phase (beta != 0) needs targets y")
         batch = x_int.shape[0]
@@ -310,8 +353,20 @@ class FixedPointNetwork:
         if plan.feedback is not None:
             acc = acc + states[i + 1] @ plan.feedback
         if onehot is not None and i == len(self.plans) - 1:
-            acc = acc + ((beta_q * (onehot - states[i])) << (plan.acc_frac - BETA_FRAC - self.state_frac))
+            acc = acc + self.nudge(states[i], onehot, beta_q, plan.acc_frac)
         return round_shift(acc, plan.state_shift).clamp(0, smax)
+
+    def nudge(self, s_last: torch.Tensor, onehot: torch.Tensor, beta_q: int, acc_frac: int) -> torch.Tensor:
+        """The nudge ``-beta dL/ds_L`` in the last layer's accumulator format (``acc_frac`` bits).
+
+        MSE: ``beta_q (onehot - s_L)``, shifted left (exact). CE: ``beta_q ((onehot << 16 - p) @ W_out)`` with
+        ``p = softmax_fixed(scores)``, rounded half to even down to ``acc_frac`` (``ce_nudge_shift``).
+        """
+        if self.readout is None:
+            return (beta_q * (onehot - s_last)) << (acc_frac - BETA_FRAC - self.state_frac)
+        g = (onehot << (PROB_FRAC - self.state_frac)) - softmax_fixed(self.scores(s_last), self.score_frac)
+        return round_shift(beta_q * (g @ self.readout[0]), ce_nudge_shift(self.score_frac - self.state_frac,
+                                                                          acc_frac))
 
     def scores(self, s_last: torch.Tensor) -> torch.Tensor:
         """Class scores of the last state layer: the CE readout in integers, or ``s_L`` itself."""
@@ -319,6 +374,21 @@ class FixedPointNetwork:
             return s_last.clone()
         w, b = self.readout
         return s_last @ w.t() + b
+
+
+def ce_nudge_shift(readout_frac: int, acc_frac: int) -> int:
+    """Right shift from the CE nudge product (``BETA_FRAC + PROB_FRAC + readout_frac`` bits) to ``acc_frac``."""
+    return BETA_FRAC + PROB_FRAC + readout_frac - acc_frac
+
+
+def _ce_nudge_bound(w_out: FixedTensor, acc_frac: int) -> int:
+    """The largest |CE nudge| in the accumulator for |beta| <= 4: ``sum_i |g_i| <= 2^17 + classes`` units."""
+    fw = _rows(w_out.frac, w_out.data.shape[0])
+    aligned = w_out.data << (fw.max() - fw).view(-1, 1)
+    classes = w_out.data.shape[0]
+    worst = (4 << BETA_FRAC) * ((2 << PROB_FRAC) + classes) * int(aligned.abs().max())
+    k = ce_nudge_shift(int(fw.max()), acc_frac)
+    return (worst >> k) + 1 if k > 0 else worst << -k
 
 
 def _meta_int(table: object, key: str, low: int, high: int, where: str) -> int:

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from hwtoolkit.network import layers as L
+from hwtoolkit.network.output import nudge_force
 from hwtoolkit.network.parameters import check_parameters
 from hwtoolkit.network.spec import LayerGeometry, NetworkSpec
 
@@ -166,4 +167,31 @@ class QuantEPNetwork(nn.Module):
 
     def reads(self) -> L.Reads:
         """The engine hooks that make ``hwtoolkit.network.dynamics`` run this quantized network."""
-        return L.Reads(input=self.quantize_input, store=self.store)
+        return L.Reads(input=self.quantize_input, store=self.store, nudge=self.nudge)
+
+    # a fixed-point CE network nudges through the integer softmax, as a board does; False: torch's softmax
+    integer_softmax = True
+
+    def nudge(self, spec: NetworkSpec, params: Mapping[str, torch.Tensor], s_last: torch.Tensor,
+              scores: torch.Tensor, y: torch.Tensor, beta: float | torch.Tensor) -> torch.Tensor:
+        """The nudging force: a fixed-point CE network's is the fixed-point model's (integer softmax, rounded to
+        the last accumulator), so the reference target trains what a board trains; otherwise ``nudge_force``."""
+        if spec.output != "ce" or not self.cfg.fixed_point or not self.integer_softmax:
+            return nudge_force(spec, params, s_last, scores, y, beta)
+        from .fixed_point import BETA_FRAC
+
+        if torch.is_tensor(beta) and beta.numel() != 1:
+            raise ValueError(f"the integer CE nudge needs one beta for the batch, not {tuple(beta.shape)}")
+        fp = self._fixed_point()
+        acc_frac = fp.plans[-1].acc_frac
+        s_int = torch.round(s_last.detach().flatten(1).double().cpu() * 2.0 ** fp.state_frac).long()
+        onehot = nn.functional.one_hot(y.cpu(), spec.classes).long() << fp.state_frac
+        force = fp.nudge(s_int, onehot, round(float(beta) * (1 << BETA_FRAC)), acc_frac)
+        return (force.double() * 2.0 ** -acc_frac).to(s_last.dtype).to(s_last.device).view_as(s_last)
+
+    def _fixed_point(self):
+        """The fixed-point model of the current weights (rebuilt every call: an update may bypass autograd's
+        version counters, so no cache key is safe)."""
+        from .fixed_point import FixedPointNetwork
+
+        return FixedPointNetwork.from_quant(self)

@@ -134,7 +134,8 @@ def core_image(image, params: CoreParams, acc_bits: int) -> CoreImage:
         problems.append(f"state shifts in [{min(state_shifts)}, {max(state_shifts)}], the core's are -{limit} to {limit}")
     if acc_bits - min(0, min(state_shifts)) > 64:
         problems.append(f"a left state shift of {-min(state_shifts)} on a {acc_bits}-bit accumulator leaves int64")
-    shifts = [rec.nudge_shift]
+    nudge_shift = rec.nudge_shift if rec.classes == 0 else 0  # a CE record's shift is the CE nudge's: not the core's
+    shifts = [nudge_shift]
     for tid, (values, _) in image.tensors.items():
         if tid % 4 == SHIFTS and tid < 4 * n:
             shifts += values.tolist()
@@ -159,7 +160,7 @@ def core_image(image, params: CoreParams, acc_bits: int) -> CoreImage:
     writes: list[tuple[int, int]] = []
     cfg = n | rec.alternating << 8 | rec.signed_input << 9 | rec.state_bits << 16
     writes += [(address(R_CTRL, CFG), cfg), (address(R_CTRL, INPUT_SIZE), rec.input_size),
-               (address(R_CTRL, NUDGE_SHIFT), rec.nudge_shift)]
+               (address(R_CTRL, NUDGE_SHIFT), nudge_shift)]
     for i, g in enumerate(layouts):
         for field, value in ((L_UNITS, g.units), (L_OFF, g.offset), (L_WBASE, g.w_base), (L_FBBASE, g.fb_base),
                              (L_SHIFT, g.state_shift & ((2 << p.SH_W) - 1))):

@@ -102,7 +102,7 @@ def _settle(spec: NetworkSpec, params: Mapping[str, torch.Tensor], old: torch.Te
     """The new state of layer ``i`` from its pre-activation (plus the nudge, for the last layer)."""
     rho = get_activation(spec.activation)
     if last and nudged:
-        u = u + nudge_force(spec, params, s_last, logits(spec, params, s_last), y, beta)
+        u = u + reads.nudge(spec, params, s_last, logits(spec, params, s_last), y, beta)
     if spec.dynamics == "prototypical":
         return reads.store(i, rho(u))
     return reads.store(i, ((1 - spec.eps) * old + spec.eps * rho(u)).clamp(rho.low, rho.high))

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch.nn.grad import conv2d_weight
 
+from .output import nudge_force
 from .spec import LayerGeometry
 
 
@@ -112,12 +113,14 @@ class Reads:
     to ``dynamics.relax`` (a callable giving each step's drive), as the crossbar target does.
     ``input`` maps the normalised input before layer 1 reads it, and ``store(i, s)`` maps the new state
     of the 0-based layer ``i`` as the layer keeps it: a quantized network rounds both to its formats.
+    ``nudge`` has ``output.nudge_force``'s signature: a fixed-point network swaps in its integer CE nudge.
     """
 
     forward: Callable[..., tuple[torch.Tensor, Any]] = forward
     transpose: Callable[..., torch.Tensor] = transpose
     input: Callable[[torch.Tensor], torch.Tensor] = _as_is
     store: Callable[[int, torch.Tensor], torch.Tensor] = _stored_as_is
+    nudge: Callable[..., torch.Tensor] = nudge_force
 
 
 EXACT = Reads()

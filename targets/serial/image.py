@@ -14,7 +14,8 @@ import torch
 from firmware_interface.protocol import BETA_FRAC, BIAS, FEEDBACK, MAX_SHIFT, SHIFTS, W, LayerRecord, NetworkRecord, \
     tensor_id
 from firmware_interface.tensor import I8, I16, I32, U8, U16
-from quantize.fixed_point import FixedPointNetwork, FixedTensor
+from quantize.fixed_point import (EXP_FRAC_BITS, LOG2E_FRAC, FixedPointNetwork, FixedTensor,
+                                  ce_nudge_shift)
 
 
 class ImageError(ValueError):
@@ -73,8 +74,25 @@ class BoardImage:
         return [tid for tid in sorted(self.tensors) if tid % 4 != SHIFTS]
 
 
-def board_image(fp: FixedPointNetwork, max_batch: int) -> BoardImage:
-    """The board's view of ``fp``; ``ImageError`` if a value does not fit the protocol."""
+def nudge_shifts(fp: FixedPointNetwork, ce_nudge: bool = True) -> tuple[int, int]:
+    """CONFIGURE's ``nudge_shift`` and ``softmax_shift``: MSE (left shift, 0), CE (right shift, F_out + 9).
+
+    Without ``ce_nudge`` (a board before capability 8) a CE record carries 0 and 0, which such a board requires.
+    """
+    acc_frac = fp.plans[-1].acc_frac
+    if fp.spec.output == "mse":
+        return acc_frac - BETA_FRAC - fp.state_frac, 0
+    if not ce_nudge:
+        return 0, 0
+    return (ce_nudge_shift(fp.score_frac - fp.state_frac, acc_frac),
+            fp.score_frac + LOG2E_FRAC - EXP_FRAC_BITS)
+
+
+def board_image(fp: FixedPointNetwork, max_batch: int, ce_nudge: bool = True) -> BoardImage:
+    """The board's view of ``fp``; ``ImageError`` if a value does not fit the protocol.
+
+    ``ce_nudge``: the board runs CE nudges (capability 8), so a CE record carries their shifts.
+    """
     spec, p = fp.spec, fp.params
     fs, fx = fp.state_frac, int(fp.input_format.frac)
     if fs != fp.state_bits:
@@ -114,9 +132,10 @@ def board_image(fp: FixedPointNetwork, max_batch: int) -> BoardImage:
         tensors[tensor_id(n + 1, W)] = (w.data.numpy().reshape(-1), wcode)
         tensors[tensor_id(n + 1, BIAS)] = (_bias(p["b_out"], "b_out"), I32)
         tensors[tensor_id(n + 1, SHIFTS)] = (_shifts(out, "the readout").reshape(-1), U8)
-    nudge = fp.plans[-1].acc_frac - BETA_FRAC - fs if spec.output == "mse" else 0
-    if not 0 <= nudge <= MAX_SHIFT:
-        raise ImageError(f"the nudge needs a shift of {nudge}; the protocol allows 0 to {MAX_SHIFT}")
+    nudge, softmax = nudge_shifts(fp, ce_nudge)
+    for value, what in ((nudge, "the nudge needs a shift"), (softmax, "the softmax needs an exponent shift")):
+        if not 0 <= value <= MAX_SHIFT:
+            raise ImageError(f"{what} of {value}; the protocol allows 0 to {MAX_SHIFT}")
     for layer, g in enumerate(layers, start=1):
         if abs(g.state_shift) > MAX_SHIFT:
             raise ImageError(f"layer {layer} needs a state shift of {g.state_shift}; the protocol allows "
@@ -124,5 +143,5 @@ def board_image(fp: FixedPointNetwork, max_batch: int) -> BoardImage:
     fmt = fp.input_format
     record = NetworkRecord(tuple(layers), spec.layers[0].fan_in, weight_bits, fp.state_bits, fmt.bits, max_batch,
                            alternating=spec.update == "alternating", untied=not spec.tied, signed_input=fmt.signed,
-                           classes=classes, nudge_shift=nudge)
+                           classes=classes, nudge_shift=nudge, softmax_shift=softmax)
     return BoardImage(record, tensors, fs, fp.score_frac, input_code(fmt.bits, fmt.signed), state_code(fp.state_bits))

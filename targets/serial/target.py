@@ -229,7 +229,7 @@ class SerialTarget(Target):
 
         fp = FixedPointNetwork.from_quant(self.quant)
         try:
-            image = board_image(fp, self.max_batch)
+            image = board_image(fp, self.max_batch, bool(self.info.capabilities & Capability.CE_NUDGE))
         except ImageError as e:
             raise TargetError(f"the weights do not fit the board protocol: {e}") from None
         if fp.accumulator_bits > self.info.accumulator_bits:
@@ -334,9 +334,9 @@ class SerialTarget(Target):
     def _relax(self, x: torch.Tensor, steps: int, beta: float, y: torch.Tensor | None, start: Start,
                stop_tolerance: float) -> Relaxation:
         if beta != 0.0:
-            if self.spec.output != "mse":
-                raise TargetError("a nudged phase on the board needs network.output = \"mse\" (the CE nudge goes "
-                                  "through a softmax, which the fixed-point model has no integer form for)")
+            if self.spec.output == "ce" and not self.info.capabilities & Capability.CE_NUDGE:
+                raise TargetError(f"a nudged phase of a CE network needs a board with the CE nudge (capability "
+                                  f"8, the integer softmax); the board at {self.url} has none ({self.info.describe()})")
             if not 1 <= abs(round(beta * (1 << BETA_FRAC))) < 2**31:
                 raise TargetError(f"beta = {beta} is invalid on a board: it travels as round(beta * 2^16) in an "
                                   f"i32, which must not be 0 (|beta| > 2^-17 and < 2^15)")

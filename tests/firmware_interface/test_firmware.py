@@ -76,11 +76,12 @@ def untensor(payload: bytes) -> np.ndarray:
     return np.frombuffer(payload[3 + 2 * ndim:], dtype=code).reshape(shape).astype(np.int64)
 
 
-def network(units, input_size, shifts=None, wb=8, sb=8, ib=8, flags=0, max_batch=8, classes=0, nudge=0) -> bytes:
+def network(units, input_size, shifts=None, wb=8, sb=8, ib=8, flags=0, max_batch=8, classes=0, nudge=0,
+            softmax=0) -> bytes:
     shifts = shifts or [0] * len(units)
     rec = struct.pack("<BBBBBBHH", len(units), flags, wb, sb, ib, 0, max_batch, input_size)
     rec += b"".join(struct.pack("<HbB", u, s, 0) for u, s in zip(units, shifts))
-    return rec + struct.pack("<HBB", classes, nudge, 0)
+    return rec + struct.pack("<HBB", classes, nudge, softmax)
 
 
 class Link:
@@ -223,7 +224,7 @@ def relax_model(tensors, x, steps, flags=0, units=SMALL["units"], shifts=SMALL["
 def test_hello_record_fields(link):
     h = link.hello()
     assert (h["major"], h["minor"], h["max_payload"], h["device_id"]) == (1, 1, 2048, 0xC0FFEE)
-    assert h["caps"] == 0xFF and h["max_batch"] == 32 and h["accbits"] == 64
+    assert h["caps"] == 0x1FF and h["max_batch"] == 32 and h["accbits"] == 64
     assert h["arena"] == 16 << 20 and h["wbits"] == h["sbits"] == h["ibits"] == 16
     assert h["ns_per_mac"] > 0 and h["base_us"] > 0 and h["max_steps"] >= 1000
     assert link.status()["boot_id"] == h["boot_id"]
@@ -368,6 +369,9 @@ BAD_REQUESTS = [
     (CONFIGURE, network([4], 3, shifts=[63]), BAD_ARG, 9),
     (CONFIGURE, network([4], 3, classes=2), BAD_ARG, 11),  # classes without the CE flag
     (CONFIGURE, network([4], 3, nudge=63), BAD_ARG, 12),
+    (CONFIGURE, network([4], 3, flags=4, classes=2, nudge=63), BAD_ARG, 12),  # the CE nudge's shift, too
+    (CONFIGURE, network([4], 3, softmax=9), BAD_ARG, 13),  # a softmax shift without the CE flag
+    (CONFIGURE, network([4], 3, flags=4, classes=2, softmax=63), BAD_ARG, 13),
     (WRITE, w(0, 0, tensor(I8, [1]))[:5], BAD_LENGTH, None),
     (WRITE, w(0, 0, tensor(I8, [1, 2]))[:-1], BAD_LENGTH, None),
     (WRITE, w(0, 0, tensor(I16, [1])), BAD_ARG, 3),  # weights of 6 bits travel as i8

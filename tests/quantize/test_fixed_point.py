@@ -1,6 +1,7 @@
 """The integer fixed-point model against the Brevitas power-of-two network, and the .epqw weight file."""
 
 import itertools
+import math
 import struct
 
 import pytest
@@ -8,7 +9,8 @@ import torch
 
 from hwtoolkit.network.parameters import init_parameters
 from hwtoolkit.network.spec import ConvLayer, NetworkSpec
-from quantize.fixed_point import FixedPointError, FixedPointNetwork, round_shift
+from quantize.fixed_point import (EXP_FRAC_BITS, EXP_TABLE, LOG2E_Q, PROB_FRAC, FixedPointError, FixedPointNetwork,
+                                  round_shift, softmax_fixed)
 from quantize.weight_file import WeightFileError
 from targets.reference import ReferenceTarget
 
@@ -20,6 +22,9 @@ def pair(spec, seed=0, dtype="float64", **quant):
     params = {n: 1.5 * p for n, p in params.items()}  # larger weights: more units away from 0 and 1
     t.program(params)
     return t, FixedPointNetwork.from_quant(t.quant)
+
+
+SOFTMAX_ERROR_BOUND = 2.0e-3  # docs/quantize.md#the-integer-softmax: measured 1.63e-3 at most
 
 
 def lsb_gap(states, fixed, frac):
@@ -115,11 +120,92 @@ def test_networks_without_a_fixed_point_form_are_refused(spec, quant, message):
         FixedPointNetwork.from_quant(t.quant)
 
 
-def test_ce_nudge_is_refused_with_a_reason():
-    _, fp = pair(NetworkSpec(input_shape=(1, 6, 6), hidden=(8,), classes=4, output="ce"))
-    xi = fp.encode_input(torch.rand(2, 1, 6, 6))
-    with pytest.raises(FixedPointError, match="output = \"mse\""):
-        fp.relax(xi, 3, beta=0.5, y=torch.tensor([0, 1]))
+def float_softmax_error(table=EXP_TABLE, seed=0):
+    """Largest |softmax_fixed - torch.softmax| (in probability) over random scores of several spreads and formats."""
+    g = torch.Generator().manual_seed(seed)
+    worst = 0.0
+    for frac, spread in itertools.product((6, 12, 17), (0.5, 3.0, 12.0)):
+        q = torch.round(torch.randn(4000, 10, generator=g, dtype=torch.float64) * spread * 2 ** frac).long()
+        p = softmax_fixed(q, frac, table)
+        worst = max(worst, float((p.double() / 2 ** PROB_FRAC - torch.softmax(q.double() / 2 ** frac, 1)).abs().max()))
+    return worst
+
+
+def test_exp_table_holds_the_specified_powers_of_two():
+    assert len(EXP_TABLE) == 1 << EXP_FRAC_BITS
+    assert list(EXP_TABLE) == [round(2 ** 15 * 2 ** (-r / 64)) for r in range(64)]
+    assert LOG2E_Q == round(math.log2(math.e) * 2 ** 15)
+
+
+def test_integer_softmax_sums_to_one_within_half_a_unit_per_class_and_is_monotone():
+    g = torch.Generator().manual_seed(3)
+    for classes, spread in itertools.product((2, 4, 10, 33), (0.01, 1.0, 50.0)):
+        q = torch.round(torch.randn(3000, classes, generator=g) * spread * 2 ** 12).long()
+        p = softmax_fixed(q, 12)
+        assert p.min() >= 0 and p.max() <= 1 << PROB_FRAC
+        assert int((p.sum(1) - (1 << PROB_FRAC)).abs().max()) <= classes // 2
+        order = q.argsort(1)
+        assert (p.gather(1, order).diff(dim=1) >= 0).all()  # a larger score never gets a smaller probability
+        assert torch.equal(softmax_fixed(q + 12345, 12), p)  # shift invariant, as the float softmax
+
+
+def test_integer_softmax_error_against_torch_is_below_the_documented_bound():
+    assert float_softmax_error() < SOFTMAX_ERROR_BOUND
+    half_step_off = [round(v * 2 ** (-1 / 128)) if r % 2 else v for r, v in enumerate(EXP_TABLE)]  # odd r: 0.27% low
+    assert float_softmax_error(half_step_off) > SOFTMAX_ERROR_BOUND
+    neighbour = list(EXP_TABLE[1:]) + [EXP_TABLE[-1] // 2 + 1]  # each entry read one index late
+    assert float_softmax_error(neighbour) > SOFTMAX_ERROR_BOUND
+
+
+def test_integer_softmax_refuses_too_few_score_bits():
+    with pytest.raises(FixedPointError, match="score_frac = -10"):
+        softmax_fixed(torch.zeros(1, 3, dtype=torch.long), -10)
+
+
+@pytest.mark.parametrize("beta, hidden", [(0.5, (16,)), (-0.25, (20, 12)), (1.0, (20, 12))])
+def test_ce_nudged_phase_tracks_the_float_softmax_network(beta, hidden):
+    """The integer softmax is not torch's: a nudged state may differ by an LSB (2 once fed back), and rarely does."""
+    spec = NetworkSpec(input_shape=(1, 6, 6), hidden=hidden, classes=4, output="ce")
+    t, fp = pair(spec)
+    t.quant.integer_softmax = False  # the Brevitas network with torch's softmax
+    g = torch.Generator().manual_seed(5)
+    x, y = torch.rand(200, 1, 6, 6, generator=g), torch.randint(0, 4, (200,), generator=g)
+    xi = fp.encode_input(x)
+    free, ffree = t.relax(x, 20), fp.relax(xi, 20)
+    nudged = t.relax(x, 10, beta=beta, y=y, init=free)
+    fnudged = fp.relax(xi, 10, beta=beta, y=y, init=ffree.states)
+    assert lsb_gap(nudged.states, fnudged.states, fp.state_frac) <= 2
+    same = torch.cat([(s.flatten(1) * 2.0 ** fp.state_frac == f.double()).flatten()
+                      for s, f in zip(nudged.states, fnudged.states)])
+    assert same.double().mean() >= 0.97
+    assert lsb_gap(nudged.states, ffree.states, fp.state_frac) > 1  # the nudge moved something
+
+
+@pytest.mark.parametrize("beta, update", [(0.5, "synchronous"), (-0.25, "alternating"), (1.0, "synchronous")])
+def test_ce_nudged_phase_of_the_reference_target_is_bit_exact(beta, update):
+    """A fixed-point CE network on the reference target nudges through the integer softmax: bit for bit."""
+    spec = NetworkSpec(input_shape=(1, 6, 6), hidden=(20, 12), classes=4, output="ce", update=update)
+    t, fp = pair(spec)
+    g = torch.Generator().manual_seed(7)
+    x, y = torch.rand(200, 1, 6, 6, generator=g), torch.randint(0, 4, (200,), generator=g)
+    xi = fp.encode_input(x)
+    free, ffree = t.relax(x, 20), fp.relax(xi, 20)
+    nudged = t.relax(x, 10, beta=beta, y=y, init=free)
+    fnudged = fp.relax(xi, 10, beta=beta, y=y, init=ffree.states)
+    assert lsb_gap(nudged.states, fnudged.states, fp.state_frac) == 0
+    assert lsb_gap(nudged.states, ffree.states, fp.state_frac) > 0
+
+
+def test_ce_nudge_stays_within_the_accumulator_width():
+    _, fp = pair(NetworkSpec(input_shape=(1, 6, 6), hidden=(16, 8), classes=4, output="ce"), weight_bits=8)
+    plan = fp.plans[-1]
+    g = torch.Generator().manual_seed(0)
+    s_last = torch.randint(0, 1 << fp.state_bits, (2000, 8), generator=g)
+    s_last[:10] = torch.tensor([0, (1 << fp.state_bits) - 1]).repeat(4)  # extreme states
+    onehot = torch.nn.functional.one_hot(torch.randint(0, 4, (2000,), generator=g), 4) << fp.state_frac
+    worst = max(int(fp.nudge(s_last, onehot, round(b * 2 ** 16), plan.acc_frac).abs().max()) for b in (4.0, -4.0))
+    assert 0 < worst <= fp.ce_nudge_bound
+    assert plan.bound + fp.ce_nudge_bound < 2 ** (fp.accumulator_bits - 1)
 
 
 # -- the weight file -------------------------------------------------------------------------------------

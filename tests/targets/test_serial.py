@@ -3,6 +3,7 @@ recovery from board resets and killed hosts, and the errors a user meets."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -20,7 +21,7 @@ from hypothesis import strategies as st
 
 from firmware_interface import tensor as T
 from firmware_interface.client import BoardClient
-from firmware_interface.protocol import Command, tensor_id
+from firmware_interface.protocol import Capability, Command, tensor_id
 from hwtoolkit import config
 from hwtoolkit.network.parameters import init_parameters
 from hwtoolkit.network.spec import ConvLayer, NetworkSpec
@@ -73,7 +74,8 @@ def _random_case(net, quant, seed):
 
 
 def check_bit_exact(client, net, quant, seed, steps, beta):
-    """Free (and for MSE, nudged) phases on the board equal the Python fixed-point model bit for bit."""
+    """Free and nudged phases on the board equal the Python fixed-point model bit for bit (a CE nudge where the
+    board has the integer softmax; a board without it refuses the phase by name)."""
     spec, weights = _random_case(net, quant, seed)
     target = SerialTarget(spec, client=client, quant=quant)
     target.program(weights)
@@ -88,7 +90,10 @@ def check_bit_exact(client, net, quant, seed, steps, beta):
         [True] * spec.num_state_layers
     # the board's scores are exact; the target returns them as float32, which rounds scores past 2^24
     assert torch.equal(free.logits, (golden.scores.double() * 2.0 ** -fp.score_frac).float())
-    if spec.output == "mse":
+    if spec.output == "ce" and not target.info.capabilities & Capability.CE_NUDGE:
+        with pytest.raises(TargetError, match="capability 8"):
+            target.relax(x, steps, beta, y, init=free)
+    else:
         nudged = target.relax(x, steps, beta, y, init=free)
         golden_nudged = fp.relax(fp.encode_input(x), steps, beta, y, init=golden.states)
         assert all(torch.equal(a, b) for a, b in zip(_states_ints(nudged, fp.state_frac), golden_nudged.states))
@@ -114,6 +119,13 @@ def board_client(board_url):
        beta=st.sampled_from([0.5, -0.25]))
 def test_every_board_states_equal_the_fixed_point_model(board_client, net, quant, seed, steps, beta):
     check_bit_exact(board_client, net, quant, seed, steps, beta)
+
+
+def test_every_board_runs_the_ce_nudge_bit_exactly_or_refuses_it(board_client):
+    """A fixed CE case on every board: QEMU and the host build nudge bit-exactly, fpga-sim refuses by name."""
+    net = {"hidden": [10, 6], "classes": 4, "output": "ce", "tied": False, "update": "alternating",
+           "activation": "hard_sigmoid_half", "side": 5, "normalised": True}
+    check_bit_exact(board_client, net, {"weight_bits": 8, "state_bits": 8}, 11, 8, -0.5)
 
 
 def check_packed_equals_dense(client, net, quant, seed, steps):
@@ -222,11 +234,41 @@ def test_states_are_not_trivially_equal(host_client):
     assert inside > 0.2 and len(torch.unique(values)) > 10
 
 
+def test_a_board_without_the_ce_nudge_runs_ce_free_phases_and_refuses_nudged_ones():
+    """A protocol 1.0 board (``make host-v10``) gets a CE record without the nudge's shifts, which it accepts."""
+    from firmware_interface import launch
+
+    ok, why = launch.toolchain_available("host-v10")
+    if not ok:
+        pytest.skip(why)
+    net = {"hidden": [12], "classes": 4, "output": "ce", "tied": True, "update": "synchronous",
+           "activation": "hard_sigmoid", "side": 5, "normalised": False}
+    with launch.HostBoard(legacy=True) as old, BoardClient.open(old.url, timeout=2.0) as client:
+        assert not client.info.capabilities & Capability.CE_NUDGE
+        check_bit_exact(client, net, {"weight_bits": 8, "state_bits": 8}, 4, 10, 0.5)
+
+
+def test_ce_nudged_states_are_bit_exact_and_moved_by_the_nudge(host_client):
+    """The CE nudge on the board (integer softmax) equals the model and changes states the free phase left."""
+    net = {"hidden": [20, 12], "classes": 5, "output": "ce", "tied": True, "update": "synchronous",
+           "activation": "hard_sigmoid", "side": 6, "normalised": False}
+    for beta in (1.0, -0.5):
+        fp, free = check_bit_exact(host_client, net, {"weight_bits": 8, "state_bits": 8}, 3, 20, beta)
+        spec, _ = _random_case(net, {}, 3)
+        gen = torch.Generator().manual_seed(3)
+        batch = int(torch.randint(1, 40, (), generator=gen))
+        x = torch.rand(batch, *spec.input_shape, generator=gen)
+        y = torch.randint(0, spec.classes, (batch,), generator=gen)
+        nudged = fp.relax(fp.encode_input(x), 20, beta, y, init=free)
+        assert any(not torch.equal(a, b) for a, b in zip(nudged.states, free))
+
+
 # -- training with the board in the loop ---------------------------------------------------------------------
 
 
-def _board_config(root, url, epochs=2, extra=""):
-    text = tiny_config_text(root, "symmetric", epochs=epochs, extra=extra).replace('output = "ce"', 'output = "mse"')
+def _board_config(root, url, epochs=2, extra="", output="mse"):
+    text = tiny_config_text(root, "symmetric", epochs=epochs, extra=extra).replace('output = "ce"',
+                                                                                    f'output = "{output}"')
     text = text.replace("lr = [0.1, 0.05]", "lr = [0.1, 0.05]").replace("weight_decay = 1e-4", "weight_decay = 0.0")
     text += "\n[quant]\nweight_bits = 8\nstate_bits = 8\n"
     if url:
@@ -238,11 +280,13 @@ def _weights(run):
     return checkpoint.load(Path(run) / "checkpoints" / "best.pt")["weights"]
 
 
+@pytest.mark.parametrize("output", ["mse", "ce"])
 def test_training_on_the_board_equals_the_fixed_point_model_on_the_reference_target(host_board, idx_dataset,
-                                                                                     tmp_path):
-    """Same seed, same config: the board's states equal the quantized reference's, so the runs are identical."""
-    board = config.loads(_board_config(idx_dataset, host_board.url))
-    reference = config.loads(_board_config(idx_dataset, None))
+                                                                                     tmp_path, output):
+    """Same seed, same config: the board's states equal the quantized reference's, so the runs are identical
+    (for CE both nudge through the integer softmax; the readout's update is the host's on both)."""
+    board = config.loads(_board_config(idx_dataset, host_board.url, output=output))
+    reference = config.loads(_board_config(idx_dataset, None, output=output))
     a = train(board, tmp_path / "board", log=lambda s: None)
     b = train(reference, tmp_path / "reference", log=lambda s: None)
     assert a["test_accuracy"] == b["test_accuracy"] and a["test_accuracy"] > 0.5
@@ -302,13 +346,18 @@ def _reset_between_chunks(board):
     board.client.apply_delta = apply_then_reset
 
 
+@pytest.mark.parametrize("output", ["mse", "ce"])
 @pytest.mark.parametrize("when", ["before_update", "inside_update"])
-def test_a_board_reset_is_repaired_without_losing_or_repeating_updates(host_client, when):
+def test_a_board_reset_is_repaired_without_losing_or_repeating_updates(host_client, when, output):
+    """A reset loses the CONFIGURE record (for CE: its nudge and softmax shifts); the repair sends it again."""
     reset = (lambda board: board.client.reset()) if when == "before_update" else _reset_between_chunks
-    board, ref = _trained_pair(host_client, SMALL, W8, reset_at=(2, reset))
+    spec = dataclasses.replace(SMALL, output=output)
+    board, ref = _trained_pair(host_client, spec, W8, reset_at=(2, reset))
     assert board.report.resets_recovered == 1 and board.report.uploads == 2
     held, expected = board.board_weights(), ref.effective_params()
     assert all(torch.equal(held[n], expected[n].float()) for n in expected)
+    shadow, ref_shadow = board.read_weights(), ref.read_weights()  # every nudged phase after the reset was equal
+    assert all(torch.equal(shadow[n], ref_shadow[n]) for n in shadow)
 
 
 WIDE = NetworkSpec(input_shape=(1, 5, 5), hidden=(128,), classes=3, output="mse")  # W1 takes two payloads
@@ -469,7 +518,8 @@ def test_configuration_errors_name_what_is_wrong(host_board, host_client, idx_da
     with pytest.raises(TargetError, match="holds no weights"):
         target.relax(torch.rand(2, 1, 5, 5), 5)
     target.program(init_parameters(ce, 0))
-    with pytest.raises(TargetError, match="output = \"mse\""):
+    target.info = dataclasses.replace(target.info, capabilities=target.info.capabilities & ~Capability.CE_NUDGE)
+    with pytest.raises(TargetError, match="needs a board with the CE nudge"):
         target.relax(torch.rand(2, 1, 5, 5), 5, 0.5, torch.tensor([0, 1]))
     with pytest.raises(TargetError, match="steps"):
         target.relax(torch.rand(2, 1, 5, 5), 0)

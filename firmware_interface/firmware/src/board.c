@@ -75,6 +75,9 @@ static int cmd_hello(const uint8_t *req, size_t n, uint8_t *out, size_t *olen)
     put_u32(out + 12, B.boot_id);
     put_u32(out + 16, CAP_MSE_NUDGE | CAP_CE_READOUT | CAP_ALTERNATING | CAP_UNTIED | CAP_EARLY_STOP |
                           CAP_SELF_TEST | CAP_SET_STATES
+#ifndef EP_NO_CE_NUDGE
+                          | CAP_CE_NUDGE
+#endif
 #ifndef EP_NO_PACKED
                           | CAP_PACKED
 #endif

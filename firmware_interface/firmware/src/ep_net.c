@@ -116,7 +116,7 @@ static uint64_t align8(uint64_t v) { return (v + 7) & ~(uint64_t)7; }
 
 /* Field indices of the network record, in the order of the spec's table (per-layer fields shared). */
 enum { F_LAYERS, F_FLAGS, F_WBITS, F_SBITS, F_IBITS, F_RES0, F_MAXBATCH, F_INSIZE, F_UNITS, F_SSHIFT, F_LRES,
-       F_CLASSES, F_NUDGE, F_RES1 };
+       F_CLASSES, F_NUDGE, F_SOFTMAX };
 
 #define BAD(f) do { *field = (f); return ST_BAD_ARGUMENT; } while (0)
 
@@ -128,7 +128,7 @@ int ep_configure(ep_net_t *n, const uint8_t *p, size_t len, uint8_t *field)
     uint16_t max_batch = get_u16(p + 6), input_size = get_u16(p + 8);
     const uint8_t *tail = p + 10 + 4 * (size_t)L;
     uint16_t classes = get_u16(tail);
-    uint8_t nudge = tail[2];
+    uint8_t nudge = tail[2], softmax = tail[3];
     int ce = (flags & NET_CE) != 0;
     if (L < 1 || L > EP_MAX_LAYERS) BAD(F_LAYERS);
     if (flags & 0xF0) BAD(F_FLAGS);
@@ -147,8 +147,8 @@ int ep_configure(ep_net_t *n, const uint8_t *p, size_t len, uint8_t *field)
         if (r[3] != 0) BAD(F_LRES);
     }
     if (ce ? (classes < 1 || classes > EP_MAX_UNITS) : classes != 0) BAD(F_CLASSES);
-    if (ce ? nudge != 0 : nudge > EP_MAX_SHIFT) BAD(F_NUDGE);
-    if (tail[3] != 0) BAD(F_RES1);
+    if (nudge > EP_MAX_SHIFT) BAD(F_NUDGE); /* MSE: the nudge's left shift; CE: the CE nudge's right shift */
+    if (ce ? softmax > EP_MAX_SHIFT : softmax != 0) BAD(F_SOFTMAX);
 
     /* Sizes first (64-bit: no overflow); a refused CONFIGURE leaves the board as it was. */
     size_t wsize = wb <= 8 ? 1 : 2, isize = ib <= 8 ? 1 : 2;
@@ -180,6 +180,7 @@ int ep_configure(ep_net_t *n, const uint8_t *p, size_t len, uint8_t *field)
     total += align8((uint64_t)max_batch * units1 * 8) + align8(max_batch);
     total += SNAP_COUNT * (align8((uint64_t)max_batch * units_sum * 2) + align8((uint64_t)max_batch * 2));
     total += align8((uint64_t)max_batch * 2) + align8(widest * 8) + align8(widest * 2);
+    total += 2 * align8((uint64_t)classes * 8); /* the CE nudge's scores and probabilities */
     if (total > n->arena_size)
         return ST_NO_MEMORY;
 #ifdef EP_ACCEL
@@ -201,6 +202,7 @@ int ep_configure(ep_net_t *n, const uint8_t *p, size_t len, uint8_t *field)
     n->state_bits = sb;
     n->input_bits = ib;
     n->nudge_shift = nudge;
+    n->softmax_shift = softmax;
     n->max_batch = max_batch;
     n->input_size = input_size;
     n->classes = classes;
@@ -238,6 +240,8 @@ int ep_configure(ep_net_t *n, const uint8_t *p, size_t len, uint8_t *field)
     n->target = (uint16_t *)TAKE((uint64_t)max_batch * 2);
     n->acc = (int64_t *)TAKE(widest * 8);
     n->saved = (uint16_t *)TAKE(widest * 2);
+    n->scores = (int64_t *)TAKE((uint64_t)classes * 8);
+    n->probs = (int64_t *)TAKE((uint64_t)classes * 8);
 #undef TAKE
     n->arena_used = (uint32_t)used;
     n->configured = 1;
@@ -469,6 +473,60 @@ static void compute_drive(ep_net_t *n, uint16_t b)
     n->drive_ok[b] = 1;
 }
 
+/* The CE readout's class scores o[c] of last-layer states s_L, in 64 bits (no saturation). */
+static void class_scores(const ep_net_t *n, const uint16_t *s_last, int64_t *o)
+{
+    const ep_tensor_t *w = &n->tensor[4 * n->layers + T_W];
+    const uint8_t *out = n->tensor[4 * n->layers + T_SHIFT].data;
+    for (uint16_t c = 0; c < n->classes; c++)
+        o[c] = shl(dot_w(w, c, s_last, n->layer[n->layers - 1].units) + tget(&n->tensor[4 * n->layers + T_B], c),
+                   out[c]);
+}
+
+#ifndef EP_NO_CE_NUDGE
+/* round(2^15 * 2^(-r/64)), r = 0 ... 63: the integer softmax's table (docs/quantize.md). */
+static const uint16_t EXP_TABLE[64] = {
+    32768, 32415, 32066, 31720, 31379, 31041, 30706, 30376, 30048, 29725, 29405, 29088, 28774, 28464, 28158, 27855,
+    27554, 27258, 26964, 26674, 26386, 26102, 25821, 25543, 25268, 24995, 24726, 24460, 24196, 23936, 23678, 23423,
+    23170, 22921, 22674, 22430, 22188, 21949, 21713, 21479, 21247, 21019, 20792, 20568, 20347, 20127, 19911, 19696,
+    19484, 19274, 19066, 18861, 18658, 18457, 18258, 18061, 17867, 17674, 17484, 17296, 17109, 16925, 16743, 16562};
+
+/* softmax_fixed of quantize/fixed_point.py: p[c] (16 fractional bits) of scores o[c]; shift = F_out + 15 - 6. */
+static void softmax_q16(const int64_t *o, uint16_t classes, int shift, int64_t *p)
+{
+    int64_t top = o[0], total = 0;
+    for (uint16_t c = 1; c < classes; c++)
+        top = o[c] > top ? o[c] : top;
+    for (uint16_t c = 0; c < classes; c++) {
+        int64_t e = -ep_round_shift((o[c] - top) * 47274, shift); /* -exponent in units of 2^-6, >= 0 */
+        int64_t whole = e >> 6;
+        p[c] = ep_round_shift(EXP_TABLE[e & 63], (int)(whole > 16 ? 16 : whole));
+        total += p[c];
+    }
+    for (uint16_t c = 0; c < classes; c++)
+        p[c] = ((p[c] << 17) + total) / (2 * total);
+}
+
+/* The CE nudge of the last layer into acc: round_half_even(beta_q (g @ W_out') / 2^nudge_shift). */
+static void ce_nudge(ep_net_t *n, uint16_t b, const uint16_t *cur, int32_t beta_q, int64_t *acc)
+{
+    const ep_layer_t *ly = &n->layer[n->layers - 1];
+    const ep_tensor_t *w = &n->tensor[4 * n->layers + T_W];
+    const uint8_t *out = n->tensor[4 * n->layers + T_SHIFT].data;
+    class_scores(n, cur, n->scores);
+    softmax_q16(n->scores, n->classes, n->softmax_shift, n->probs);
+    for (uint16_t i = 0; i < n->classes; i++) /* g = onehot << 16 - p */
+        n->probs[i] = (i == n->target[b] ? (int64_t)1 << 16 : 0) - n->probs[i];
+    for (uint16_t c = 0; c < ly->units; c++) {
+        int64_t g = 0;
+        for (uint16_t i = 0; i < n->classes; i++)
+            g = wadd(g, n->probs[i] * shl(tget(w, (uint32_t)i * ly->units + c), out[i]));
+        acc[c] = wadd(acc[c], ep_round_shift((int64_t)beta_q * g, n->nudge_shift));
+    }
+}
+
+#endif
+
 #ifndef EP_ACCEL /* the accelerator runs the steps */
 /* One layer (index i) of sample b; below: the states under it (NULL for layer 1). Returns the largest move. */
 static uint32_t settle(ep_net_t *n, int i, uint16_t b, const uint16_t *below, uint16_t *s, int32_t beta_q,
@@ -505,6 +563,10 @@ static uint32_t settle(ep_net_t *n, int i, uint16_t b, const uint16_t *below, ui
                     acc[c] = wadd(acc[c], shl(r[c] * sk, fb[k]));
             }
         }
+#ifndef EP_NO_CE_NUDGE
+    } else if (beta_q != 0 && (n->flags & NET_CE)) {
+        ce_nudge(n, b, cur, beta_q, acc);
+#endif
     } else if (beta_q != 0) { /* the MSE nudge of the last layer */
         int64_t one = (int64_t)1 << n->state_bits;
         uint16_t t = n->target[b];
@@ -570,7 +632,9 @@ int ep_relax(ep_net_t *n, uint8_t phase, uint8_t init, uint32_t steps, int32_t b
         return ST_OUT_OF_RANGE;
     if (!n->configured || !all_committed(n) || n->batch == 0)
         return ST_NOT_CONFIGURED;
+#ifdef EP_NO_CE_NUDGE
     if (beta_q != 0 && (n->flags & NET_CE)) BAD(3);
+#endif
     if (beta_q != 0 && !n->targets_set)
         return ST_NOT_CONFIGURED;
     for (uint16_t b = 0; b < n->batch; b++)
@@ -648,9 +712,9 @@ int ep_read_states(ep_net_t *n, uint8_t snapshot, uint8_t layer, uint16_t offset
             } else if (!ce) {
                 v = s[last->offset + c];
             } else { /* o[c] = (sum_k W_out[c,k] s_L[k] + b_out[c]) << out[c], saturated to i32 */
-                const ep_tensor_t *w = &n->tensor[4 * n->layers + T_W];
-                v = shl(dot_w(w, c, s + last->offset, last->units) + tget(&n->tensor[4 * n->layers + T_B], c),
-                        n->tensor[4 * n->layers + T_SHIFT].data[c]);
+                if (c == 0)
+                    class_scores(n, s + last->offset, n->scores);
+                v = n->scores[c];
                 v = v < INT32_MIN ? INT32_MIN : v > INT32_MAX ? INT32_MAX : v;
             }
             dtype_put(dtype, d, (size_t)r * cols + c, v);

@@ -38,7 +38,7 @@ typedef struct {
     uint16_t board_max_batch;
 
     uint8_t configured;
-    uint8_t layers, flags, weight_bits, state_bits, input_bits, nudge_shift;
+    uint8_t layers, flags, weight_bits, state_bits, input_bits, nudge_shift, softmax_shift;
     uint8_t input_dtype, weight_dtype, state_dtype;
     uint16_t max_batch, input_size, classes, widest;
     uint32_t total_units;
@@ -53,6 +53,8 @@ typedef struct {
     uint16_t *target;   /* max_batch */
     int64_t *acc;       /* widest: accumulators of one layer */
     uint16_t *saved;    /* widest: a layer's old states (synchronous schedule) */
+    int64_t *scores;    /* classes: class scores (CE) */
+    int64_t *probs;     /* classes: the CE nudge's softmax, then onehot - softmax */
 
     uint16_t batch;     /* active batch, 0 before the first SET_INPUT */
     uint8_t targets_set;

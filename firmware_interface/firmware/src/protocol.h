@@ -65,6 +65,13 @@ enum { DT_I8 = 0, DT_I16 = 1, DT_I32 = 2, DT_U8 = 3, DT_U16 = 4 };
 #define CAP_SELF_TEST (1u << 5)
 #define CAP_SET_STATES (1u << 6)
 #define CAP_PACKED (1u << 7) /* APPLY_DELTA_PACKED, SET_INPUT_PACKED (protocol 1.1) */
+#define CAP_CE_NUDGE (1u << 8) /* nudged phases of a CE network (the integer softmax) */
+
+/* Builds without the CE nudge refuse a nudged CE phase (RELAX field 3) and leave out its capability bit: the
+   accelerator (its core has no softmax) and the protocol 1.0 board, which predates it. */
+#if defined(EP_ACCEL) || defined(EP_NO_PACKED)
+#define EP_NO_CE_NUDGE
+#endif
 
 /* A packed tensor decodes to at most this many bytes (8 x the maximum payload). A board built with
    -DEP_NO_PACKED offers neither packed command nor the capability bit: a protocol 1.0 board. */
