@@ -4,6 +4,9 @@ validation data, then test accuracy, fidelity, pulses, and EP's energy per train
     python benchmarks/algorithm_table.py select runs/alg10/select-*/sweep.json
     python benchmarks/algorithm_table.py table runs/alg10/*-a/sweep.json runs/alg10/*-b/sweep.json \
         --json benchmarks/results/algorithms_10ep/table.json
+    python benchmarks/algorithm_table.py best runs/alg10/*-{a,mp,tiki_taka,ttv2,c_ttv2,agad}/sweep.json \
+        --baseline benchmarks/results/presets_untuned_10ep/sweep.json benchmarks/results/presets_refit_10ep/sweep.json \
+        benchmarks/results/presets_tuned_10ep/*/sweep.json
     python benchmarks/algorithm_table.py effects runs/alg10/ko-*/sweep.json \
         --baseline benchmarks/results/presets_untuned_10ep/sweep.json benchmarks/results/presets_refit_10ep/sweep.json
 
@@ -11,7 +14,9 @@ validation data, then test accuracy, fidelity, pulses, and EP's energy per train
 validation accuracy. ``table`` groups the rows of the final sweeps by (preset, algorithm) and reads every point's
 ``summary.json`` for its costs (energy per example by part: array, converters, pulses, digital). ``effects``
 lists sweeps that switch one device effect off on a preset (a "knockout"), against the preset's own rows in the
-``--baseline`` sweeps and its distance from the ideal device there.
+``--baseline`` sweeps and its distance from the ideal device there. ``best`` picks each preset's algorithm by mean
+validation accuracy: the study's sweeps, and ``in_situ`` from the ``--baseline`` preset sweeps (a later file's
+preset replacing an earlier one's) where the study has no ``in_situ`` rows of the preset.
 """
 
 from __future__ import annotations
@@ -114,17 +119,42 @@ def effects(paths: list[Path], baseline: list[Path]) -> dict:
     return record
 
 
+def best(paths: list[Path], baseline: list[Path]) -> dict:
+    found = {key: [r for _, r in rows] for key, rows in groups(paths).items()}
+    base = read_rows(baseline)
+    for preset, rows in base.items():
+        found.setdefault((preset, "in_situ"), rows)
+    ideal = statistics.fmean(100 * r["test_accuracy"] for r in base["ideal"])
+    record = {}
+    print("| preset | algorithm (best validation) | seeds | validation (%) | test accuracy (%) | vs ideal | others |")
+    print("|---|---|---|---|---|---|---|")
+    for preset in sorted({p for p, _ in found} - {"ideal"}):
+        scored = sorted(((statistics.fmean(100 * r["val_accuracy"] for r in rows), alg, rows)
+                         for (p, alg), rows in found.items() if p == preset), key=lambda t: -t[0])
+        val, alg, rows = scored[0]
+        acc = _mean_sd([100 * r["test_accuracy"] for r in rows])
+        others = ", ".join(f"{a} {v:.2f}" for v, a, _ in scored[1:])
+        record[preset] = {"algorithm": alg, "seeds": len(rows), "val_accuracy": val, "test_accuracy":
+                          {"mean": acc[0], "sd": acc[1]}, "vs_ideal": acc[0] - ideal,
+                          "others_val": {a: v for v, a, _ in scored[1:]}}
+        print(f"| `{preset}` | `{alg}` | {len(rows)} | {val:.2f} | {acc[0]:.2f} ± {acc[1]:.2f} | "
+              f"{acc[0] - ideal:+.2f} | {others or '-'} |")
+    return record
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("mode", choices=("select", "table", "effects"))
+    p.add_argument("mode", choices=("select", "table", "effects", "best"))
     p.add_argument("sweeps", type=Path, nargs="+", help="sweep.json files")
-    p.add_argument("--baseline", type=Path, nargs="*", default=[], help="effects: the presets' own sweep.json files")
+    p.add_argument("--baseline", type=Path, nargs="*", default=[],
+                   help="effects, best: the presets' own sweep.json files (in_situ, every preset and the ideal device)")
     p.add_argument("--json", type=Path, help="write the figures here")
     args = p.parse_args(argv)
-    if args.mode == "effects" and not args.baseline:
-        p.error("effects needs --baseline sweep.json files holding every preset's rows and the ideal device's")
-    record = (select(args.sweeps) if args.mode == "select" else table(args.sweeps) if args.mode == "table"
-              else effects(args.sweeps, args.baseline))
+    if args.mode in ("effects", "best") and not args.baseline:
+        p.error(f"{args.mode} needs --baseline sweep.json files holding every preset's rows and the ideal device's")
+    modes = {"select": lambda: select(args.sweeps), "table": lambda: table(args.sweeps),
+             "effects": lambda: effects(args.sweeps, args.baseline), "best": lambda: best(args.sweeps, args.baseline)}
+    record = modes[args.mode]()
     if args.json:
         write_report(args.json, record)
     return 0
