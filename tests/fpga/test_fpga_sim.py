@@ -32,7 +32,12 @@ def launched():
         yield url
     finally:
         proc.send_signal(signal.SIGINT)
-        proc.wait(10)
+        try:
+            proc.wait(60)  # a loaded 2-core machine has taken more than 10 s to stop the Verilated board
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            raise
 
 
 def test_launch_serves_the_fpga_sim_board_and_it_refuses_networks_the_core_cannot_hold(launched):
