@@ -162,18 +162,24 @@ def test_integer_softmax_refuses_too_few_score_bits():
         softmax_fixed(torch.zeros(1, 3, dtype=torch.long), -10)
 
 
-@pytest.mark.parametrize("beta, hidden", [(0.5, (16,)), (-0.25, (20, 12)), (1.0, (20, 12))])
-def test_ce_nudged_phase_tracks_the_float_softmax_network(beta, hidden):
-    """The integer softmax is not torch's: a nudged state may differ by an LSB (2 once fed back), and rarely does."""
-    spec = NetworkSpec(input_shape=(1, 6, 6), hidden=hidden, classes=4, output="ce")
+def _ce_phases(spec: NetworkSpec, beta: float, seed: int, integer_softmax: bool = True):
+    """A free and a nudged phase of 200 samples on the reference target's quantized network and on the fixed-point
+    model: (target's nudged phase, model's nudged phase, model's free phase, model)."""
     t, fp = pair(spec)
-    t.quant.integer_softmax = False  # the Brevitas network with torch's softmax
-    g = torch.Generator().manual_seed(5)
+    t.quant.integer_softmax = integer_softmax  # False: the Brevitas network with torch's softmax
+    g = torch.Generator().manual_seed(seed)
     x, y = torch.rand(200, 1, 6, 6, generator=g), torch.randint(0, 4, (200,), generator=g)
     xi = fp.encode_input(x)
     free, ffree = t.relax(x, 20), fp.relax(xi, 20)
     nudged = t.relax(x, 10, beta=beta, y=y, init=free)
-    fnudged = fp.relax(xi, 10, beta=beta, y=y, init=ffree.states)
+    return nudged, fp.relax(xi, 10, beta=beta, y=y, init=ffree.states), ffree, fp
+
+
+@pytest.mark.parametrize("beta, hidden", [(0.5, (16,)), (-0.25, (20, 12)), (1.0, (20, 12))])
+def test_ce_nudged_phase_tracks_the_float_softmax_network(beta, hidden):
+    """The integer softmax is not torch's: a nudged state may differ by an LSB (2 once fed back), and rarely does."""
+    spec = NetworkSpec(input_shape=(1, 6, 6), hidden=hidden, classes=4, output="ce")
+    nudged, fnudged, ffree, fp = _ce_phases(spec, beta, 5, integer_softmax=False)
     assert lsb_gap(nudged.states, fnudged.states, fp.state_frac) <= 2
     same = torch.cat([(s.flatten(1) * 2.0 ** fp.state_frac == f.double()).flatten()
                       for s, f in zip(nudged.states, fnudged.states)])
@@ -185,13 +191,7 @@ def test_ce_nudged_phase_tracks_the_float_softmax_network(beta, hidden):
 def test_ce_nudged_phase_of_the_reference_target_is_bit_exact(beta, update):
     """A fixed-point CE network on the reference target nudges through the integer softmax: bit for bit."""
     spec = NetworkSpec(input_shape=(1, 6, 6), hidden=(20, 12), classes=4, output="ce", update=update)
-    t, fp = pair(spec)
-    g = torch.Generator().manual_seed(7)
-    x, y = torch.rand(200, 1, 6, 6, generator=g), torch.randint(0, 4, (200,), generator=g)
-    xi = fp.encode_input(x)
-    free, ffree = t.relax(x, 20), fp.relax(xi, 20)
-    nudged = t.relax(x, 10, beta=beta, y=y, init=free)
-    fnudged = fp.relax(xi, 10, beta=beta, y=y, init=ffree.states)
+    nudged, fnudged, ffree, fp = _ce_phases(spec, beta, 7)
     assert lsb_gap(nudged.states, fnudged.states, fp.state_frac) == 0
     assert lsb_gap(nudged.states, ffree.states, fp.state_frac) > 0
 
