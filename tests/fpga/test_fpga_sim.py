@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import signal
 import subprocess
-import warnings
 import sys
+import warnings
 
 import pytest
 import serial
