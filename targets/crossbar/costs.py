@@ -21,10 +21,8 @@ from hwtoolkit.network.spec import LayerGeometry, NetworkSpec
 from .config import CostTable
 
 RELAXED = ("free", "nudged+", "nudged-")
-TRAIN_PHASES = (*RELAXED, "estimate", "write")
-"""A training batch: its phases, forming the update from their states (``estimate``), and writing it (``write``:
-the training algorithm's reads, digital work and pulses)."""
-BACKPROP_PHASES = ("forward", "backward", "estimate", "write")
+"""The phases of a training batch; the report adds forming the update from their states (``estimate``) and
+writing it (``write``: the training algorithm's reads, digital work and pulses)."""
 UNCAPPED_SLOTS = 31  # pulse slots priced for a write without a cap (max_pulses = 0): the default cap
 
 

@@ -191,10 +191,9 @@ class CrossbarTarget(Target):
         scores at the end, and with the nudge the scores and ``g W_out`` at every step)."""
         counts.add(costs.step_ops(self.spec, nudged), steps * examples)
         if self.spec.output == "ce":
-            for _ in range(1 + (steps if nudged else 0)):
-                costs.readout_read(counts, self.spec, examples, transposed=False)
-            for _ in range(steps if nudged else 0):
-                costs.readout_read(counts, self.spec, examples, transposed=True)
+            nudged_steps = steps if nudged else 0
+            costs.readout_read(counts, self.spec, examples * (1 + nudged_steps), transposed=False)
+            costs.readout_read(counts, self.spec, examples * nudged_steps, transposed=True)
 
     def _phase_drive(self, x: torch.Tensor, noisy: bool):
         """The input drive, and read noise on or off for the phase's other reads too.
