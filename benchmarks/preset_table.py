@@ -22,7 +22,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from report import write_report  # noqa: E402
 
-FIDELITY = ("applied_vs_ideal", "device_vs_ideal")
+FIDELITY = ("applied_vs_ideal", "applied_vs_ideal_windowed", "device_vs_ideal")
 
 
 def value_of(sweep: dict, row: dict, key: str, default: str | None = None) -> str:
@@ -72,7 +72,7 @@ def table(rows: dict[str, list[dict]], rates: dict[str, dict] | None = None) -> 
     stats = {p: summarize(r) for p, r in rows.items()}
     ideal = stats.get("ideal", {}).get("mean")
     head = "| preset | " + ("learning rate (study) | " if rates else "") + \
-           "test accuracy, mean ± sd (%) | min | max | vs ideal (points) | applied vs ideal | device EP vs ideal |"
+           "test accuracy, mean ± sd (%) | min | max | vs ideal (points) | applied vs ideal | windowed | device EP vs ideal |"
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for preset, s in stats.items():
         rate = ""

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import statistics
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import torch
 
@@ -64,11 +64,16 @@ def _host(d: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {n: t.detach().cpu().double() for n, t in d.items()}
 
 
-def measure_fidelity(cfg: Config, target: targets.Target, splits: Splits, seed: int, batches: int) -> dict:
+def measure_fidelity(cfg: Config, target: targets.Target, splits: Splits, seed: int, batches: int,
+                     windows: Sequence[int] = ()) -> dict:
     """Gradient fidelity of ``target`` over ``batches`` training batches (see the module docstring).
 
-    The target's weights move by one learning-rate-scaled update per batch.
+    The target's weights move by one learning-rate-scaled update per batch. ``windows`` adds the windowed
+    cosine over each of these first numbers of batches (``windowed_by_batches``): how it grows as per-batch noise
+    averages out, or falls as a drift that no update asks for accumulates.
     """
+    if any(not 1 <= k <= batches for k in windows):
+        raise ValueError(f"every window must be between 1 and the {batches} measured batches, got {list(windows)}")
     spec = cfg.network
     estimator_name = cfg.estimator if cfg.estimator != "bptt" else "symmetric"
     estimator = make_estimator(estimator_name, cfg.ep)
@@ -80,10 +85,11 @@ def measure_fidelity(cfg: Config, target: targets.Target, splits: Splits, seed: 
         raise ValueError("the training split is empty: no batches to measure gradient fidelity on")
     gen = torch.Generator().manual_seed(derive_seed(seed))
     per_batch = []
+    by_window: dict[int, float] = {}
     start: dict[str, torch.Tensor] | None = None
     ideal_sum: dict[str, torch.Tensor] = {}
     with targets.open_exact(spec, "float64") as reference:
-        for _ in range(batches):
+        for batch in range(1, batches + 1):
             idx = torch.randperm(n, generator=gen)[:cfg.train.batch_size]
             sign_seed = int(torch.randint(0, 2 ** 62, (), generator=gen))  # the same random sign on both targets
             x = splits.train_x[idx].float().div_(255.0)
@@ -103,6 +109,8 @@ def measure_fidelity(cfg: Config, target: targets.Target, splits: Splits, seed: 
             scaled_ideal = {k: lrs[layer_of[k]] * d for k, d in ideal.items()}
             for k, d in scaled_ideal.items():
                 ideal_sum[k] = ideal_sum[k] + d if k in ideal_sum else d.clone()
+            if batch in windows:
+                by_window[batch] = cosine({k: after[k].double() - start[k] for k in after}, ideal_sum)
             per_batch.append({
                 "applied_vs_ideal": cosine(applied, scaled_ideal),
                 "ideal_vs_bptt": cosine(ideal, {k: -g for k, g in grads.items()}),
@@ -117,15 +125,17 @@ def measure_fidelity(cfg: Config, target: targets.Target, splits: Splits, seed: 
         summary[WINDOWED] = cosine({k: end[k].double() - start[k] for k in end}, ideal_sum)
     else:
         summary[WINDOWED] = None
+    if windows:
+        summary["windowed_by_batches"] = {str(k): by_window[k] for k in sorted(set(windows))}
     summary["saturated"] = sum(b["saturated"] for b in per_batch)
     summary["per_batch"] = per_batch
     return summary
 
 
-def run_fidelity(cfg: Config, run_dir: Path, batches: int) -> dict:
+def run_fidelity(cfg: Config, run_dir: Path, batches: int, windows: Sequence[int] = ()) -> dict:
     """Fidelity of a trained run, measured on a freshly opened target holding its best-validation weights."""
     weights = checkpoint.load(RunDir(run_dir).best_checkpoint)["weights"]
     splits = load_splits(cfg)
     with open_target(cfg) as target:
         target.program(weights)
-        return measure_fidelity(cfg, target, splits, cfg.seed, batches)
+        return measure_fidelity(cfg, target, splits, cfg.seed, batches, windows)

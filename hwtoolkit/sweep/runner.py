@@ -136,13 +136,19 @@ def is_finished(point: Point, fidelity_batches: int) -> bool:
     run = RunDir(point.dir)
     if not run.summary.exists():
         return False
-    if fidelity_batches == 0:
-        return True
-    path = point.dir / FIDELITY_FILE
+    return fidelity_batches == 0 or stored_fidelity(point.dir, fidelity_batches) is not None
+
+
+def stored_fidelity(point_dir: Path, batches: int) -> dict | None:
+    """A point's stored fidelity if it was measured with ``batches`` batches and has every figure of this
+    release (an older release's ``fidelity.json`` lacks the window), else ``None``: measure it again."""
+    path = point_dir / FIDELITY_FILE
     try:
-        return path.exists() and json.loads(path.read_text()).get("batches") == fidelity_batches
+        stored = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError):
-        return False
+        return None
+    complete = isinstance(stored, dict) and all(stored.get(c) is not None for c in FIGURES)
+    return stored if complete and stored.get("batches") == batches else None
 
 
 def train_point(task: PointTask) -> dict:
@@ -162,9 +168,8 @@ def train_point(task: PointTask) -> dict:
     fidelity: dict | None = None
     fidelity_path = point.dir / FIDELITY_FILE
     if task.fidelity_batches > 0:
-        if fidelity_path.exists() and not trained:
-            stored = json.loads(fidelity_path.read_text())
-            fidelity = stored if stored.get("batches") == task.fidelity_batches else None
+        if not trained:
+            fidelity = stored_fidelity(point.dir, task.fidelity_batches)
         if fidelity is None:
             fidelity = run_fidelity(point.cfg, point.dir, task.fidelity_batches)
             write_text_atomic(fidelity_path, json.dumps(json_safe(fidelity), indent=2) + "\n")
@@ -172,7 +177,7 @@ def train_point(task: PointTask) -> dict:
     row.update({"test_accuracy": summary["test_accuracy"], "val_accuracy": summary.get("val_accuracy"),
                 "train_seconds": summary.get("train_seconds"), "test_loss": summary.get("test_loss")})
     for c in FIGURES:
-        row[c] = fidelity.get(c) if fidelity else None  # a fidelity.json of an older release lacks the window
+        row[c] = fidelity.get(c) if fidelity else None
     row.update(cost_figures(summary))
     return row
 

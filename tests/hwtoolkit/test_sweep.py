@@ -259,6 +259,26 @@ def test_resume_keeps_finished_points_and_finishes_the_others(lr_sweep, tmp_path
     assert "holds another sweep (different sets" in capsys.readouterr().err
 
 
+def test_resume_measures_the_figures_an_older_fidelity_file_lacks(lr_sweep, tmp_path):
+    cfg, original = lr_sweep
+    out = tmp_path / "sweep"
+    shutil.copytree(original, out)
+    point = out / "points" / "optim.lr=0.1" / "seed3"
+    measured = json.loads((point / "fidelity.json").read_text())
+    older = {k: v for k, v in measured.items() if k != "applied_vs_ideal_windowed"}  # a release without the window
+    (point / "fidelity.json").write_text(json.dumps(older))
+    trained = (point / "summary.json").stat().st_mtime_ns
+    report = run_sweep(cfg, "optim.lr", "1e-5,0.1", seeds=2, out=out, fidelity_batches=2, resume=True,
+                       progress=False, log=lambda message: None)
+    assert (point / "summary.json").stat().st_mtime_ns == trained  # not trained again
+    again = json.loads((point / "fidelity.json").read_text())
+    assert again["applied_vs_ideal_windowed"] == pytest.approx(measured["applied_vs_ideal_windowed"], abs=1e-9)
+    for c in ("applied_vs_ideal", "ideal_vs_bptt"):  # the same batches measured the same way
+        assert [b[c] for b in again["per_batch"]] == pytest.approx([b[c] for b in measured["per_batch"]], abs=1e-9)
+    row = next(r for r in report["rows"] if r["value"] == 0.1 and r["seed"] == 3)
+    assert row["applied_vs_ideal_windowed"] == again["applied_vs_ideal_windowed"]
+
+
 def test_resume_never_overwrites_another_study(lr_sweep, tmp_path, capsys):
     """--resume with another key, other values, other seeds or another base config is refused; nothing changes."""
     cfg, original = lr_sweep
@@ -344,6 +364,19 @@ def test_fidelity_cosines_see_what_a_device_does(tiny_config, estimator):
     assert write["ideal_vs_bptt"] == pytest.approx(exact["ideal_vs_bptt"], abs=0.05)
     noisy = fidelity(_NoisyReadTarget)
     assert noisy["device_vs_ideal"] < 0.9 and noisy["applied_vs_ideal"] < 0.9
+
+
+def test_fidelity_windows_of_the_first_batches(tiny_config):
+    cfg = config.loads(tiny_config.to_toml())
+    splits = load_splits(cfg)
+    target = _WritePathTarget(cfg.network)
+    target.program(init_parameters(cfg.network, cfg.seed))
+    f = measure_fidelity(cfg, target, splits, cfg.seed, batches=3, windows=(1, 3))
+    assert set(f["windowed_by_batches"]) == {"1", "3"}
+    assert f["windowed_by_batches"]["1"] == pytest.approx(f["per_batch"][0]["applied_vs_ideal"], abs=1e-12)
+    assert f["windowed_by_batches"]["3"] == pytest.approx(f["applied_vs_ideal_windowed"], abs=1e-12)
+    with pytest.raises(ValueError, match="between 1 and the 3 measured batches"):
+        measure_fidelity(cfg, target, splits, cfg.seed, batches=3, windows=(4,))
 
 
 def test_plot_sweep_draws_categories_and_lists_without_fidelity(tmp_path):
