@@ -4,10 +4,11 @@ validation data, then test accuracy, fidelity, pulses, and EP's energy per train
     python benchmarks/algorithm_table.py select runs/alg10/select-*/sweep.json
     python benchmarks/algorithm_table.py table runs/alg10/*-a/sweep.json runs/alg10/*-b/sweep.json \
         --json benchmarks/results/algorithms_10ep/table.json
-    python benchmarks/algorithm_table.py best runs/alg10/*-{a,mp,tiki_taka,ttv2,c_ttv2,agad}/sweep.json \
+    python benchmarks/algorithm_table.py best runs/alg10/{reram-sb,ecram-mo,pcm}-{a,tiki_taka,ttv2,c_ttv2,agad}/sweep.json \
+        runs/alg10/*-mp/sweep.json \
         --baseline benchmarks/results/presets_untuned_10ep/sweep.json benchmarks/results/presets_refit_10ep/sweep.json \
         benchmarks/results/presets_tuned_10ep/*/sweep.json
-    python benchmarks/algorithm_table.py effects runs/alg10/ko-*/sweep.json \
+    python benchmarks/algorithm_table.py effects runs/alg10/ko-*/sweep.json runs/alg10/ko2-*/sweep.json \
         --baseline benchmarks/results/presets_untuned_10ep/sweep.json benchmarks/results/presets_refit_10ep/sweep.json
 
 ``select`` groups the rows of selection sweeps by (preset, algorithm) and picks the swept value of the best
