@@ -394,6 +394,8 @@ BAD_REQUESTS = [
     (CONFIGURE, conv_network(channels=3), BAD_ARG, 17),  # 3 x 2 x 2 is not the layer's 8 units
     (CONFIGURE, conv_network(kernel=0), BAD_ARG, 18),
     (CONFIGURE, conv_network(kernel=7), BAD_ARG, 18),  # wider than the padded input
+    (CONFIGURE, network([3969, 3], 4096, kinds=[1, 0], blocks=conv_block(1, 64, 64, 1, 64, 1, 63, 1, 2)), BAD_ARG,
+     18),  # 65M multiply-accumulates per sample: more than the largest dense layer's 4096 x 4096
     (CONFIGURE, conv_network(stride=0), BAD_ARG, 19),
     (CONFIGURE, conv_network(pool=3), BAD_ARG, 21),
     (CONFIGURE, conv_network(pool=0), BAD_ARG, 22),  # no pooling travels as pool_size 1

@@ -4,13 +4,17 @@ conv networks (host build and QEMU), and refused by name where a board has no co
 from __future__ import annotations
 
 import pytest
+import torch
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from firmware_interface.client import BoardClient, BoardError
 from firmware_interface.protocol import Capability, Status
+from hwtoolkit import config
 from hwtoolkit.network.parameters import init_parameters
 from hwtoolkit.network.spec import ConvLayer, NetworkSpec, SpecError
+from hwtoolkit.training import checkpoint
+from hwtoolkit.training.loop import train
 from quantize.fixed_point import FixedPointNetwork
 from targets import TargetError
 from targets.reference import ReferenceTarget
@@ -18,6 +22,7 @@ from targets.serial.image import board_image
 from targets.serial.target import SerialTarget
 
 from test_serial import check_spec_bit_exact, quants
+from tests.conftest import tiny_config_text
 
 convs = st.lists(st.fixed_dictionaries({
     "channels": st.integers(1, 4),
@@ -123,3 +128,27 @@ def test_a_board_before_protocol_1_2_refuses_conv_networks_by_name():
                                          4).record.pack())
         assert refused.value.status == Status.BAD_LENGTH
         assert not client.get_status().configured
+
+
+def _conv_config(root, url, epochs=2):
+    """The tiny IDX data set (8x8, 4 classes; 300 images, 240 for training) with a padded 3x3 conv layer of 4
+    channels and 2x2 max pooling, then a 4-unit MSE output: w8 s8 pow2, symmetric EP."""
+    text = tiny_config_text(root, "symmetric", epochs=epochs).replace("hidden = [16]\n", "").replace(
+        'output = "ce"', 'output = "mse"').replace("val_size = 100", "val_size = 60\nlimit = 300")
+    text += ('\n[[network.conv]]\nchannels = 4\nkernel = 3\npadding = 1\npool = "max"\npool_size = 2\n'
+             "\n[quant]\nweight_bits = 8\nstate_bits = 8\n")
+    if url:
+        text += f'\n[target]\nname = "serial"\nurl = "{url}"\ntimeout = 2.0\n'
+    return text
+
+
+def test_a_conv_network_trained_with_the_qemu_board_equals_the_reference_run(qemu_board, idx_dataset, tmp_path):
+    """Same config and seed on the QEMU Cortex-M3 board and on the reference target: identical weights and
+    accuracy after every update of two epochs, and the network learned something."""
+    board = config.loads(_conv_config(idx_dataset, qemu_board.url))
+    reference = config.loads(_conv_config(idx_dataset, None))
+    a = train(board, tmp_path / "board", log=lambda s: None)
+    b = train(reference, tmp_path / "reference", log=lambda s: None)
+    assert a["test_accuracy"] == b["test_accuracy"] and a["test_accuracy"] > 0.5
+    wa, wb = (checkpoint.load(tmp_path / run / "checkpoints" / "best.pt")["weights"] for run in ("board", "reference"))
+    assert set(wa) == {"w1", "b1", "w2", "b2"} and all(torch.equal(wa[n], wb[n]) for n in wa)

@@ -159,6 +159,8 @@ static int parse_conv(const uint8_t *q, uint64_t fan, uint64_t units, ep_conv_t 
     g->out_w = g->conv_w / k;
     if (g->out_h < 1 || g->out_w < 1) BAD(F_POOL_SIZE);
     if (g->channels < 1 || (uint64_t)g->channels * g->out_h * g->out_w != units) BAD(F_CHANNELS);
+    uint64_t macs = (uint64_t)g->channels * g->out_h * g->out_w * k * k * g->in_c * g->kernel * g->kernel;
+    if (macs > EP_MAX_CONV_MACS) BAD(F_KERNEL); /* bounded like the largest dense layer's work */
     if (q[13] != 0) BAD(F_CRES);
     for (uint8_t b = 1; g->pool == POOL_AVG && b < k; b <<= 1)
         g->pool_shift += 2;

@@ -35,6 +35,11 @@
 #ifndef EP_BASE_LATENCY_US
 #define EP_BASE_LATENCY_US 500
 #endif
+/* A conv layer's multiply-accumulates per sample and step (pooling windows included): at most the largest dense
+   layer's, so no CONFIGURE buys unbounded work with a few weights. */
+#ifndef EP_MAX_CONV_MACS
+#define EP_MAX_CONV_MACS ((unsigned long long)EP_MAX_UNITS * EP_MAX_UNITS)
+#endif
 #define EP_MAX_TENSORS (4 * (EP_MAX_LAYERS + 1))
 #define EP_MAX_SHIFT 62
 
