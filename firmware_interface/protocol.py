@@ -213,10 +213,6 @@ class ConvRecord:
         return self.FORMAT.pack(self.in_channels, self.in_height, self.in_width, self.channels, self.kernel,
                                 self.stride, self.padding, self.pool, self.pool_size, 0)
 
-    @property
-    def weights_per_channel(self) -> int:
-        return self.in_channels * self.kernel * self.kernel
-
 
 @dataclass(frozen=True)
 class LayerRecord:
@@ -253,10 +249,6 @@ class NetworkRecord:
         out += b"".join(self.LAYER.pack(g.units, g.state_shift, 0 if g.conv is None else 1) for g in self.layers)
         out += self.TAIL.pack(self.classes, self.nudge_shift, self.softmax_shift)
         return out + b"".join(g.conv.pack() for g in self.layers if g.conv is not None)
-
-    @property
-    def has_conv(self) -> bool:
-        return any(g.conv is not None for g in self.layers)
 
     def fan_in(self, layer: int) -> int:
         """Inputs of 1-based state layer ``layer``."""

@@ -14,8 +14,8 @@ import torch
 
 from firmware_interface.protocol import BETA_FRAC, BIAS, FEEDBACK, MAX_SHIFT, POOL_CODES, SHIFTS, W, ConvRecord, \
     LayerRecord, NetworkRecord, tensor_id
-from hwtoolkit.network.spec import LayerGeometry
 from firmware_interface.tensor import I8, I16, I32, U8, U16
+from hwtoolkit.network.spec import LayerGeometry
 from quantize.fixed_point import (EXP_FRAC_BITS, LOG2E_FRAC, FixedPointNetwork, FixedTensor,
                                   ce_nudge_shift, pool_shift)
 
