@@ -412,18 +412,28 @@ class FixedPointNetwork:
         computed from ``own`` (the layer's states before its update) with the first maximum taking ties. Average
         pool: each pooled state goes to every position of its window (the ``1 / pool_size^2`` is in the shifts).
         """
-        plan, up = self.plans[i], self.plans[i + 1]
-        g = up.geo
+        plan, g = self.plans[i], self.plans[i + 1].geo
         if g.kind == "dense":
             return above @ plan.feedback
+        c = g.conv
+        return integer_conv.conv_transpose2d(self._unpool(i + 1, above, own), plan.feedback, c.stride, c.padding,
+                                             g.in_shape[1:]).flatten(1)
+
+    def _unpool(self, i: int, s: torch.Tensor, below: torch.Tensor) -> torch.Tensor:
+        """``P^T s``: the pooled states ``s`` of the conv layer at 0-based ``i`` put back on its conv grid.
+
+        Max pool: at each window's first maximum of ``W_l * below``; average pool: on every position of the window.
+        """
+        plan = self.plans[i]
+        g = plan.geo
         c, hw = g.conv, g.conv_shape[1:]
-        s = above.view(-1, *g.out_shape)
+        s = s.view(-1, *g.out_shape)
         if c.pool == "max":
-            z = integer_conv.conv2d(own.view(-1, *g.in_shape), up.forward, c.stride, c.padding)
-            s = integer_conv.max_unpool(s, integer_conv.max_pool(z, c.pool_size)[1], hw)
-        elif c.pool == "avg":
-            s = integer_conv.spread(s, c.pool_size, hw)
-        return integer_conv.conv_transpose2d(s, plan.feedback, c.stride, c.padding, g.in_shape[1:]).flatten(1)
+            z = integer_conv.conv2d(below.view(-1, *g.in_shape), plan.forward, c.stride, c.padding)
+            return integer_conv.max_unpool(s, integer_conv.max_pool(z, c.pool_size)[1], hw)
+        if c.pool == "avg":
+            return integer_conv.spread(s, c.pool_size, hw)
+        return s
 
     def weight_terms(self, x_int: torch.Tensor, states: Sequence[torch.Tensor]) -> dict[str, FixedTensor]:
         """dPhi/dW and dPhi/db at ``states``, summed over the batch, in integers (the EP update's local terms).
@@ -443,14 +453,9 @@ class FixedPointNetwork:
                 w = s.t() @ below
                 b = s.sum(0)
             else:
-                c, hw = g.conv, g.conv_shape[1:]
-                pooled = s.view(-1, *g.out_shape)
-                if c.pool == "max":
-                    z = integer_conv.conv2d(below.view(-1, *g.in_shape), plan.forward, c.stride, c.padding)
-                    pooled = integer_conv.max_unpool(pooled, integer_conv.max_pool(z, c.pool_size)[1], hw)
-                elif c.pool == "avg":
-                    pooled = integer_conv.spread(pooled, c.pool_size, hw)
-                w = integer_conv.conv2d_weight(below.view(-1, *g.in_shape), pooled, c.kernel, c.stride, c.padding)
+                c = g.conv
+                w = integer_conv.conv2d_weight(below.view(-1, *g.in_shape), self._unpool(i, s, below), c.kernel,
+                                               c.stride, c.padding)
                 b = s.view(-1, *g.out_shape).sum((0, 2, 3))
             out[f"w{g.index}"] = FixedTensor(w, frac, 64, True)
             out[f"b{g.index}"] = FixedTensor(b, torch.tensor(fs), 64, True)

@@ -1,5 +1,6 @@
 """Conv networks on the board (protocol 1.2, capability 9): bit-exact against the fixed-point model on random
-conv networks (host build and QEMU), and refused by name where a board has no conv layers."""
+conv networks (host build and QEMU), refused by name where a board has no conv layers, and a ConvNet trained
+with the QEMU board in the loop equal to the reference run."""
 
 from __future__ import annotations
 
@@ -59,6 +60,7 @@ def conv_case(net, seed):
 
 
 def check_conv(client, net, quant, seed, steps, beta):
+    """Bit-exact phases on a board with conv layers; on one without, the target's refusal naming them."""
     spec, weights = conv_case(net, seed)
     if not client.info.capabilities & Capability.CONV:
         with pytest.raises(TargetError, match="conv layers"):
