@@ -5,7 +5,9 @@ ASan + UBSan build) serves on a pty; the client talks to it through ``FaultyPort
 duplicates, delays and splits bytes in both directions. The workload mixes PING with random payloads (the
 echo must match exactly, or the request must fail with ``BoardTimeout``) and APPLY_DELTA of small random
 increments to a configured tiny network, tracked on the host; since protocol 1.1 the increments travel as
-APPLY_DELTA_PACKED (sparse: smaller than dense), with ``--dense`` as APPLY_DELTA.
+APPLY_DELTA_PACKED (sparse: smaller than dense), with ``--dense`` as APPLY_DELTA. ``--conv`` configures a
+conv network instead (protocol 1.2: a padded 3x3 conv layer of 2 channels with 2x2 max pooling under a dense
+layer) and updates its conv kernel.
 
 Recovery rule after an APPLY_DELTA that failed with ``BoardTimeout``: it may or may not have reached the
 weights. The host asks TENSOR_CRC (retrying until it gets an answer) and reads the board's weights version:
@@ -15,7 +17,7 @@ weights are read back over a clean link and compared with the host's sum.
 
 Prints a table and writes JSON (default benchmarks/results/board_faults.json).
 
-    python benchmarks/board_faults.py [--requests 10000] [--asan]
+    python benchmarks/board_faults.py [--requests 10000] [--asan] [--conv]
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.report import machine  # noqa: E402
 from firmware_interface.client import BoardClient, BoardTimeout, StaleVersionError, tensor_crc  # noqa: E402
 from firmware_interface.faults import FaultConfig, FaultyPort, open_faulty  # noqa: E402
-from firmware_interface.protocol import Command, LayerRecord, NetworkRecord  # noqa: E402
+from firmware_interface.protocol import POOL_CODES, Command, ConvRecord, LayerRecord, NetworkRecord  # noqa: E402
 
 #: The acceptance link: per byte 1% of bytes get a bit flipped, 0.5% are dropped, 0.1% sent twice; 1% of
 #: frames are sent twice whole; 2% of pieces are held back up to 20 ms; writes are cut into 1-16 byte pieces.
@@ -47,6 +49,10 @@ LINK = dict(flip=0.01, drop=0.005, duplicate=0.001, frame_duplicate=0.01, delay=
 NETWORK = NetworkRecord((LayerRecord(6, 4), LayerRecord(3, 4)), input_size=5, weight_bits=8, state_bits=8,
                         input_bits=8, max_batch=4)
 TENSOR, CODE, SHAPE = 0, 0, (6, 5)  # W_1: 6 x 5, i8
+CONV_NETWORK = NetworkRecord((LayerRecord(8, 4, ConvRecord(1, 4, 4, 2, 3, 1, 1, POOL_CODES["max"], 2)),
+                              LayerRecord(3, 4)), input_size=16, weight_bits=8, state_bits=8, input_bits=8,
+                             max_batch=4)
+CONV_SHAPE = (2, 1, 3, 3)  # W_1 of the conv network: 2 channels x 1 input channel x 3 x 3, i8
 LIMIT = 100  # the host keeps every weight within +-LIMIT, so nothing saturates at +-127
 
 
@@ -92,10 +98,10 @@ class MixResult:
         return not (self.silent_corruptions or self.double_applied or self.lost_updates or self.weights_mismatch)
 
 
-def program(client: BoardClient, version: int = 1) -> np.ndarray:
-    """CONFIGURE the tiny network, write and commit W_1 at ``version``; returns the host's copy."""
-    client.configure(NETWORK.pack())
-    weights = np.random.default_rng(version).integers(-50, 51, SHAPE)
+def program(client: BoardClient, version: int = 1, conv: bool = False) -> np.ndarray:
+    """CONFIGURE the tiny network (or the conv one), write and commit W_1 at ``version``; returns the host's copy."""
+    client.configure((CONV_NETWORK if conv else NETWORK).pack())
+    weights = np.random.default_rng(version).integers(-50, 51, CONV_SHAPE if conv else SHAPE)
     client.write_tensor(TENSOR, weights, CODE)
     client.commit_tensor(TENSOR, weights, CODE, version)
     return weights
@@ -267,12 +273,13 @@ def open_faulty_client(url: str, tx: FaultConfig, rx: FaultConfig, timeout: floa
     return client, port
 
 
-def run(url: str, requests: int, seed: int, timeout: float, link: dict, packed: bool = True) -> MixResult:
+def run(url: str, requests: int, seed: int, timeout: float, link: dict, packed: bool = True,
+        conv: bool = False) -> MixResult:
     """One board: program it over a clean link, run the mix over the faulty one, check over a clean one."""
     tx, rx = link_configs(seed, **link)
     client, port = open_faulty_client(url, FaultConfig(), FaultConfig(), timeout, packed=packed)
     try:
-        weights = program(client, version=1)
+        weights = program(client, version=1, conv=conv)
         port.configure(tx=tx, rx=rx)
         mix = Mix(client, weights, 1, seed)
         mix.run(requests)
@@ -282,7 +289,7 @@ def run(url: str, requests: int, seed: int, timeout: float, link: dict, packed: 
 
 
 def run_boards(boards: int, requests: int, seed: int, timeout: float, link: dict, sanitizers: bool,
-               packed: bool = True) -> list[MixResult]:
+               packed: bool = True, conv: bool = False) -> list[MixResult]:
     """``boards`` firmware processes, each with its own link seed, in threads: the run waits on timeouts
     far more than it computes, so boards in parallel cut the wall time without changing what each sees."""
     from firmware_interface import launch
@@ -293,7 +300,7 @@ def run_boards(boards: int, requests: int, seed: int, timeout: float, link: dict
     def one(i: int) -> None:
         try:
             with launch.HostBoard(device_id=i, sanitizers=sanitizers) as board:
-                results[i] = run(board.url, shares[i], seed + 1000 * i, timeout, link, packed)
+                results[i] = run(board.url, shares[i], seed + 1000 * i, timeout, link, packed, conv)
             if board.process.returncode != 0:  # SIGTERM ends it with 0; a sanitizer report does not
                 raise RuntimeError(f"board {i} exited with {board.process.returncode}: "
                                    f"{''.join(board.output)[-2000:]}")
@@ -368,6 +375,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--asan", action="store_true", help="also run the ASan + UBSan build")
     parser.add_argument("--asan-requests", type=int, default=None, help="requests on the ASan build (default: same)")
     parser.add_argument("--dense", action="store_true", help="dense APPLY_DELTA only (a protocol 1.0 host)")
+    parser.add_argument("--conv", action="store_true", help="a conv network (protocol 1.2) and its conv kernel")
     for key, value in LINK.items():
         parser.add_argument(f"--{key.replace('_', '-')}", type=type(value), default=value)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "board_faults.json")
@@ -379,14 +387,14 @@ def main(argv: list[str] | None = None) -> int:
     for name, sanitizers in builds:
         requests = args.requests if name == "host" or args.asan_requests is None else args.asan_requests
         start = time.perf_counter()
-        boards = run_boards(args.boards, requests, args.seed, args.timeout, link, sanitizers, not args.dense)
+        boards = run_boards(args.boards, requests, args.seed, args.timeout, link, sanitizers, not args.dense, args.conv)
         results[name] = merge(boards, time.perf_counter() - start)
         per_board[name] = [{"requests": b.requests, "completed": b.completed, "failed": dict(b.failed),
                             "host_version": b.host_version, "board_version": b.board_version,
                             "wall_s": b.wall_s} for b in boards]
         print(table(f"{name} build: {requests:,} requests on {args.boards} boards in parallel", results[name]))
     out = {"benchmark": "board_faults", "machine": machine(), "link": link, "client_timeout_s": args.timeout,
-           "seed": args.seed, "boards": args.boards, "packed": not args.dense,
+           "seed": args.seed, "boards": args.boards, "packed": not args.dense, "conv": args.conv,
            "results": {k: v.as_dict() for k, v in results.items()}, "per_board": per_board}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(out, indent=2, default=int) + "\n")

@@ -42,8 +42,8 @@ from firmware_interface import tensor as T  # noqa: E402
 from firmware_interface.client import (BoardClient, BoardError, BoardResetError, ProtocolError,  # noqa: E402
                                        tensor_crc)
 from firmware_interface.frame import Frame, FrameError, FrameReceiver, Kind  # noqa: E402
-from firmware_interface.protocol import (BoardStatus, Capability, Command, HelloInfo, LayerRecord,  # noqa: E402
-                                         NetworkRecord, Status, hello_request)
+from firmware_interface.protocol import (BoardStatus, Capability, Command, ConvRecord, HelloInfo,  # noqa: E402
+                                         LayerRecord, NetworkRecord, Status, hello_request)
 
 DEFAULT_BINARY = ROOT / "firmware_interface" / "firmware" / "build" / "fuzz" / "fuzz_frames"
 BOARD_MAX_PAYLOAD = 2048
@@ -99,6 +99,38 @@ def request_session() -> list[tuple[int, bytes]]:
         (Command.RESET, b""),
     ]
     return out
+
+
+def tiny_conv_network(pool: int) -> tuple[NetworkRecord, dict[int, tuple[np.ndarray, int]]]:
+    """Two conv layers (protocol 1.2): a 1x4x4 input, 2 channels 3x3 padded with a 2x2 pool (``pool``: 1 max,
+    2 average) = 8 units, then 3 channels 2x2 without pooling = 3 units (the MSE output)."""
+    record = NetworkRecord((LayerRecord(8, 4, ConvRecord(1, 4, 4, 2, 3, 1, 1, pool, 2)),
+                            LayerRecord(3, 4, ConvRecord(2, 2, 2, 3, 2, 1, 0, 0, 1))),
+                           input_size=16, weight_bits=8, state_bits=8, input_bits=8, max_batch=4)
+    rng = np.random.default_rng(pool)
+    tensors = {0: (rng.integers(-20, 21, (2, 1, 3, 3)), 0), 1: (rng.integers(-100, 101, 2), 2),
+               3: (np.array([[1] * 2, [0] * 2, [0] * 2]), 3), 4: (rng.integers(-20, 21, (3, 2, 2, 2)), 0),
+               5: (rng.integers(-100, 101, 3), 2), 7: (np.array([[1] * 3, [2] * 3, [0] * 3]), 3)}
+    return record, tensors
+
+
+def conv_session(pool: int) -> list[tuple[int, bytes]]:
+    """Greet, configure a conv network, program it, relax free and nudged, read back, update."""
+    record, tensors = tiny_conv_network(pool)
+    out: list[tuple[int, bytes]] = [(Command.HELLO, hello_request()), (Command.CONFIGURE, record.pack())]
+    for tid, (values, code) in tensors.items():
+        out.append((Command.WRITE_WEIGHTS, struct.pack("<BBI", tid, 0, 0) + T.encode(values.reshape(-1), code)))
+        out.append((Command.COMMIT_WEIGHTS, struct.pack("<BBII", tid, 0, tensor_crc(values, code), 1)))
+    return out + [
+        (Command.SET_INPUT, struct.pack("<HH", 2, 0) + T.encode(np.arange(32).reshape(2, 16) * 7, 3)),
+        (Command.SET_TARGET, struct.pack("<H", 0) + T.encode(np.array([1, 2]), 3)),
+        (Command.RELAX, struct.pack("<BBHiI", 0, 0, 8, 0, 0xFFFFFFFF)),
+        (Command.RELAX, struct.pack("<BBHiI", 1, 2, 4, 1 << 15, 2)),
+        (Command.READ_STATES, struct.pack("<BBHH", 1, 1, 0, 2)),
+        (Command.APPLY_DELTA, struct.pack("<BBII", 4, 0, 1, 3) + T.encode(np.array([1, -1, 2]), 0)),
+        (Command.SET_STATES, struct.pack("<BBH", 2, 0, 0) + T.encode(np.ones((2, 3), np.int64), 3)),
+        (Command.RELAX, struct.pack("<BBHiI", 2, 1, 3, -(1 << 15), 0xFFFFFFFF)),
+    ]
 
 
 def response_payloads() -> list[tuple[int, bytes]]:
@@ -260,9 +292,10 @@ def decode_payload(frame: Frame, client: BoardClient, counts: dict[str, int]) ->
 def fuzz_python(frames: int, seed: int, slow_input: float, batch: int = 2000, batch_limit: float = 30.0) -> dict:
     """Feed ``frames`` random and mutated inputs through the receivers and payload decoders."""
     rng = random.Random(seed)
-    requests = [Frame(Kind.REQUEST, i + 1, c, 0, p).encode() for i, (c, p) in enumerate(request_session())]
+    session = request_session() + conv_session(1)[1:] + conv_session(2)[1:]
+    requests = [Frame(Kind.REQUEST, i + 1, c, 0, p).encode() for i, (c, p) in enumerate(session)]
     responses = [Frame(Kind.RESPONSE, i + 1, c, 0, p).encode() for i, (c, p) in enumerate(response_payloads())]
-    mutator = Mutator(rng, requests + responses, request_session() + response_payloads())
+    mutator = Mutator(rng, requests + responses, session + response_payloads())
     receivers = [FrameReceiver(BOARD_MAX_PAYLOAD), FrameReceiver()]
     client = BoardClient(NullPort(), timeout=0.01, retries=0)
     counts = {k: 0 for k in ("tensor.decode", "packed.decode", "HelloInfo.unpack", "BoardStatus.unpack",
@@ -359,6 +392,11 @@ def write_seed_corpus(directory: Path) -> int:
     files["records-session"] = b"\x03" + b"".join(r for r in records if r[1] != Command.SELF_TEST)
     for i, r in enumerate(records):
         files[f"records-{i:02d}"] = b"\x03" + r
+    for pool, name in ((1, "max"), (2, "avg")):  # conv layers (protocol 1.2): the record's conv blocks
+        conv = conv_session(pool)
+        files[f"records-conv-{name}"] = b"\x03" + b"".join(bytes([1 + len(p), c]) + p for c, p in conv[1:])
+        files[f"raw-conv-{name}"] = b"\x00" + b"".join(
+            Frame(Kind.REQUEST, i + 1, c, 0, p).encode() for i, (c, p) in enumerate(conv))
     directory.mkdir(parents=True, exist_ok=True)
     for name, data in files.items():
         (directory / name).write_bytes(data)

@@ -10,7 +10,7 @@ from enum import IntEnum
 from . import cobs
 
 PROTOCOL_MAJOR = 1
-PROTOCOL_MINOR = 1
+PROTOCOL_MINOR = 2
 HEADER = struct.Struct("<BBHBBH")  # version, kind, seq, command, status, length
 OVERHEAD = HEADER.size + 4
 HOST_MAX_PAYLOAD = 0xFFFF

@@ -80,6 +80,7 @@ class Capability(IntFlag):
     SET_STATES = 1 << 6
     PACKED = 1 << 7  # APPLY_DELTA_PACKED and SET_INPUT_PACKED (protocol 1.1)
     CE_NUDGE = 1 << 8  # nudged phases of a CE network (the integer softmax; softmax_shift in CONFIGURE)
+    CONV = 1 << 9  # conv layers with max, average or no pooling (protocol 1.2; a conv block per conv layer)
 
 
 class Phase(IntEnum):
@@ -189,10 +190,35 @@ class BoardStatus:
         return cls(*v[:10], v[10], bool(v[11]))
 
 
+POOL_CODES = {"none": 0, "max": 1, "avg": 2}
+
+
+@dataclass(frozen=True)
+class ConvRecord:
+    """The geometry of a conv layer (protocol 1.2): its input grid, channels, kernel and pooling."""
+
+    in_channels: int
+    in_height: int
+    in_width: int
+    channels: int
+    kernel: int
+    stride: int
+    padding: int
+    pool: int  # POOL_CODES
+    pool_size: int  # 1 without pooling
+
+    FORMAT = struct.Struct("<HHHHBBBBBB")
+
+    def pack(self) -> bytes:
+        return self.FORMAT.pack(self.in_channels, self.in_height, self.in_width, self.channels, self.kernel,
+                                self.stride, self.padding, self.pool, self.pool_size, 0)
+
+
 @dataclass(frozen=True)
 class LayerRecord:
     units: int
     state_shift: int
+    conv: ConvRecord | None = None  # a conv layer (kind 1); None for a dense one (kind 0)
 
 
 @dataclass(frozen=True)
@@ -220,8 +246,9 @@ class NetworkRecord:
         flags = (self.alternating << 0) | (self.untied << 1) | ((self.classes > 0) << 2) | (self.signed_input << 3)
         out = self.HEAD.pack(len(self.layers), flags, self.weight_bits, self.state_bits, self.input_bits, 0,
                              self.max_batch, self.input_size)
-        out += b"".join(self.LAYER.pack(g.units, g.state_shift, 0) for g in self.layers)
-        return out + self.TAIL.pack(self.classes, self.nudge_shift, self.softmax_shift)
+        out += b"".join(self.LAYER.pack(g.units, g.state_shift, 0 if g.conv is None else 1) for g in self.layers)
+        out += self.TAIL.pack(self.classes, self.nudge_shift, self.softmax_shift)
+        return out + b"".join(g.conv.pack() for g in self.layers if g.conv is not None)
 
     def fan_in(self, layer: int) -> int:
         """Inputs of 1-based state layer ``layer``."""

@@ -17,7 +17,10 @@ and the new state is ``clamp(round_half_even(acc / 2^(F_l - f_s + a)), 0, 2^stat
 for ``hard_sigmoid`` (``clip(u, 0, 1)``) and ``a = 1`` for ``hard_sigmoid_half`` (``clip(u/2, 0, 1)``).
 Round half to even is torch's and Brevitas's rounding. The nudge of an MSE output is
 ``beta_q * (onehot - s_L)`` with ``beta_q = round(beta * 2^beta_frac)``; a CE output's nudge goes through the
-integer softmax ``softmax_fixed`` (``FixedPointNetwork.nudge``). Class scores are integers with
+integer softmax ``softmax_fixed`` (``FixedPointNetwork.nudge``). Conv layers (``quantize.integer_conv``) pool
+the integer conv output (the first maximum of a window, or the window's sum for an average pool, whose
+``1 / pool_size^2`` is ``pool_shift`` more fractional bits) and add the bias after pooling; their feedback is the
+transposed conv of the unpooled states above. Class scores are integers with
 ``F_out`` fractional bits. Here the arithmetic runs in int64; ``accumulator_bits`` says how wide a board's
 accumulator must be.
 """
@@ -31,9 +34,9 @@ from typing import Sequence
 
 import torch
 
-from hwtoolkit.network.spec import ConvLayer, NetworkSpec
+from hwtoolkit.network.spec import ConvLayer, LayerGeometry, NetworkSpec
 
-from . import weight_file
+from . import integer_conv, weight_file
 from .network import QuantEPNetwork
 
 FILE_FORMAT = "hwtoolkit-fixed-point/1"
@@ -125,14 +128,36 @@ def _rows(frac: torch.Tensor, rows: int) -> torch.Tensor:
     return frac.expand(rows).clone() if frac.dim() == 0 else frac
 
 
+def pool_shift(geo: LayerGeometry) -> int:
+    """Fractional bits an average pool adds: its window sum stands for the mean at ``2 log2(pool_size)`` more bits.
+
+    A max pool, no pool and a dense layer add none. The division must be a shift, so an average pool's
+    ``pool_size`` must be a power of two.
+    """
+    if geo.kind != "conv" or geo.conv.pool != "avg":
+        return 0
+    k = geo.conv.pool_size
+    if k & (k - 1):
+        raise FixedPointError(f"network.conv[{geo.index - 1}].pool_size = {k} with pool = \"avg\" has no "
+                              f"fixed-point form: the mean's division by pool_size^2 must be a shift, so pool_size "
+                              f"must be a power of two")
+    return 2 * (k.bit_length() - 1)
+
+
+def _per_row(shift: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """A shift per output row (dim 0) shaped to broadcast against ``like``."""
+    return shift.view(-1, *([1] * (like.dim() - 1)))
+
+
 @dataclass
 class LayerPlan:
     """One state layer's integer step: aligned weights and bias in the accumulator's fractional bits."""
 
+    geo: LayerGeometry
     acc_frac: int
-    forward: torch.Tensor  # (units, fan_in) = W_l[c, :] << shift_c, or () for layer 1's precomputed drive
-    bias: torch.Tensor  # (units,)
-    feedback: torch.Tensor | None  # (units_above, units) = W_{l+1}[k, :] << shift_k, or None for the last
+    forward: torch.Tensor  # W_l << shift per output row (unit or channel): (units, fan_in) or (ch, in_ch, k, k)
+    bias: torch.Tensor  # (units,) or (channels,), added after pooling
+    feedback: torch.Tensor | None  # the layer above's W_{l+1} (or B_{l+1}) << shift per its rows; None for the last
     state_shift: int  # acc -> state: round_shift by this many bits
     bound: int  # the largest |acc| any input can give (sizes the accumulator)
 
@@ -169,8 +194,8 @@ class FixedPointNetwork:
         if not cfg.fixed_point:
             raise FixedPointError(f"the fixed-point model needs quantized weights and states with power-of-two "
                                   f"scales; this network is {cfg.describe()}")
-        if any(g.kind != "dense" for g in spec.layers):
-            raise FixedPointError(f"the fixed-point model covers dense layers; {spec.describe()} has conv layers")
+        for g in spec.layers:
+            pool_shift(g)
         if spec.activation not in ACTIVATION_SHIFT:
             raise FixedPointError(f"network.activation = {spec.activation!r} has no fixed-point form; valid: "
                                   f"{sorted(ACTIVATION_SHIFT)}")
@@ -202,25 +227,32 @@ class FixedPointNetwork:
             w, b = p[f"w{g.index}"], p[f"b{g.index}"]
             f_in = fx if i == 0 else fs
             fw = _rows(w.frac, w.data.shape[0])
-            terms = [int((fw + f_in).max())]
+            a = pool_shift(g)
+            terms = [int((fw + f_in).max()) + a]
             above = p[self._feedback_name(g.index + 1)] if i + 1 < n else None
             if above is not None:
                 fa = _rows(above.frac, above.data.shape[0])
-                terms.append(int((fa + fs).max()))
+                a_up = pool_shift(spec.layers[i + 1])
+                terms.append(int((fa + fs).max()) + a_up)
             if i == n - 1 and spec.output == "mse":
                 terms.append(BETA_FRAC + fs)
             acc = max(terms)
-            shift = acc - fw - f_in
-            forward = w.data << shift.view(-1, 1)
-            bias = b.data << shift
-            feedback = above.data << (acc - fa - fs).view(-1, 1) if above is not None else None
-            bound = int(forward.abs().sum(1).max()) * (xmax if i == 0 else smax) + int(bias.abs().max())
-            if feedback is not None:
-                bound += int(feedback.abs().sum(0).max()) * smax
+            shift = acc - fw - f_in - a
+            forward = w.data << _per_row(shift, w.data)
+            bias = b.data << (shift + a)
+            window = g.conv.pool_size ** 2 if a else 1  # an average pool sums this many conv outputs
+            bound = int(forward.abs().flatten(1).sum(1).max()) * (xmax if i == 0 else smax) * window \
+                + int(bias.abs().max())
+            feedback = None
+            if above is not None:
+                feedback = above.data << _per_row(acc - fa - fs - a_up, above.data)
+                # a unit of layer l meets each weight of the layer above at most once per sample
+                dims = (0,) if feedback.dim() == 2 else (0, 2, 3)
+                bound += int(feedback.abs().sum(dims).max()) * smax
             if i == n - 1 and spec.output == "mse":
                 bound += (1 << BETA_FRAC) * 4 * (1 << fs)  # |beta| up to 4
-            self.plans.append(LayerPlan(acc, forward, bias, feedback, acc - fs + ACTIVATION_SHIFT[spec.activation],
-                                        bound))
+            self.plans.append(LayerPlan(g, acc, forward, bias, feedback,
+                                        acc - fs + ACTIVATION_SHIFT[spec.activation], bound))
         if spec.output == "ce":
             w, b = p["w_out"], p["b_out"]
             fw = _rows(w.frac, w.data.shape[0])
@@ -332,8 +364,7 @@ class FixedPointNetwork:
         batch = x_int.shape[0]
         states = [torch.zeros(batch, *shape, dtype=torch.long).flatten(1) for shape in spec.state_shapes] \
             if init is None else [s.long().flatten(1).clone() for s in init]
-        first = self.plans[0]
-        drive = x_int.long() @ first.forward.t() + first.bias
+        drive = self.forward_term(0, x_int.long())
         beta_q = round(beta * (1 << BETA_FRAC))
         onehot = (torch.nn.functional.one_hot(y, spec.classes).long() << self.state_frac) if beta else None
         smax = (1 << self.state_bits) - 1
@@ -349,12 +380,87 @@ class FixedPointNetwork:
     def _settle(self, i: int, drive: torch.Tensor, states: list[torch.Tensor], beta_q: int,
                 onehot: torch.Tensor | None, smax: int) -> torch.Tensor:
         plan = self.plans[i]
-        acc = drive if i == 0 else states[i - 1] @ plan.forward.t() + plan.bias
+        acc = drive if i == 0 else self.forward_term(i, states[i - 1])
         if plan.feedback is not None:
-            acc = acc + states[i + 1] @ plan.feedback
+            acc = acc + self.feedback_term(i, states[i], states[i + 1])
         if onehot is not None and i == len(self.plans) - 1:
             acc = acc + self.nudge(states[i], onehot, beta_q, plan.acc_frac)
         return round_shift(acc, plan.state_shift).clamp(0, smax)
+
+    def forward_term(self, i: int, below: torch.Tensor) -> torch.Tensor:
+        """``P(W_l * s_{l-1}) + b_l`` of the layer at 0-based ``i`` in its accumulator (flat ``(batch, units)``).
+
+        A max pool keeps the largest conv output of each window, an average pool their sum (the mean at
+        ``pool_shift`` more fractional bits); the bias joins after pooling, once per channel.
+        """
+        plan = self.plans[i]
+        g = plan.geo
+        if g.kind == "dense":
+            return below @ plan.forward.t() + plan.bias
+        c = g.conv
+        z = integer_conv.conv2d(below.view(-1, *g.in_shape), plan.forward, c.stride, c.padding)
+        if c.pool == "max":
+            z = integer_conv.max_pool(z, c.pool_size)[0]
+        elif c.pool == "avg":
+            z = integer_conv.sum_pool(z, c.pool_size)
+        return (z + plan.bias.view(1, -1, 1, 1)).flatten(1)
+
+    def feedback_term(self, i: int, own: torch.Tensor, above: torch.Tensor) -> torch.Tensor:
+        """``W_{l+1}^T P^T s_{l+1}`` into the layer at 0-based ``i`` (flat), from its own states ``own``.
+
+        Max pool: each pooled state goes back to the position of its window's maximum in ``W_{l+1} * s_l``,
+        computed from ``own`` (the layer's states before its update) with the first maximum taking ties. Average
+        pool: each pooled state goes to every position of its window (the ``1 / pool_size^2`` is in the shifts).
+        """
+        plan, g = self.plans[i], self.plans[i + 1].geo
+        if g.kind == "dense":
+            return above @ plan.feedback
+        c = g.conv
+        return integer_conv.conv_transpose2d(self._unpool(i + 1, above, own), plan.feedback, c.stride, c.padding,
+                                             g.in_shape[1:]).flatten(1)
+
+    def _unpool(self, i: int, s: torch.Tensor, below: torch.Tensor) -> torch.Tensor:
+        """``P^T s``: the pooled states ``s`` of the conv layer at 0-based ``i`` put back on its conv grid.
+
+        Max pool: at each window's first maximum of ``W_l * below``; average pool: on every position of the window.
+        """
+        plan = self.plans[i]
+        g = plan.geo
+        c, hw = g.conv, g.conv_shape[1:]
+        s = s.view(-1, *g.out_shape)
+        if c.pool == "max":
+            z = integer_conv.conv2d(below.view(-1, *g.in_shape), plan.forward, c.stride, c.padding)
+            return integer_conv.max_unpool(s, integer_conv.max_pool(z, c.pool_size)[1], hw)
+        if c.pool == "avg":
+            return integer_conv.spread(s, c.pool_size, hw)
+        return s
+
+    def weight_terms(self, x_int: torch.Tensor, states: Sequence[torch.Tensor]) -> dict[str, FixedTensor]:
+        """dPhi/dW and dPhi/db at ``states``, summed over the batch, in integers (the EP update's local terms).
+
+        Layer ``l``'s weight term ``sum_n (P^T s_l) s_{l-1}^T`` (a correlation for conv layers) has
+        ``f_s + f_in + pool_shift`` fractional bits (per tensor, whatever the weights' granularity); the max pool
+        sends each state to its window's maximum in ``W_l * s_{l-1}``, as the relaxation does. Bias terms are the
+        states summed over the batch (and over positions for conv layers), ``f_s`` bits.
+        """
+        fs, fx = self.state_frac, int(self.input_format.frac)
+        out: dict[str, FixedTensor] = {}
+        below = x_int.long()
+        for i, (plan, s) in enumerate(zip(self.plans, states)):
+            g, a = plan.geo, pool_shift(plan.geo)
+            frac = torch.tensor(fs + (fx if i == 0 else fs) + a)
+            if g.kind == "dense":
+                w = s.t() @ below
+                b = s.sum(0)
+            else:
+                c = g.conv
+                w = integer_conv.conv2d_weight(below.view(-1, *g.in_shape), self._unpool(i, s, below), c.kernel,
+                                               c.stride, c.padding)
+                b = s.view(-1, *g.out_shape).sum((0, 2, 3))
+            out[f"w{g.index}"] = FixedTensor(w, frac, 64, True)
+            out[f"b{g.index}"] = FixedTensor(b, torch.tensor(fs), 64, True)
+            below = s
+        return out
 
     def nudge(self, s_last: torch.Tensor, onehot: torch.Tensor, beta_q: int, acc_frac: int) -> torch.Tensor:
         """The nudge ``-beta dL/ds_L`` in the last layer's accumulator format (``acc_frac`` bits).

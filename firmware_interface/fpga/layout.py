@@ -114,6 +114,8 @@ def core_image(image, params: CoreParams, acc_bits: int) -> CoreImage:
     n = len(rec.layers)
     units = [g.units for g in rec.layers]
     problems = []
+    if any(g.conv is not None for g in rec.layers):
+        problems.append("conv layers, the core runs dense layers only")
     if n > p.MAX_LAYERS:
         problems.append(f"{n} state layers, the core holds MAX_LAYERS = {p.MAX_LAYERS}")
     if sum(units) > p.UDEPTH:

@@ -6,16 +6,18 @@ that align each term to its layer's accumulator (docs/board_protocol.md, section
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from firmware_interface.protocol import BETA_FRAC, BIAS, FEEDBACK, MAX_SHIFT, SHIFTS, W, LayerRecord, NetworkRecord, \
-    tensor_id
+from firmware_interface.protocol import BETA_FRAC, BIAS, FEEDBACK, MAX_SHIFT, POOL_CODES, SHIFTS, W, ConvRecord, \
+    LayerRecord, NetworkRecord, tensor_id
 from firmware_interface.tensor import I8, I16, I32, U8, U16
+from hwtoolkit.network.spec import LayerGeometry
 from quantize.fixed_point import (EXP_FRAC_BITS, LOG2E_FRAC, FixedPointNetwork, FixedTensor,
-                                  ce_nudge_shift)
+                                  ce_nudge_shift, pool_shift)
 
 
 class ImageError(ValueError):
@@ -88,6 +90,15 @@ def nudge_shifts(fp: FixedPointNetwork, ce_nudge: bool = True) -> tuple[int, int
             fp.score_frac + LOG2E_FRAC - EXP_FRAC_BITS)
 
 
+def conv_record(geo: LayerGeometry) -> ConvRecord | None:
+    """The conv block of a layer's record (None for a dense layer); no pooling travels as pool_size 1."""
+    if geo.kind != "conv":
+        return None
+    c = geo.conv
+    return ConvRecord(*geo.in_shape, c.channels, c.kernel, c.stride, c.padding, POOL_CODES[c.pool],
+                      1 if c.pool == "none" else c.pool_size)
+
+
 def board_image(fp: FixedPointNetwork, max_batch: int, ce_nudge: bool = True) -> BoardImage:
     """The board's view of ``fp``; ``ImageError`` if a value does not fit the protocol.
 
@@ -107,19 +118,22 @@ def board_image(fp: FixedPointNetwork, max_batch: int, ce_nudge: bool = True) ->
         layer = g.index
         plan = fp.plans[i]
         w: FixedTensor = p[f"w{layer}"]
-        units = w.data.shape[0]
-        fwd = plan.acc_frac - _rows(w.frac, units) - (fx if i == 0 else fs)
-        table = np.zeros((3, units), np.int64)
-        table[0] = fwd
+        rows = w.data.shape[0]  # units of a dense layer, channels of a conv layer
+        a = pool_shift(g)
+        table = np.zeros((3, rows), np.int64)
+        table[0] = plan.acc_frac - _rows(w.frac, rows) - (fx if i == 0 else fs) - a
         if i > 0:
             feedback = p[f"w{layer}"] if spec.tied else p[f"fb{layer}"]
-            table[1] = fp.plans[i - 1].acc_frac - _rows(feedback.frac, units) - fs
+            table[1] = fp.plans[i - 1].acc_frac - _rows(feedback.frac, rows) - fs - a
             if not spec.tied:
                 tensors[tensor_id(layer, FEEDBACK)] = (feedback.data.numpy().reshape(-1), wcode)
         tensors[tensor_id(layer, W)] = (w.data.numpy().reshape(-1), wcode)
         tensors[tensor_id(layer, BIAS)] = (_bias(p[f"b{layer}"], f"b{layer}"), I32)
         tensors[tensor_id(layer, SHIFTS)] = (_shifts(table, f"layer {layer}").reshape(-1), U8)
-        layers.append(LayerRecord(units, plan.state_shift))
+        if a and table[0].max() + a > MAX_SHIFT:
+            raise ImageError(f"layer {layer}'s bias needs a shift of {table[0].max() + a}; the protocol allows 0 to "
+                             f"{MAX_SHIFT}")
+        layers.append(LayerRecord(math.prod(g.out_shape), plan.state_shift, conv_record(g)))
     classes = 0
     if spec.output == "ce":
         w = p["w_out"]
@@ -141,7 +155,7 @@ def board_image(fp: FixedPointNetwork, max_batch: int, ce_nudge: bool = True) ->
             raise ImageError(f"layer {layer} needs a state shift of {g.state_shift}; the protocol allows "
                              f"-{MAX_SHIFT} to {MAX_SHIFT}")
     fmt = fp.input_format
-    record = NetworkRecord(tuple(layers), spec.layers[0].fan_in, weight_bits, fp.state_bits, fmt.bits, max_batch,
+    record = NetworkRecord(tuple(layers), math.prod(spec.input_shape), weight_bits, fp.state_bits, fmt.bits, max_batch,
                            alternating=spec.update == "alternating", untied=not spec.tied, signed_input=fmt.signed,
                            classes=classes, nudge_shift=nudge, softmax_shift=softmax)
     return BoardImage(record, tensors, fs, fp.score_frac, input_code(fmt.bits, fmt.signed), state_code(fp.state_bits))

@@ -26,6 +26,7 @@ from firmware_interface.protocol import BETA_FRAC, BIAS, FEEDBACK, RESIDUAL, SCO
     Status, tensor_id
 from firmware_interface.tensor import DTYPES, I32, U16
 from hwtoolkit.network.dynamics import Relaxation
+from hwtoolkit.network.flops import layer_macs
 from hwtoolkit.network.spec import NetworkSpec
 
 from ..base import Capabilities, Quantization, Start, Target, TargetError, Update, UpdateReport
@@ -137,18 +138,20 @@ class SerialTarget(Target):
         needs = [(not spec.tied, Capability.UNTIED, "untied feedback weights"),
                  (spec.update == "alternating", Capability.ALTERNATING, "the alternating schedule"),
                  (spec.output == "ce", Capability.CE_READOUT, "a CE readout"),
-                 (spec.output == "mse", Capability.MSE_NUDGE, "the MSE nudge")]
+                 (spec.output == "mse", Capability.MSE_NUDGE, "the MSE nudge"),
+                 (bool(spec.conv), Capability.CONV, "conv layers (capability 9, protocol 1.2)")]
         for needed, bit, what in needs:
             if needed and not caps & bit:
                 raise TargetError(f"the board at {self.url} does not support {what} ({info.describe()})")
         if spec.classes > 256:
             raise TargetError(f"network.classes = {spec.classes}: the board protocol carries labels as u8 (at "
                               f"most 256 classes)")
-        widest = max(g.out_shape[0] for g in spec.layers)
+        widest = max(math.prod(g.out_shape) for g in spec.layers)
+        inputs = math.prod(spec.input_shape)
         limits = [(spec.num_state_layers, info.max_layers, "state layers"),
                   (widest, info.max_units, "units in a layer"),
-                  (spec.layers[0].fan_in, info.max_units, "inputs"),
-                  (spec.layers[0].fan_in * (1 if cfg.input_bits <= 8 else 2) + 11, info.max_payload,
+                  (inputs, info.max_units, "inputs"),
+                  (inputs * (1 if cfg.input_bits <= 8 else 2) + 11, info.max_payload,
                    "bytes for one input row in a payload"),
                   (widest * (1 if cfg.state_bits <= 8 else 2) + 11, info.max_payload,
                    "bytes for one row of states in a payload"),
@@ -164,7 +167,8 @@ class SerialTarget(Target):
     @property
     def capabilities(self) -> Capabilities:
         caps = self.info.capabilities
-        return Capabilities(name=self.name, device="cpu", dtype="float32", exact=False, conv=False,
+        return Capabilities(name=self.name, device="cpu", dtype="float32", exact=False,
+                            conv=bool(caps & Capability.CONV),
                             untied=bool(caps & Capability.UNTIED), max_steps=self.info.max_steps, address=self.url,
                             notes=f"fixed point {self.quant.cfg.describe()}; board: {self.info.describe()}")
 
@@ -421,10 +425,16 @@ class SerialTarget(Target):
         return ended, scores, residual, done.steps
 
     def _relax_seconds(self, batch: int, steps: int) -> float:
-        """The board's expected compute time for a phase (from HELLO's ns per multiply-accumulate), x4."""
-        units = [g.out_shape[0] for g in self.spec.layers]
-        per_step = sum(2 * a * b for a, b in zip(units, units[1:])) + (self._image.record.classes * units[-1])
-        macs = batch * (steps * per_step + self.spec.layers[0].fan_in * units[0])
+        """The board's expected compute time for a phase (from HELLO's ns per multiply-accumulate), x4.
+
+        A step runs every layer above the first forward and back, a max-pooled conv layer's conv once more (for
+        its pool positions), and the readout; layer 1's drive runs once per input.
+        """
+        layers = self.spec.layers
+        per_step = sum(2 * layer_macs(g) for g in layers[1:]) + sum(
+            layer_macs(g) for g in layers[1:] if g.kind == "conv" and g.conv.pool == "max")
+        per_step += self._image.record.classes * math.prod(layers[-1].out_shape)
+        macs = batch * (steps * per_step + layer_macs(layers[0]))
         return 4 * macs * self.info.ns_per_mac * 1e-9
 
     def _assemble(self, parts: list[tuple]) -> Relaxation:

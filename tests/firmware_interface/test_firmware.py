@@ -77,11 +77,23 @@ def untensor(payload: bytes) -> np.ndarray:
 
 
 def network(units, input_size, shifts=None, wb=8, sb=8, ib=8, flags=0, max_batch=8, classes=0, nudge=0,
-            softmax=0) -> bytes:
+            softmax=0, kinds=None, blocks=b"") -> bytes:
     shifts = shifts or [0] * len(units)
+    kinds = kinds or [0] * len(units)
     rec = struct.pack("<BBBBBBHH", len(units), flags, wb, sb, ib, 0, max_batch, input_size)
-    rec += b"".join(struct.pack("<HbB", u, s, 0) for u, s in zip(units, shifts))
-    return rec + struct.pack("<HBB", classes, nudge, softmax)
+    rec += b"".join(struct.pack("<HbB", u, s, k) for u, s, k in zip(units, shifts, kinds))
+    return rec + struct.pack("<HBB", classes, nudge, softmax) + blocks
+
+
+def conv_block(in_c=1, in_h=4, in_w=4, channels=2, kernel=3, stride=1, padding=1, pool=1, pool_size=2,
+               reserved=0) -> bytes:
+    """A conv layer's geometry (protocol 1.2, section 6): by default 1x4x4 -> 2 channels, 3x3 padded, 2x2 max."""
+    return struct.pack("<HHHHBBBBBB", in_c, in_h, in_w, channels, kernel, stride, padding, pool, pool_size, reserved)
+
+
+def conv_network(block=None, **kw) -> bytes:
+    """A conv layer of 8 units (2 x 2 x 2) on a 1x4x4 input, then a dense layer of 3."""
+    return network([8, 3], 16, kinds=[1, 0], blocks=conv_block(**kw) if block is None else block)
 
 
 class Link:
@@ -223,8 +235,8 @@ def relax_model(tensors, x, steps, flags=0, units=SMALL["units"], shifts=SMALL["
 
 def test_hello_record_fields(link):
     h = link.hello()
-    assert (h["major"], h["minor"], h["max_payload"], h["device_id"]) == (1, 1, 2048, 0xC0FFEE)
-    assert h["caps"] == 0x1FF and h["max_batch"] == 32 and h["accbits"] == 64
+    assert (h["major"], h["minor"], h["max_payload"], h["device_id"]) == (1, 2, 2048, 0xC0FFEE)
+    assert h["caps"] == 0x3FF and h["max_batch"] == 32 and h["accbits"] == 64
     assert h["arena"] == 16 << 20 and h["wbits"] == h["sbits"] == h["ibits"] == 16
     assert h["ns_per_mac"] > 0 and h["base_us"] > 0 and h["max_steps"] >= 1000
     assert link.status()["boot_id"] == h["boot_id"]
@@ -372,6 +384,24 @@ BAD_REQUESTS = [
     (CONFIGURE, network([4], 3, flags=4, classes=2, nudge=63), BAD_ARG, 12),  # the CE nudge's shift, too
     (CONFIGURE, network([4], 3, softmax=9), BAD_ARG, 13),  # a softmax shift without the CE flag
     (CONFIGURE, network([4], 3, flags=4, classes=2, softmax=63), BAD_ARG, 13),
+    (CONFIGURE, conv_network(block=b""), BAD_LENGTH, None),  # a conv layer without its block
+    (CONFIGURE, conv_network() + b"\0", BAD_LENGTH, None),
+    (CONFIGURE, network([8, 3], 16, kinds=[2, 0]), BAD_ARG, 10),  # no kind 2
+    (CONFIGURE, network([3, 8], 16, kinds=[0, 1], blocks=conv_block(in_h=3, in_w=1, padding=2)), BAD_ARG, 10),
+    (CONFIGURE, conv_network(in_c=2), BAD_ARG, 14),  # 2 x 4 x 4 is not the 16 inputs
+    (CONFIGURE, conv_network(in_h=0), BAD_ARG, 15),
+    (CONFIGURE, conv_network(in_w=0), BAD_ARG, 16),
+    (CONFIGURE, conv_network(channels=3), BAD_ARG, 17),  # 3 x 2 x 2 is not the layer's 8 units
+    (CONFIGURE, conv_network(kernel=0), BAD_ARG, 18),
+    (CONFIGURE, conv_network(kernel=7), BAD_ARG, 18),  # wider than the padded input
+    (CONFIGURE, network([3969, 3], 4096, kinds=[1, 0], blocks=conv_block(1, 64, 64, 1, 64, 1, 63, 1, 2)), BAD_ARG,
+     18),  # 65M multiply-accumulates per sample: more than the largest dense layer's 4096 x 4096
+    (CONFIGURE, conv_network(stride=0), BAD_ARG, 19),
+    (CONFIGURE, conv_network(pool=3), BAD_ARG, 21),
+    (CONFIGURE, conv_network(pool=0), BAD_ARG, 22),  # no pooling travels as pool_size 1
+    (CONFIGURE, conv_network(pool=2, pool_size=3), BAD_ARG, 22),  # an average pool's size is a power of two
+    (CONFIGURE, conv_network(pool_size=8), BAD_ARG, 22),  # pools the 4x4 map to nothing
+    (CONFIGURE, conv_network(reserved=1), BAD_ARG, 23),
     (WRITE, w(0, 0, tensor(I8, [1]))[:5], BAD_LENGTH, None),
     (WRITE, w(0, 0, tensor(I8, [1, 2]))[:-1], BAD_LENGTH, None),
     (WRITE, w(0, 0, tensor(I16, [1])), BAD_ARG, 3),  # weights of 6 bits travel as i8

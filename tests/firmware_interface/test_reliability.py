@@ -44,11 +44,13 @@ def connect(board, retries: int = 8, timeout: float = TIMEOUT) -> tuple[BoardCli
     return board_faults.open_faulty_client(board.url, FaultConfig(), FaultConfig(), timeout, retries)
 
 
-def test_faulty_link_no_silent_corruption_and_exactly_once_updates(board):
-    """200 requests over 1% corrupted + 0.5% dropped bytes (and duplicates, delays, splits) in both directions."""
+@pytest.mark.parametrize("conv", [False, True])
+def test_faulty_link_no_silent_corruption_and_exactly_once_updates(board, conv):
+    """200 requests over 1% corrupted + 0.5% dropped bytes (and duplicates, delays, splits) in both directions;
+    updates to a dense layer or to a conv kernel (protocol 1.2)."""
     client, port = connect(board)
     with client:
-        weights = board_faults.program(client, version=1)
+        weights = board_faults.program(client, version=1, conv=conv)
         tx, rx = board_faults.link_configs(seed=7, **LINK)
         port.configure(tx=tx, rx=rx)
         mix = board_faults.Mix(client, weights, 1, seed=7, max_ping=40)

@@ -14,7 +14,7 @@ from firmware_interface.fpga.layout import (R_STATE, CoreFitError, CoreImage, Co
 from firmware_interface.protocol import BETA_FRAC, LayerRecord, NetworkRecord
 from firmware_interface.tensor import I16, I32, U8
 from hwtoolkit.network.parameters import init_parameters
-from hwtoolkit.network.spec import NetworkSpec
+from hwtoolkit.network.spec import ConvLayer, NetworkSpec
 from quantize.config import QuantConfig
 from quantize.fixed_point import FixedPointNetwork, FixedTensor, round_shift
 from quantize.network import QuantEPNetwork
@@ -318,4 +318,8 @@ def test_networks_that_do_not_fit_are_refused_naming_why():
         input_writes(image, np.zeros(10))
     with pytest.raises(CoreFitError, match="ACC_W"):
         CoreParams(ACC_W=30)
+    conv = NetworkSpec(input_shape=(1, 6, 6), conv=(ConvLayer(2, 3, padding=1),), classes=3, output="mse")
+    fp = quantized(conv, quant, init_parameters(conv, 0))
+    with pytest.raises(CoreFitError, match="conv layers, the core runs dense layers only"):
+        core_image(board_image(fp, 1), TEST_CORE, accumulator_bits(fp))
     assert address(R_STATE, 3) == 6 << 20 | 3

@@ -118,8 +118,9 @@ def test_quantized_float_onnx_is_the_fake_quantized_network(idx_dataset, tmp_pat
     assert np.abs(ort_scores(out, x) - relaxed_scores(cfg, w, x, 6)).max() <= 1e-5
 
 
-def test_fixed_export_writes_a_checked_weight_file(idx_dataset, tmp_path):
-    cfg = make_config(idx_dataset, "mlp", QUANT)
+@pytest.mark.parametrize("network", ["mlp", "conv-alternating", "two-conv-synchronous"])
+def test_fixed_export_writes_a_checked_weight_file(idx_dataset, tmp_path, network):
+    cfg = make_config(idx_dataset, network, QUANT)
     out = tmp_path / "net.epqw"
     report = export(cfg, weights(cfg), "fixed", out, sample(), steps=6, log=lambda m: None)
     assert report.passed and report.max_state_lsb is not None and report.max_state_lsb <= 1

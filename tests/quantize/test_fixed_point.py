@@ -109,7 +109,8 @@ def test_accumulator_width_bounds_every_accumulator():
 
 @pytest.mark.parametrize("spec, quant, message", [
     (NetworkSpec(input_shape=(1, 6, 6), hidden=(8,), classes=4), {"scale": "float"}, "power-of-two scales; this network is w6 s5 in8 float"),
-    (NetworkSpec(input_shape=(1, 6, 6), conv=(ConvLayer(2, 3),), classes=4, output="mse"), {}, "dense layers"),
+    (NetworkSpec(input_shape=(1, 6, 6), conv=(ConvLayer(2, 3, pool="avg", pool_size=3),), classes=4, output="mse"),
+     {}, "must be a power of two"),
     (NetworkSpec(input_shape=(1, 6, 6), hidden=(8,), classes=4, activation="sigmoid_2019"), {}, "no fixed-point form"),
     (NetworkSpec(input_shape=(1, 6, 6), hidden=(8,), classes=4), {"state_bits": 0}, "needs quantized weights"),
 ])

@@ -77,6 +77,11 @@ def check_bit_exact(client, net, quant, seed, steps, beta):
     """Free and nudged phases on the board equal the Python fixed-point model bit for bit (a CE nudge where the
     board has the integer softmax; a board without it refuses the phase by name)."""
     spec, weights = _random_case(net, quant, seed)
+    return check_spec_bit_exact(client, spec, weights, quant, seed, steps, beta)
+
+
+def check_spec_bit_exact(client, spec, weights, quant, seed, steps, beta):
+    """``check_bit_exact`` for a given network and weights."""
     target = SerialTarget(spec, client=client, quant=quant)
     target.program(weights)
     fp = FixedPointNetwork.from_quant(target.quant)
@@ -510,8 +515,9 @@ def test_configuration_errors_name_what_is_wrong(host_board, host_client, idx_da
         SerialTarget(SMALL, url="/dev/nonexistent-board", quant=W8)
     with pytest.raises(TargetError, match="fixed-point network"):
         SerialTarget(SMALL, client=host_client, quant={"weight_bits": 8, "state_bits": 8, "scale": "float"})
-    conv = NetworkSpec(input_shape=(1, 6, 6), conv=(ConvLayer(4, 3, pool="none"),), classes=3, output="mse")
-    with pytest.raises(TargetError, match="conv"):
+    conv = NetworkSpec(input_shape=(1, 6, 6), conv=(ConvLayer(4, 1, pool="avg", pool_size=3),), classes=3,
+                       output="mse")
+    with pytest.raises(TargetError, match=r"cannot hold .*pool_size = 3 .* power of two"):
         SerialTarget(conv, client=host_client, quant=W8)
     ce = NetworkSpec(input_shape=(1, 5, 5), hidden=(8,), classes=3, output="ce")
     target = SerialTarget(ce, client=host_client, quant=W8)

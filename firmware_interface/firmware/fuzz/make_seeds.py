@@ -1,5 +1,6 @@
 """Seed inputs for fuzz_frames: a small network configured, written, relaxed and read, in the harness's
-record format (mode byte 0x03: records, HELLO first). Usage: python3 make_seeds.py DIR"""
+record format (mode byte 0x03: records, HELLO first); dense networks and conv networks (protocol 1.2).
+Usage: python3 make_seeds.py DIR"""
 
 import random
 import struct
@@ -59,8 +60,35 @@ def session(rng: random.Random, flags: int) -> bytes:
     return bytes([0x03]) + out
 
 
+def conv_session(rng: random.Random, flags: int, pool: int) -> bytes:
+    """A conv layer (1x4x4 input, 2 channels 3x3 padded, 2x2 pool ``pool``: 1 max, 2 average; 8 units) under a
+    dense MSE layer of 3, configured, written, relaxed free and nudged, and read back."""
+    out = rec(0x05, struct.pack("<BBBBBBHH", 2, flags & 3, 6, 4, 4, 0, 4, 16) + struct.pack("<HbBHbB", 8, 6, 1, 3, 6, 0)
+              + struct.pack("<HBB", 0, 3, 0) + struct.pack("<HHHHBBBBBB", 1, 4, 4, 2, 3, 1, 1, pool, 2, 0))
+    ids = [(0, 18), (1, 2), (3, 6), (4, 24), (5, 3), (7, 9)] + ([(6, 24)] if flags & 2 else [])
+    for tid, n in ids:
+        if tid % 4 == 1:
+            t = tensor(2, "i", [rng.randrange(-200, 200) for _ in range(n)], (n,))
+        elif tid % 4 == 3:
+            t = tensor(3, "B", [rng.randrange(3) if i < 2 * n // 3 else 0 for i in range(n)], (n,))
+        else:
+            t = tensor(0, "b", [rng.randrange(-31, 32) for _ in range(n)], (n,))
+        out += rec(0x06, struct.pack("<BBI", tid, 0, 0) + t)
+        out += rec(0x08, struct.pack("<BBII", tid, 0, zlib.crc32(t[5:]), 1))
+    out += rec(0x0A, struct.pack("<HH", 2, 0) + tensor(3, "B", [rng.randrange(16) for _ in range(32)], (2, 16)))
+    out += rec(0x0B, struct.pack("<H", 0) + tensor(3, "B", [1, 0], (2,)))
+    out += rec(0x0C, struct.pack("<BBHiI", 0, 0, 5, 0, 0xFFFFFFFF))
+    out += rec(0x0C, struct.pack("<BBHiI", 1, 2, 3, 32768, 2))
+    out += rec(0x0D, struct.pack("<BBHH", 1, 1, 0, 2))
+    out += rec(0x09, struct.pack("<BBII", 0, 0, 1, 0) + tensor(0, "b", [5, -5], (2,)))
+    return bytes([0x03]) + out
+
+
 if __name__ == "__main__":
     root = Path(sys.argv[1])
     root.mkdir(parents=True, exist_ok=True)
     for flags in range(16):
         (root / f"seed_{flags:02d}").write_bytes(session(random.Random(flags), flags & 0x0F))
+    for flags in range(4):
+        for pool in (1, 2):
+            (root / f"seed_conv_{flags}_{pool}").write_bytes(conv_session(random.Random(flags), flags, pool))

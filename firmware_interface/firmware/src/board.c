@@ -78,6 +78,9 @@ static int cmd_hello(const uint8_t *req, size_t n, uint8_t *out, size_t *olen)
 #ifndef EP_NO_CE_NUDGE
                           | CAP_CE_NUDGE
 #endif
+#ifndef EP_NO_CONV
+                          | CAP_CONV
+#endif
 #ifndef EP_NO_PACKED
                           | CAP_PACKED
 #endif

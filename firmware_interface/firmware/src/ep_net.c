@@ -87,9 +87,11 @@ static void value_range(const ep_net_t *n, uint8_t id, uint32_t i, int64_t *lo, 
     switch (id % 4) {
     case T_B: *lo = INT32_MIN; *hi = INT32_MAX; break;
     case T_SHIFT: {
-        uint32_t units = n->tensor[id].count / (id / 4 < n->layers ? 3u : 1u);
+        uint32_t rows = n->tensor[id].count / (id / 4 < n->layers ? 3u : 1u);
         *lo = 0;
-        *hi = (i >= 2 * units && id / 4 < n->layers) ? 0 : EP_MAX_SHIFT; /* row 2 is reserved (0) */
+        *hi = (i >= 2 * rows && id / 4 < n->layers) ? 0 : EP_MAX_SHIFT; /* row 2 is reserved (0) */
+        if (i < rows && id / 4 < n->layers) /* an average pool's bias goes pool_shift bits further */
+            *hi -= n->layer[id / 4].conv.pool_shift;
         break;
     }
     default: *lo = -weight_max(n); *hi = weight_max(n); break;
@@ -114,15 +116,65 @@ void ep_init(ep_net_t *n, uint8_t *arena, uint32_t arena_size, uint16_t board_ma
 
 static uint64_t align8(uint64_t v) { return (v + 7) & ~(uint64_t)7; }
 
-/* Field indices of the network record, in the order of the spec's table (per-layer fields shared). */
-enum { F_LAYERS, F_FLAGS, F_WBITS, F_SBITS, F_IBITS, F_RES0, F_MAXBATCH, F_INSIZE, F_UNITS, F_SSHIFT, F_LRES,
-       F_CLASSES, F_NUDGE, F_SOFTMAX };
+/* Field indices of the network record, in the order of the spec's table (per-layer and per-conv fields shared). */
+enum { F_LAYERS, F_FLAGS, F_WBITS, F_SBITS, F_IBITS, F_RES0, F_MAXBATCH, F_INSIZE, F_UNITS, F_SSHIFT, F_KIND,
+       F_CLASSES, F_NUDGE, F_SOFTMAX, F_IN_C, F_IN_H, F_IN_W, F_CHANNELS, F_KERNEL, F_STRIDE, F_PADDING, F_POOL,
+       F_POOL_SIZE, F_CRES };
 
 #define BAD(f) do { *field = (f); return ST_BAD_ARGUMENT; } while (0)
 
+#define CONV_BLOCK 14 /* bytes of a conv layer's geometry after the record's tail */
+#ifdef EP_NO_CONV
+#define MAX_KIND 0 /* a board before protocol 1.2: every layer dense */
+#else
+#define MAX_KIND 1
+#endif
+
+/* Checks the conv block q of a layer of `units` units reading `fan` units; fills *g. */
+static int parse_conv(const uint8_t *q, uint64_t fan, uint64_t units, ep_conv_t *g, uint8_t *field)
+{
+    memset(g, 0, sizeof *g);
+    g->in_c = get_u16(q);
+    g->in_h = get_u16(q + 2);
+    g->in_w = get_u16(q + 4);
+    g->channels = get_u16(q + 6);
+    g->kernel = q[8];
+    g->stride = q[9];
+    g->padding = q[10];
+    g->pool = q[11];
+    g->pool_size = q[12];
+    if (g->in_h < 1) BAD(F_IN_H);
+    if (g->in_w < 1) BAD(F_IN_W);
+    if (g->in_c < 1 || (uint64_t)g->in_c * g->in_h * g->in_w != fan) BAD(F_IN_C);
+    uint32_t span_h = (uint32_t)g->in_h + 2u * g->padding, span_w = (uint32_t)g->in_w + 2u * g->padding;
+    if (g->kernel < 1 || g->kernel > span_h || g->kernel > span_w ||
+        (uint64_t)g->in_c * g->kernel * g->kernel > 0xFFFF) BAD(F_KERNEL);
+    if (g->stride < 1) BAD(F_STRIDE);
+    if (g->pool > POOL_AVG) BAD(F_POOL);
+    uint8_t k = g->pool_size;
+    if (k < 1 || (g->pool == POOL_NONE && k != 1) || (g->pool == POOL_AVG && (k & (k - 1)))) BAD(F_POOL_SIZE);
+    g->conv_h = (uint16_t)((span_h - g->kernel) / g->stride + 1);
+    g->conv_w = (uint16_t)((span_w - g->kernel) / g->stride + 1);
+    g->out_h = g->conv_h / k;
+    g->out_w = g->conv_w / k;
+    if (g->out_h < 1 || g->out_w < 1) BAD(F_POOL_SIZE);
+    if (g->channels < 1 || (uint64_t)g->channels * g->out_h * g->out_w != units) BAD(F_CHANNELS);
+    uint64_t macs = (uint64_t)g->channels * g->out_h * g->out_w * k * k * g->in_c * g->kernel * g->kernel;
+    if (macs > EP_MAX_CONV_MACS) BAD(F_KERNEL); /* bounded like the largest dense layer's work */
+    if (q[13] != 0) BAD(F_CRES);
+    for (uint8_t b = 1; g->pool == POOL_AVG && b < k; b <<= 1)
+        g->pool_shift += 2;
+    return ST_OK;
+}
+
 int ep_configure(ep_net_t *n, const uint8_t *p, size_t len, uint8_t *field)
 {
-    if (len < 1 || len != 14 + 4 * (size_t)p[0])
+    if (len < 1 || len < 14 + 4 * (size_t)p[0])
+        return ST_BAD_LENGTH;
+    size_t convs = 0;
+    for (uint8_t l = 0; MAX_KIND && l < p[0]; l++)
+        convs += p[10 + 4 * l + 3] == 1;
+    if (len != 14 + 4 * (size_t)p[0] + CONV_BLOCK * convs)
         return ST_BAD_LENGTH;
     uint8_t L = p[0], flags = p[1], wb = p[2], sb = p[3], ib = p[4];
     uint16_t max_batch = get_u16(p + 6), input_size = get_u16(p + 8);
@@ -138,13 +190,21 @@ int ep_configure(ep_net_t *n, const uint8_t *p, size_t len, uint8_t *field)
     if (p[5] != 0) BAD(F_RES0);
     if (max_batch < 1 || max_batch > n->board_max_batch) BAD(F_MAXBATCH);
     if (input_size < 1 || input_size > EP_MAX_UNITS) BAD(F_INSIZE);
+    ep_conv_t geo[EP_MAX_LAYERS];
+    const uint8_t *block = p + 14 + 4 * (size_t)L;
     for (uint8_t l = 0; l < L; l++) {
         const uint8_t *r = p + 10 + 4 * l;
         uint16_t units = get_u16(r);
         int8_t shift = (int8_t)r[2];
         if (units < 1 || units > EP_MAX_UNITS) BAD(F_UNITS);
         if (shift < -EP_MAX_SHIFT || shift > EP_MAX_SHIFT) BAD(F_SSHIFT);
-        if (r[3] != 0) BAD(F_LRES);
+        if (r[3] > MAX_KIND || (r[3] == 1 && l > 0 && (r - 4)[3] == 0)) BAD(F_KIND); /* conv layers come first */
+        if (r[3] == 1) {
+            int st = parse_conv(block, l ? get_u16(r - 4) : input_size, units, &geo[l], field);
+            if (st != ST_OK)
+                return st;
+            block += CONV_BLOCK;
+        }
     }
     if (ce ? (classes < 1 || classes > EP_MAX_UNITS) : classes != 0) BAD(F_CLASSES);
     if (nudge > EP_MAX_SHIFT) BAD(F_NUDGE); /* MSE: the nudge's left shift; CE: the CE nudge's right shift */
@@ -155,12 +215,16 @@ int ep_configure(ep_net_t *n, const uint8_t *p, size_t len, uint8_t *field)
     uint64_t total = 0, units_sum = 0, widest = 0, used = 0;
     uint64_t t_size[EP_MAX_TENSORS] = {0};
     for (uint8_t l = 0; l < L; l++) {
+        int conv = p[10 + 4 * l + 3] == 1;
         uint64_t u = get_u16(p + 10 + 4 * l), fan_in = l ? get_u16(p + 10 + 4 * (l - 1)) : input_size;
-        t_size[4 * l + T_W] = u * fan_in;
-        t_size[4 * l + T_B] = u;
+        uint64_t rows = conv ? geo[l].channels : u;
+        if (conv)
+            fan_in = (uint64_t)geo[l].in_c * geo[l].kernel * geo[l].kernel;
+        t_size[4 * l + T_W] = rows * fan_in;
+        t_size[4 * l + T_B] = rows;
         if ((flags & NET_UNTIED) && l >= 1)
-            t_size[4 * l + T_FB] = u * fan_in;
-        t_size[4 * l + T_SHIFT] = 3 * u;
+            t_size[4 * l + T_FB] = rows * fan_in;
+        t_size[4 * l + T_SHIFT] = 3 * rows;
         units_sum += u;
         if (u > widest)
             widest = u;
@@ -217,6 +281,13 @@ int ep_configure(ep_net_t *n, const uint8_t *p, size_t len, uint8_t *field)
         n->layer[l].units = get_u16(r);
         n->layer[l].state_shift = (int8_t)r[2];
         n->layer[l].fan_in = l ? n->layer[l - 1].units : input_size;
+        n->layer[l].rows = n->layer[l].units;
+        if (r[3] == 1) {
+            n->layer[l].is_conv = 1;
+            n->layer[l].conv = geo[l];
+            n->layer[l].fan_in = (uint16_t)(geo[l].in_c * geo[l].kernel * geo[l].kernel);
+            n->layer[l].rows = geo[l].channels;
+        }
         n->layer[l].offset = offset;
         offset += n->layer[l].units;
     }
@@ -458,12 +529,145 @@ static int64_t dot_w(const ep_tensor_t *w, size_t row, const uint16_t *s, uint16
     return sum;
 }
 
-/* Layer 1's forward term of sample b: (sum_j W_1[c,j] x[j] + b_1[c]) << fwd_1[c]. */
+/* What a conv layer reads: the input (layer 1, wire bytes of dtype) or a layer's states. */
+typedef struct {
+    const uint8_t *x;
+    uint8_t dtype;
+    const uint16_t *s;
+} source_t;
+
+static inline int64_t source_at(const source_t *src, uint32_t j)
+{
+    return src->s ? src->s[j] : dtype_get(src->dtype, src->x, j);
+}
+
+/* z[c, y, x] of conv layer ly (no bias): sum of W[c, c', i, j] src[c', y stride + i - padding, x stride + j -
+   padding] over the positions inside the input. */
+static int64_t conv_at(const ep_layer_t *ly, const ep_tensor_t *w, const source_t *src, uint16_t c, uint32_t y,
+                       uint32_t x)
+{
+    const ep_conv_t *g = &ly->conv;
+    int64_t sum = 0;
+    uint32_t wi = (uint32_t)c * ly->fan_in;
+    for (uint16_t ci = 0; ci < g->in_c; ci++)
+        for (uint8_t i = 0; i < g->kernel; i++) {
+            int32_t yy = (int32_t)(y * g->stride + i) - g->padding;
+            if (yy < 0 || yy >= g->in_h) {
+                wi += g->kernel;
+                continue;
+            }
+            const uint32_t row = ((uint32_t)ci * g->in_h + (uint32_t)yy) * g->in_w;
+            for (uint8_t j = 0; j < g->kernel; j++, wi++) {
+                int32_t xx = (int32_t)(x * g->stride + j) - g->padding;
+                if (xx >= 0 && xx < g->in_w)
+                    sum += tget(w, wi) * source_at(src, row + (uint32_t)xx);
+            }
+        }
+    return sum;
+}
+
+/* The largest z[c] in pooling window (Y, X) and where it is on the conv grid: the first maximum in row-major
+   order takes ties (torch's max_pool2d). */
+static int64_t window_max(const ep_layer_t *ly, const ep_tensor_t *w, const source_t *src, uint16_t c, uint32_t Y,
+                          uint32_t X, uint32_t *at_y, uint32_t *at_x)
+{
+    uint8_t k = ly->conv.pool_size;
+    int64_t best = 0;
+    for (uint8_t i = 0; i < k; i++)
+        for (uint8_t j = 0; j < k; j++) {
+            int64_t v = conv_at(ly, w, src, c, Y * k + i, X * k + j);
+            if ((i == 0 && j == 0) || v > best) {
+                best = v;
+                *at_y = Y * k + i;
+                *at_x = X * k + j;
+            }
+        }
+    return best;
+}
+
+/* A conv layer's forward term into acc: P(W_l * src)[c, Y, X] << fwd[c] + b[c] << (fwd[c] + pool_shift), with P
+   the window's maximum, its sum (an average pool: the mean at pool_shift more bits) or z itself. */
+static void conv_forward(const ep_net_t *n, int l, const source_t *src, int64_t *acc)
+{
+    const ep_layer_t *ly = &n->layer[l];
+    const ep_conv_t *g = &ly->conv;
+    const ep_tensor_t *w = &n->tensor[4 * l + T_W];
+    const int32_t *bv = (const int32_t *)n->tensor[4 * l + T_B].data;
+    const uint8_t *shift = n->tensor[4 * l + T_SHIFT].data;
+    uint8_t k = g->pool_size;
+    uint32_t u = 0;
+    for (uint16_t c = 0; c < g->channels; c++)
+        for (uint32_t Y = 0; Y < g->out_h; Y++)
+            for (uint32_t X = 0; X < g->out_w; X++, u++) {
+                int64_t m = 0;
+                uint32_t y, x;
+                if (g->pool == POOL_MAX)
+                    m = window_max(ly, w, src, c, Y, X, &y, &x);
+                else
+                    for (uint8_t i = 0; i < k; i++)
+                        for (uint8_t j = 0; j < k; j++)
+                            m = wadd(m, conv_at(ly, w, src, c, Y * k + i, X * k + j));
+                acc[u] = wadd(shl(m, shift[c]), shl(bv[c], shift[c] + g->pool_shift));
+            }
+}
+
+#ifndef EP_ACCEL /* the accelerator runs the steps (dense layers only) */
+/* The feedback of conv layer i+1 into layer i: each state above goes back onto its conv grid (max pool: to its
+   window's first maximum in W_{i+1} * own, the layer's states before this update; average pool: to every
+   position of its window) and through the transposed convolution with F (W tied, B untied), << fb[o]. */
+static void conv_feedback(const ep_net_t *n, int i, const uint16_t *own, const uint16_t *above, int64_t *acc)
+{
+    const ep_layer_t *up = &n->layer[i + 1];
+    const ep_conv_t *g = &up->conv;
+    const ep_tensor_t *w = &n->tensor[4 * (i + 1) + T_W];
+    const ep_tensor_t *f = &n->tensor[4 * (i + 1) + ((n->flags & NET_UNTIED) ? T_FB : T_W)];
+    const uint8_t *fb = n->tensor[4 * (i + 1) + T_SHIFT].data + up->rows;
+    const source_t src = {NULL, 0, own};
+    uint8_t k = g->pool_size;
+    uint32_t u = 0;
+    for (uint16_t o = 0; o < g->channels; o++)
+        for (uint32_t Y = 0; Y < g->out_h; Y++)
+            for (uint32_t X = 0; X < g->out_w; X++, u++) {
+                int64_t sv = above[u];
+                if (sv == 0)
+                    continue;
+                uint32_t y0 = Y * k, x0 = X * k, span = k;
+                if (g->pool == POOL_MAX) {
+                    window_max(up, w, &src, o, Y, X, &y0, &x0);
+                    span = 1;
+                }
+                for (uint32_t y = y0; y < y0 + span; y++)
+                    for (uint32_t x = x0; x < x0 + span; x++) {
+                        uint32_t wi = (uint32_t)o * up->fan_in;
+                        for (uint16_t ci = 0; ci < g->in_c; ci++)
+                            for (uint8_t a = 0; a < g->kernel; a++) {
+                                int32_t yy = (int32_t)(y * g->stride + a) - g->padding;
+                                for (uint8_t b = 0; b < g->kernel; b++, wi++) {
+                                    int32_t xx = (int32_t)(x * g->stride + b) - g->padding;
+                                    if (yy < 0 || yy >= g->in_h || xx < 0 || xx >= g->in_w)
+                                        continue;
+                                    size_t at = ((size_t)ci * g->in_h + (uint32_t)yy) * g->in_w + (uint32_t)xx;
+                                    acc[at] = wadd(acc[at], shl(tget(f, wi) * sv, fb[o]));
+                                }
+                            }
+                    }
+            }
+}
+
+#endif
+
+/* Layer 1's forward term of sample b: (sum_j W_1[c,j] x[j] + b_1[c]) << fwd_1[c], or a conv layer's. */
 static void compute_drive(ep_net_t *n, uint16_t b)
 {
     const ep_layer_t *ly = &n->layer[0];
     const ep_tensor_t *w = &n->tensor[T_W], *bias = &n->tensor[T_B], *sh = &n->tensor[T_SHIFT];
     const uint8_t *x = n->input + (size_t)b * n->input_size * dtype_size(n->input_dtype);
+    if (ly->is_conv) {
+        const source_t src = {x, n->input_dtype, NULL};
+        conv_forward(n, 0, &src, n->drive + (size_t)b * ly->units);
+        n->drive_ok[b] = 1;
+        return;
+    }
     for (uint16_t c = 0; c < ly->units; c++) {
         int64_t sum = 0;
         for (uint16_t j = 0; j < ly->fan_in; j++)
@@ -538,13 +742,18 @@ static uint32_t settle(ep_net_t *n, int i, uint16_t b, const uint16_t *below, ui
     int64_t *acc = n->acc;
     if (i == 0) {
         memcpy(acc, n->drive + (size_t)b * ly->units, (size_t)ly->units * sizeof *acc);
+    } else if (ly->is_conv) {
+        const source_t src = {NULL, 0, below};
+        conv_forward(n, i, &src, acc);
     } else {
         const ep_tensor_t *w = &n->tensor[4 * i + T_W], *bias = &n->tensor[4 * i + T_B];
         const int32_t *bv = (const int32_t *)bias->data;
         for (uint16_t c = 0; c < ly->units; c++)
             acc[c] = shl(dot_w(w, c, below, ly->fan_in) + bv[c], shift[c]);
     }
-    if (i + 1 < n->layers) { /* feedback: sum_k (F_{l+1}[k,c] s_{l+1}[k]) << fb_{l+1}[k] */
+    if (i + 1 < n->layers && n->layer[i + 1].is_conv) {
+        conv_feedback(n, i, cur, s + n->layer[i + 1].offset, acc);
+    } else if (i + 1 < n->layers) { /* feedback: sum_k (F_{l+1}[k,c] s_{l+1}[k]) << fb_{l+1}[k] */
         const ep_layer_t *up = &n->layer[i + 1];
         const ep_tensor_t *f = &n->tensor[4 * (i + 1) + ((n->flags & NET_UNTIED) ? T_FB : T_W)];
         const uint8_t *fb = n->tensor[4 * (i + 1) + T_SHIFT].data + up->units;

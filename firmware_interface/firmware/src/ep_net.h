@@ -24,10 +24,23 @@ typedef struct {
     int8_t frac; /* informative, as last written */
 } ep_tensor_t;
 
+enum { POOL_NONE = 0, POOL_MAX = 1, POOL_AVG = 2 };
+
+/* A conv layer's geometry (protocol 1.2): input grid, channels, kernel, pooling; conv and pooled grids derived. */
+typedef struct {
+    uint16_t in_c, in_h, in_w, channels;
+    uint8_t kernel, stride, padding, pool, pool_size;
+    uint8_t pool_shift; /* average pool: 2 log2(pool_size), the mean's extra fractional bits; else 0 */
+    uint16_t conv_h, conv_w, out_h, out_w;
+} ep_conv_t;
+
 typedef struct {
     uint16_t units;
-    uint16_t fan_in;
+    uint16_t fan_in; /* weights per row: units below (dense), in_c * kernel^2 (conv) */
+    uint16_t rows;   /* rows of W_l, b_l and the shift table: units (dense), channels (conv) */
     int8_t state_shift;
+    uint8_t is_conv;
+    ep_conv_t conv;
     uint32_t offset; /* of this layer's units within a sample's state vector */
 } ep_layer_t;
 

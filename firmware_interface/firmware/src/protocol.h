@@ -1,11 +1,11 @@
-/* Protocol constants of docs/board_protocol.md (version 1.1) and the board's limits. */
+/* Protocol constants of docs/board_protocol.md (version 1.2) and the board's limits. */
 #ifndef EP_PROTOCOL_H
 #define EP_PROTOCOL_H
 
 #define EP_PROTO_MAJOR 1
-#define EP_PROTO_MINOR 1
+#define EP_PROTO_MINOR 2
 #define EP_FW_MAJOR 1
-#define EP_FW_MINOR 1
+#define EP_FW_MINOR 2
 #define EP_FW_PATCH 0
 
 #ifndef EP_MAX_PAYLOAD
@@ -34,6 +34,11 @@
 #endif
 #ifndef EP_BASE_LATENCY_US
 #define EP_BASE_LATENCY_US 500
+#endif
+/* A conv layer's multiply-accumulates per sample and step (pooling windows included): at most the largest dense
+   layer's, so no CONFIGURE buys unbounded work with a few weights. */
+#ifndef EP_MAX_CONV_MACS
+#define EP_MAX_CONV_MACS ((unsigned long long)EP_MAX_UNITS * EP_MAX_UNITS)
 #endif
 #define EP_MAX_TENSORS (4 * (EP_MAX_LAYERS + 1))
 #define EP_MAX_SHIFT 62
@@ -66,11 +71,19 @@ enum { DT_I8 = 0, DT_I16 = 1, DT_I32 = 2, DT_U8 = 3, DT_U16 = 4 };
 #define CAP_SET_STATES (1u << 6)
 #define CAP_PACKED (1u << 7) /* APPLY_DELTA_PACKED, SET_INPUT_PACKED (protocol 1.1) */
 #define CAP_CE_NUDGE (1u << 8) /* nudged phases of a CE network (the integer softmax) */
+#define CAP_CONV (1u << 9) /* conv layers with max, average or no pooling (protocol 1.2) */
 
 /* Builds without the CE nudge refuse a nudged CE phase (RELAX field 3) and leave out its capability bit: the
    accelerator (its core has no softmax) and the protocol 1.0 board, which predates it. */
 #if defined(EP_ACCEL) || defined(EP_NO_PACKED)
 #define EP_NO_CE_NUDGE
+#endif
+
+/* Builds without conv layers (-DEP_NO_CONV) refuse a conv layer record (BAD_LENGTH for its conv block, or
+   BAD_ARGUMENT field 10) and leave out CAP_CONV: also the accelerator (its core is dense) and the protocol 1.0
+   board. */
+#if (defined(EP_ACCEL) || defined(EP_NO_PACKED)) && !defined(EP_NO_CONV)
+#define EP_NO_CONV
 #endif
 
 /* A packed tensor decodes to at most this many bytes (8 x the maximum payload). A board built with
