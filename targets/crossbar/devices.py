@@ -4,7 +4,8 @@ A weight is ``w = scale (g+ - g-)`` with normalized conductances (docs/crossbar.
 values (bounds, steps, asymmetry, stuck devices, drift exponents) are drawn once from the seed on the CPU in
 float64, so a seed gives the same devices on every torch device; the per-device constants a write needs are
 computed from them once. Pulses, noise and time are vectorised over all devices at once; a write touches only the
-pulsed devices when they are few, and works in reusable buffers (docs/crossbar.md, "Speed").
+pulsed devices when they are few, and works in reusable buffers; on the CPU in float32 a fused kernel (native.py)
+does a write's per-device work in one pass, with the same numbers (docs/crossbar.md, "Speed").
 """
 
 from __future__ import annotations
@@ -193,7 +194,7 @@ class Selection(NamedTuple):
     place instead of gathered)."""
 
     idx: torch.Tensor | None
-    n: torch.Tensor
+    n: torch.Tensor | None  # None: a continuous device, whose change is the request itself
     d: torch.Tensor
     per_weight: bool = False
 

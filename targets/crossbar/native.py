@@ -45,8 +45,8 @@ class _Write(ctypes.Structure):
     """write_kernel.c's ``xb_write``, field for field."""
 
     _fields_ = [("k", ctypes.c_int64), ("numel", ctypes.c_int64), ("layout", ctypes.c_int), ("idx", ctypes.c_void_p),
-                ("g", _F), ("n", _F), ("d", _F),
-                ("polarity", ctypes.c_float), ("one_sided", ctypes.c_int), ("dw", ctypes.c_float), ("gain_up", _F), ("gain_down", _F), ("clip_lo", _F),
+                ("g", _F), ("n", _F), ("d", _F), ("polarity", ctypes.c_float), ("one_sided", ctypes.c_int),
+                ("dw", ctypes.c_float), ("gain_up", _F), ("gain_down", _F), ("clip_lo", _F),
                 ("clip_hi", _F), ("free_", _F), ("model", ctypes.c_int), ("a_up", _F), ("a_down", _F),
                 ("b_up", _F), ("b_down", _F), ("gamma_up", ctypes.c_float), ("gamma_down", ctypes.c_float),
                 ("work", _F), ("c2c_normal", _F), ("c2c_std", ctypes.c_float), ("write_normal", _F),
@@ -118,7 +118,10 @@ def model_code(model: ResponseModel) -> int | None:
 
 def usable(model: ResponseModel, device: torch.device, dtype: torch.dtype) -> bool:
     """Whether writes of this model on this torch device and dtype take the kernel."""
-    if os.environ.get(SWITCH, "1") == "0" or device.type != "cpu" or dtype != torch.float32:
+    switch = os.environ.get(SWITCH, "1")
+    if switch not in ("0", "1"):
+        raise ValueError(f"{SWITCH} must be 0 (the torch path) or 1 (the fused kernel where it runs), not {switch!r}")
+    if switch == "0" or device.type != "cpu" or dtype != torch.float32:
         return False
     return model_code(model) is not None and library() is not None
 
@@ -195,9 +198,9 @@ def respond(lib: ctypes.CDLL, model: ResponseModel, dev: Devices, idx: torch.Ten
     w.k, w.layout = k, layout
     for name, values in (("c2c_normal", c2c_normal), ("write_normal", write_normal)):
         if values is not None and layout == MASKED:  # the finishing pass reads them at their devices
-            at_devices = buffer(f"native.{name}_at_devices", numel)
-            lib.xb_expand(k, idx.data_ptr(), values.data_ptr(), at_devices.data_ptr())
-            values = at_devices
+            spread = buffer(f"native.{name}_at_devices", numel)
+            lib.xb_expand(k, idx.data_ptr(), values.data_ptr(), spread.data_ptr())
+            values = spread
         setattr(w, name, _pointer(values))
     return int(lib.xb_finish(ref))
 

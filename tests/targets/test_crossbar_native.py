@@ -138,6 +138,12 @@ def test_switch_and_float64_take_the_tensor_path(monkeypatch: pytest.MonkeyPatch
         assert all((k is not None) == expected for k in kernels(target)), (env, dtype)
 
 
+def test_a_bad_switch_value_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(native.SWITCH, "yes")
+    with pytest.raises(ValueError, match="HWTOOLKIT_CROSSBAR_NATIVE must be 0 .* not 'yes'"):
+        targets.open("crossbar", CFG.network, seed=1, preset="reram-sb").program(init_parameters(CFG.network, 1))
+
+
 @pytest.fixture
 def fresh_build(tmp_path, monkeypatch: pytest.MonkeyPatch):
     """An empty kernel cache, and ``native.library`` forgetting what it loaded (before and after the test)."""
