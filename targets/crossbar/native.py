@@ -68,29 +68,33 @@ def library() -> ctypes.CDLL | None:
     if compiler is None:
         warnings.warn("crossbar: no C compiler (cc or $CC) found, so writes take the slower torch path", stacklevel=2)
         return None
-    source = SOURCE.read_bytes()
-    key = hashlib.sha256(source + " ".join((compiler, *FLAGS, _machine(compiler))).encode()).hexdigest()[:16]
-    path = cache_dir() / f"write_kernel-{key}.so"
-    if not path.exists():
-        try:
+    path = kernel_path(compiler)
+    try:
+        if not path.exists():
             path.parent.mkdir(parents=True, exist_ok=True)
             with tempfile.TemporaryDirectory(dir=path.parent) as tmp:  # built aside, then moved in whole
                 built = Path(tmp, path.name)
                 subprocess.run([compiler, *FLAGS, "-o", str(built), str(SOURCE), "-lm"], check=True,
                                capture_output=True, text=True)
                 os.replace(built, path)
-        except (OSError, subprocess.CalledProcessError) as e:
-            detail = e.stderr.strip().splitlines()[-1:] if isinstance(e, subprocess.CalledProcessError) else [str(e)]
-            warnings.warn(f"crossbar: the write kernel did not build ({' '.join(detail)}), so writes take the "
-                          f"slower torch path", stacklevel=2)
-            return None
-    lib = ctypes.CDLL(str(path))
+        lib = ctypes.CDLL(str(path))
+    except (OSError, subprocess.CalledProcessError) as e:
+        detail = e.stderr.strip().splitlines()[-1:] if isinstance(e, subprocess.CalledProcessError) else [str(e)]
+        warnings.warn(f"crossbar: the write kernel did not build or load ({' '.join(detail)}), so writes take the "
+                      f"slower torch path", stacklevel=2)
+        return None
     lib.xb_finish.restype = ctypes.c_int64
     for name in ("xb_soft_arg", "xb_exp_arg1", "xb_exp_arg2", "xb_finish"):
         getattr(lib, name).argtypes = [ctypes.POINTER(_Write)]
     for name in ("xb_expand", "xb_compact"):
         getattr(lib, name).argtypes = [ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
     return lib
+
+
+def kernel_path(compiler: str) -> Path:
+    """Where the kernel built by ``compiler`` for this machine is kept (named by a hash of what it is built from)."""
+    key = hashlib.sha256(SOURCE.read_bytes() + " ".join((compiler, *FLAGS, _machine(compiler))).encode())
+    return cache_dir() / f"write_kernel-{key.hexdigest()[:16]}.so"
 
 
 def _machine(compiler: str) -> str:

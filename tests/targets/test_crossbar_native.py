@@ -10,6 +10,8 @@ does not compute) the target takes the tensor path, with one warning where a bui
 
 from __future__ import annotations
 
+import os
+import shutil
 import warnings
 from collections import Counter
 
@@ -163,6 +165,14 @@ def test_the_kernel_is_built_once_into_the_cache(fresh_build) -> None:
     native.library.cache_clear()
     assert native.library() is not None
     assert list(fresh_build.iterdir()) == built and built[0].stat().st_mtime_ns == stamp
+
+
+def test_a_damaged_cached_kernel_warns_and_takes_the_tensor_path(fresh_build) -> None:
+    path = native.kernel_path(shutil.which(os.environ.get("CC", "cc")))
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"not a shared library")
+    with pytest.warns(UserWarning, match="did not build or load"):
+        assert native.library() is None
 
 
 @pytest.mark.parametrize("compiler, message", [("/nonexistent/cc", "no C compiler"),
