@@ -206,7 +206,10 @@ def respond(lib: ctypes.CDLL, model: ResponseModel, dev: Devices, idx: torch.Ten
             lib.xb_expand(k, idx.data_ptr(), values.data_ptr(), spread.data_ptr())
             values = spread
         setattr(w, name, _pointer(values))
-    return int(lib.xb_finish(ref))
+    saturated = int(lib.xb_finish(ref))
+    if saturated < 0:
+        raise RuntimeError(f"the write kernel has no case for model {code}, layout {layout}")
+    return saturated
 
 
 def compact(lib: ctypes.CDLL, idx: torch.Tensor, values: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
