@@ -49,7 +49,7 @@ class _Write(ctypes.Structure):
                 ("dw", ctypes.c_float), ("gain_up", _F), ("gain_down", _F), ("clip_lo", _F),
                 ("clip_hi", _F), ("free_", _F), ("model", ctypes.c_int), ("a_up", _F), ("a_down", _F),
                 ("b_up", _F), ("b_down", _F), ("gamma_up", ctypes.c_float), ("gamma_down", ctypes.c_float),
-                ("work", _F), ("c2c_normal", _F), ("c2c_std", ctypes.c_float), ("write_normal", _F),
+                ("work", _F), ("term", _F), ("c2c_normal", _F), ("c2c_std", ctypes.c_float), ("write_normal", _F),
                 ("write_std", ctypes.c_float), ("offset", _F), ("pulses", _F), ("written_at", _F),
                 ("now", ctypes.c_float)]
 
@@ -84,7 +84,7 @@ def library() -> ctypes.CDLL | None:
                       f"slower torch path", stacklevel=2)
         return None
     lib.xb_finish.restype = ctypes.c_int64
-    for name in ("xb_soft_arg", "xb_exp_arg1", "xb_exp_arg2", "xb_finish"):
+    for name in ("xb_soft_arg", "xb_exp_args", "xb_finish"):
         getattr(lib, name).argtypes = [ctypes.POINTER(_Write)]
     for name in ("xb_expand", "xb_compact"):
         getattr(lib, name).argtypes = [ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
@@ -161,6 +161,7 @@ def respond(lib: ctypes.CDLL, model: ResponseModel, dev: Devices, idx: torch.Ten
     ``idx`` lists the devices with a count); ``polarity`` +1 for the positive devices, -1 for the negative ones;
     ``noise``: the cycle-to-cycle and the write noise's standard normals per entry (None: none) and their scales,
     drawn by the caller in the torch path's order; ``buffer(name, size)``: a scratch buffer of ``size`` floats.
+    The transcendentals are torch's, on the same values in the same order as in the tensor path.
     """
     c = _expanded(dev.constants)
     code = model_code(model)
@@ -175,31 +176,31 @@ def respond(lib: ctypes.CDLL, model: ResponseModel, dev: Devices, idx: torch.Ten
                free_=_pointer(c["free"][0]), model=code, c2c_std=c2c_std, write_std=write_std,
                offset=_pointer(dev.offset), pulses=_pointer(dev.pulses), written_at=_pointer(dev.written_at), now=now)
     ref = ctypes.byref(w)
-    if layout == MASKED:  # the arguments for every device, the transcendental on the entries' only
-        at_devices = buffer("native.work_at_devices", numel)
-        w.work, w.k, w.layout = _pointer(at_devices), numel, DENSE
-
-        def transform(op: Callable[[torch.Tensor], torch.Tensor]) -> None:
-            lib.xb_compact(k, idx.data_ptr(), at_devices.data_ptr(), work.data_ptr())
-            op(work)
-            lib.xb_expand(k, idx.data_ptr(), work.data_ptr(), at_devices.data_ptr())
-    else:
-        w.work = _pointer(work)
-
-        def transform(op: Callable[[torch.Tensor], torch.Tensor]) -> None:
-            op(work)
+    # what torch transforms: soft bounds expm1(work); the exponential step log(exp(work) + term)
+    args = [work, buffer("native.term", k)] if code == EXPONENTIAL else [work] if code == SOFT_BOUNDS else []
+    spread = layout == MASKED and bool(args)  # the arguments computed for every device, transformed for the entries'
+    computed = [buffer(f"native.arg{i}_at_devices", numel) for i in range(len(args))] if spread else args
+    if computed:
+        w.work, w.term = _pointer(computed[0]), _pointer(computed[-1])
+    if spread:
+        w.k, w.layout = numel, DENSE
     if code == SOFT_BOUNDS:
         (w.a_up, w.a_down), (w.b_up, w.b_down) = (map(_pointer, c[key]) for key in ("target", "rate"))
         lib.xb_soft_arg(ref)
-        transform(torch.Tensor.expm1_)
     elif code == EXPONENTIAL:
         (w.a_up, w.a_down), (w.b_up, w.b_down) = (map(_pointer, c[key]) for key in ("mid", "half"))
         w.gamma_up, w.gamma_down = model.gamma_up, model.gamma_down
-        lib.xb_exp_arg1(ref)
-        transform(torch.Tensor.exp_)
-        lib.xb_exp_arg2(ref)
-        transform(torch.Tensor.log_)
+        lib.xb_exp_args(ref)
+    if spread:
+        for at_devices, entries in zip(computed, args):
+            lib.xb_compact(k, idx.data_ptr(), at_devices.data_ptr(), entries.data_ptr())
+    if code == SOFT_BOUNDS:
+        work.expm1_()
+    elif code == EXPONENTIAL:
+        work.exp_().add_(args[1]).log_()
     w.k, w.layout = k, layout
+    if spread:  # the finishing pass reads the result at the devices
+        lib.xb_expand(k, idx.data_ptr(), work.data_ptr(), computed[0].data_ptr())
     for name, values in (("c2c_normal", c2c_normal), ("write_normal", write_normal)):
         if values is not None and layout == MASKED:  # the finishing pass reads them at their devices
             spread = buffer(f"native.{name}_at_devices", numel)

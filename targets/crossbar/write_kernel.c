@@ -5,8 +5,8 @@
  * per-device constants and conductances in place instead of gathering and scattering them. It computes the same
  * float32 operations in the same order as the torch path (built with -ffp-contract=off, never -ffast-math), so
  * the numbers are bit for bit the same. Random numbers and the transcendental functions (exp, expm1, log) stay
- * with torch, whose vectorised versions may differ from libm's in the last bit: the xb_*_arg functions compute
- * their arguments into a buffer that torch transforms in place.
+ * with torch, whose vectorised versions may differ from libm's in the last bit: xb_soft_arg and xb_exp_args
+ * compute their arguments into buffers that torch transforms in place.
  *
  * Every loop is written to vectorise: each case (model, layout, pair, which noises, drift) is its own loop,
  * selections are computed rather than branched on, and every value is an array (native.py expands shared ones).
@@ -43,6 +43,7 @@ typedef struct {
     float gamma_up, gamma_down;
     float *work;            /* per entry: the transcendental's argument, then its result (per device for
                                xb_finish if MASKED) */
+    float *term;            /* per entry: exponential step, what torch adds to exp(...) before the log */
     const float *c2c_normal;   /* per entry (likewise): standard normal of the cycle-to-cycle noise (NULL: none) */
     float c2c_std;
     const float *write_normal; /* per entry (likewise): standard normal of the write noise (NULL: none) */
@@ -98,19 +99,15 @@ INLINE void soft_arg(const xb_write *job, const int layout, const int one_sided)
     }
 }
 
-/* Exponential step, first argument: z x sign x gamma, whose exp is the curve's start. */
-INLINE void exp_arg1(const xb_write *job, const int layout, const int one_sided) {
+/* Exponential step: z x sign x gamma, whose exp is the curve's start, and amount x gamma / half, which torch adds
+ * to it before the log that gives the curve's end. */
+INLINE void exp_args(const xb_write *job, const int layout, const int one_sided) {
     ENTRIES(layout)
-        float z = (w.g[i] - choose(up, w.a_up[i], w.a_down[i])) / choose(up, w.b_up[i], w.b_down[i]);
-        w.work[j] = z * (en.sign * choose(up, w.gamma_up, w.gamma_down));
-    }
-}
-
-/* Exponential step, second argument: exp(...) + amount x gamma / half, whose log is the curve's end. */
-INLINE void exp_arg2(const xb_write *job, const int layout, const int one_sided) {
-    ENTRIES(layout)
+        float half = choose(up, w.b_up[i], w.b_down[i]), gamma = choose(up, w.gamma_up, w.gamma_down);
+        float z = (w.g[i] - choose(up, w.a_up[i], w.a_down[i])) / half;
         float move = en.travel * choose(up, w.gain_up[i], w.gain_down[i]);
-        w.work[j] = w.work[j] + move * choose(up, w.gamma_up, w.gamma_down) / choose(up, w.b_up[i], w.b_down[i]);
+        w.work[j] = z * (en.sign * gamma);
+        w.term[j] = move * gamma / half;
     }
 }
 
@@ -118,8 +115,7 @@ INLINE void exp_arg2(const xb_write *job, const int layout, const int one_sided)
     case 0: f(w, XB_DENSE, 0); break; case 1: f(w, XB_DENSE, 1); break; \
     case 2: f(w, XB_SPARSE, 0); break; default: f(w, XB_SPARSE, 1); }
 void xb_soft_arg(const xb_write *w) { XB_CASES(soft_arg) }
-void xb_exp_arg1(const xb_write *w) { XB_CASES(exp_arg1) }
-void xb_exp_arg2(const xb_write *w) { XB_CASES(exp_arg2) }
+void xb_exp_args(const xb_write *w) { XB_CASES(exp_args) }
 
 /* dst[idx[j]] = src[j] for the k entries: per-entry values at their devices, for a MASKED xb_finish. */
 void xb_expand(int64_t k, const int64_t *idx, const float *src, float *dst) {
