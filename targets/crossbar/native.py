@@ -203,9 +203,9 @@ def respond(lib: ctypes.CDLL, model: ResponseModel, dev: Devices, idx: torch.Ten
         lib.xb_expand(k, idx.data_ptr(), work.data_ptr(), computed[0].data_ptr())
     for name, values in (("c2c_normal", c2c_normal), ("write_normal", write_normal)):
         if values is not None and layout == MASKED:  # the finishing pass reads them at their devices
-            spread = buffer(f"native.{name}_at_devices", numel)
-            lib.xb_expand(k, idx.data_ptr(), values.data_ptr(), spread.data_ptr())
-            values = spread
+            at_devices = buffer(f"native.{name}_at_devices", numel)
+            lib.xb_expand(k, idx.data_ptr(), values.data_ptr(), at_devices.data_ptr())
+            values = at_devices
         setattr(w, name, _pointer(values))
     saturated = int(lib.xb_finish(ref))
     if saturated < 0:
