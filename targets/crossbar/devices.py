@@ -4,7 +4,8 @@ A weight is ``w = scale (g+ - g-)`` with normalized conductances (docs/crossbar.
 values (bounds, steps, asymmetry, stuck devices, drift exponents) are drawn once from the seed on the CPU in
 float64, so a seed gives the same devices on every torch device; the per-device constants a write needs are
 computed from them once. Pulses, noise and time are vectorised over all devices at once; a write touches only the
-pulsed devices when they are few, and works in reusable buffers (docs/crossbar.md, "Speed").
+pulsed devices when they are few, and works in reusable buffers; on the CPU in float32 a fused kernel (native.py)
+does a write's per-device work in one pass, with the same numbers (docs/crossbar.md, "Speed").
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any, Mapping, NamedTuple
 import numpy
 import torch
 
+from . import native
 from .config import TileConfig
 from .response import Move, Value, select
 
@@ -186,6 +188,17 @@ class Pulses(NamedTuple):
     c2c: torch.Tensor | None  # cycle-to-cycle noise per unit of change, 1 / sqrt(n) (None without it)
 
 
+class Selection(NamedTuple):
+    """The weights a write sends pulses to: their flat indices (None: every weight), their pulse counts and their
+    requested changes, per index, or per weight where ``per_weight`` (for the fused kernel, which reads them in
+    place instead of gathered)."""
+
+    idx: torch.Tensor | None
+    n: torch.Tensor | None  # None: a continuous device, whose change is the request itself
+    d: torch.Tensor
+    per_weight: bool = False
+
+
 MUTABLE = ("g", "pulses", "offset", "written_at")  # the fields of Devices that writes, time and wear change
 
 
@@ -215,6 +228,7 @@ class PairArray:
         self._weight = torch.empty(shape, device=device, dtype=dtype)
         self._indices = torch.empty(0, 1, device=device, dtype=torch.long)
         self._sparse_skips = 0
+        self._kernel = native.library() if native.usable(cfg.response, device, dtype) else None
 
     def _place(self, d: Devices) -> Devices:
         """The drawn devices on the simulation's device and dtype, with their state and write-path constants."""
@@ -292,14 +306,10 @@ class PairArray:
         s = self._buffer
         d = torch.mul(delta_w.to(self.device, self.dtype).reshape(-1),
                       (0.5 if self.differential else 1.0) / self.scale, out=s("d"))
-        dw = self.cfg.device.dw_min
-        if dw == 0:  # continuous: the change itself, no pulses
-            idx, n, travel, total = None, None, torch.abs(d, out=s("travel")), 0.0
-        else:
-            idx, n, d = self._pulse_counts(d, gen)
-            travel = torch.mul(n, dw, out=s("travel", n.numel()))
-            total = float(n.sum()) * (2 if self.differential else 1)
-        return self._send(idx, n, d, travel, total, gen, now)
+        if self.cfg.device.dw_min == 0:  # continuous: the change itself, no pulses
+            return self._send(Selection(None, None, d), torch.abs(d, out=s("travel")), 0.0, gen, now)
+        chosen = self._pulse_counts(d, gen)
+        return self._send(chosen, None, self._total(chosen), gen, now)
 
     def write_counts(self, counts: torch.Tensor, gen: torch.Generator, now: float) -> WriteStats:
         """Send whole pulse counts (signed, one per weight: + raises the weight) without rounding or cap.
@@ -311,9 +321,16 @@ class PairArray:
         if self.cfg.device.dw_min == 0:
             raise ValueError("pulse counts need a device with a finite step (dw_min > 0)")
         d = counts.to(self.device, self.dtype).reshape(-1)
-        idx, n, d = self._gather_pulsed(torch.abs(d, out=s("n")), d)
-        travel = torch.mul(n, self.cfg.device.dw_min, out=s("travel", n.numel()))
-        return self._send(idx, n, d, travel, float(n.sum()) * (2 if self.differential else 1), gen, now)
+        chosen = self._gather_pulsed(torch.abs(d, out=s("n")), d)
+        return self._send(chosen, None, self._total(chosen), gen, now)
+
+    def _total(self, chosen: Selection) -> float:
+        """The pulses a write sends: the counts' float32 sum over the selected weights (in their order, so that
+        the sum is the same whichever way they are held), on both devices of a differential pair."""
+        n = chosen.n
+        if chosen.per_weight:
+            n = native.compact(self._kernel, chosen.idx, n, self._buffer("n_pulsed", chosen.idx.numel()))
+        return float(n.sum()) * (2 if self.differential else 1)
 
     @property
     def step(self) -> float:
@@ -325,34 +342,60 @@ class PairArray:
         for dev, target in ((self.pos, pos), (self.neg, neg)):
             self._set(dev, torch.as_tensor(target, dtype=self.dtype).to(self.device).expand(self.shape), gen, now)
 
-    def _send(self, idx: torch.Tensor | None, n: torch.Tensor | None, d: torch.Tensor, travel: torch.Tensor,
-              total: float, gen: torch.Generator, now: float) -> WriteStats:
-        """Give the pulse counts ``n`` (nominal travel ``travel``, direction the sign of ``d``) to the devices."""
+    def _send(self, chosen: Selection, travel: torch.Tensor | None, total: float, gen: torch.Generator,
+              now: float) -> WriteStats:
+        """Give the pulse counts ``chosen.n`` (nominal travel ``travel``, ``n`` steps if None; direction the sign of
+        ``chosen.d``; n None: a continuous device) to the devices."""
+        stats = WriteStats(pulses=total, writes=1)
+        if chosen.n is not None and self._kernel is not None:
+            stats.saturated = self._send_fused(chosen, gen, now)
+        else:
+            stats.saturated = self._send_tensors(*chosen[:3], travel, gen, now)
+        if not self.differential:
+            stats.refreshed = self._refresh(gen, now)
+        return stats
+
+    def _send_fused(self, chosen: Selection, gen: torch.Generator, now: float) -> int:
+        """``_send`` through the fused write kernel (native.py), one polarity after the other, drawing the same
+        random numbers in the same order as the tensor path; returns the saturated devices."""
+        s, var, dw = self._buffer, self.cfg.variation, self.cfg.device.dw_min
+        idx, n, d, per_weight = chosen
+        size, saturated = (n if idx is None else idx).numel(), 0
+        for polarity, dev in ((1, self.pos), (-1, self.neg)):
+            normals = [s(name, size).normal_(generator=gen) if on else None
+                       for name, on in (("normal", var.dw_min_std), ("normal_write", dev.offset is not None))]
+            noise = (normals[0], var.dw_min_std, normals[1], var.write_noise_std * dw)
+            saturated += native.respond(self._kernel, self.cfg.response, dev, idx, n, d, per_weight, polarity,
+                                        not self.differential, dw, noise, now, s)
+        return saturated
+
+    def _send_tensors(self, idx: torch.Tensor | None, n: torch.Tensor | None, d: torch.Tensor,
+                      travel: torch.Tensor | None, gen: torch.Generator, now: float) -> int:
+        """``_send`` in tensor operations; returns the saturated devices."""
         s = self._buffer
+        if travel is None:
+            travel = torch.mul(n, self.cfg.device.dw_min, out=s("travel", n.numel()))
         size = travel.numel()
         sign = torch.sign(d, out=s("sign", size))
-        stats = WriteStats(pulses=total, writes=1)
+        saturated = 0
         directions = ((self.pos, sign), (self.neg, torch.neg(sign, out=s("down", size))))
         if self.differential:  # one count per pair: up on one device, down on the other
             pulsed = None if idx is not None else torch.sign(travel, out=s("pulsed"))
             c2c = self._c2c(n)
             for dev, direction in directions:
                 up = torch.clamp_min(direction, 0, out=s("up", size))
-                stats.saturated += self._respond(dev, idx, Pulses(travel, up, direction, n, pulsed, c2c), gen, now)
-            return stats
+                saturated += self._respond(dev, idx, Pulses(travel, up, direction, n, pulsed, c2c), gen, now)
+            return saturated
         for dev, direction in directions:  # the device of the change's sign goes up
             side = torch.clamp_min(direction, 0, out=s("up", size))
             n_side = None if n is None else torch.mul(n, side, out=s("n_side", size))
             amount = torch.mul(travel, side, out=s("travel_side", size))
             pulses = Pulses(amount, 1.0, 1.0, n_side, torch.sign(amount, out=s("pulsed", size)), self._c2c(n_side))
-            stats.saturated += self._respond(dev, idx, pulses, gen, now)
-        stats.refreshed = self._refresh(gen, now)
-        return stats
+            saturated += self._respond(dev, idx, pulses, gen, now)
+        return saturated
 
-    def _pulse_counts(self, d: torch.Tensor, gen: torch.Generator
-                      ) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:
-        """Pulse counts for the flat requested changes ``d``: (flat indices of the pulsed devices or None for all,
-        their counts, their requests)."""
+    def _pulse_counts(self, d: torch.Tensor, gen: torch.Generator) -> Selection:
+        """Pulse counts for the flat requested changes ``d``."""
         s = self._buffer
         mode = self.cfg.write.pulse_mode
         x = torch.abs(d, out=s("n")).mul_(1 / self.cfg.device.dw_min)  # requests in pulses
@@ -365,22 +408,23 @@ class PairArray:
                 self._sparse_skips = 15 if sparse is None else 0
         if sparse is not None:
             idx, n = sparse
-            return idx, n, d.index_select(0, idx)
+            return Selection(idx, n, d.index_select(0, idx))
         if mode == "exact":
-            return None, x, d
+            return Selection(None, x, d)
         return self._gather_pulsed(self._round(x, gen), d)
 
-    def _gather_pulsed(self, n: torch.Tensor, d: torch.Tensor
-                       ) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:
-        """(flat indices of the devices with pulses, their counts, their requests), or (None, n, d) where more
-        than half get pulses (gathering would then cost more than writing every device)."""
+    def _gather_pulsed(self, n: torch.Tensor, d: torch.Tensor) -> Selection:
+        """The weights with pulses, or every weight where more than half get pulses (gathering would then cost
+        more than writing every device); the fused kernel reads the selected ones' counts in place."""
         s = self._buffer
         if 2 * count(torch.sign(n, out=s("pulsed"))) > n.numel():
-            return None, n, d
+            return Selection(None, n, d)
         idx = self._nonzero(torch.gt(n, 0, out=s("mask", dtype=torch.bool)))
+        if self._kernel is not None:
+            return Selection(idx, n, d, per_weight=True)
         k = idx.numel()
-        return (idx, torch.index_select(n, 0, idx, out=s("n_pulsed", k)),
-                torch.index_select(d, 0, idx, out=s("d_pulsed", k)))
+        return Selection(idx, torch.index_select(n, 0, idx, out=s("n_pulsed", k)),
+                         torch.index_select(d, 0, idx, out=s("d_pulsed", k)))
 
     def _buffer(self, name: str, size: int | None = None, dtype: torch.dtype | None = None) -> torch.Tensor:
         """Scratch buffer ``name``: ``size`` elements (as many as the array has devices by default)."""

@@ -101,8 +101,8 @@ class ArrayReads:
 
         def read() -> torch.Tensor:
             self._count_adds(exact.numel())
-            return L.add_bias(geo, self._dense_reads(p, exact, x_in, "w1", transposed=False, exact_is_fresh=False),
-                              bias)
+            return L.add_bias(geo, self._dense_reads(p, exact, x_in, "w1", transposed=False, exact_is_fresh=False,
+                                                     memo=memo), bias)
         return read
 
     def columns(self, name: str, exact: torch.Tensor) -> torch.Tensor:
@@ -126,9 +126,18 @@ class ArrayReads:
         return self.scale_of(name) * p.in_bound
 
     def _dense_reads(self, p: Periphery, exact: torch.Tensor, s_in: torch.Tensor, name: str, transposed: bool,
-                     exact_is_fresh: bool = True) -> torch.Tensor:
-        """Read ``exact = s_in @ W`` as the converters and the noise give it (``read_averages`` noisy reads)."""
-        std = self._noise_std(p, s_in, name)
+                     exact_is_fresh: bool = True, memo: dict | None = None) -> torch.Tensor:
+        """Read ``exact = s_in @ W`` as the converters and the noise give it (``read_averages`` noisy reads).
+
+        ``memo`` keeps the noise's standard deviation, which depends on ``s_in`` and the weight scale only, for
+        reads of the same input and weights (the input drive's, read afresh in every phase)."""
+        key = ("noise_std", self.noisy)
+        if memo is None or key not in memo:
+            std = self._noise_std(p, s_in, name)
+            if memo is not None:
+                memo[key] = std
+        else:
+            std = memo[key]
         bound = p.out_bound * self.unit(p, name)
         k = 1 if std is None else self.cfg.read_averages
         if self.counts is not None:
