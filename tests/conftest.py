@@ -125,3 +125,24 @@ def board_url(request):
     if not url:
         pytest.skip("no real board: pass --board-url URL to run the hardware tests")
     return url
+
+
+@pytest.fixture(scope="module")
+def board_client(board_url):
+    """A client on each kind of board: host build, QEMU, fpga-sim, and a real one given with --board-url."""
+    from firmware_interface.client import BoardClient
+
+    with BoardClient.open(board_url, timeout=2.0) as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch CPU thread for a module: its arrays are small enough that OpenMP start-up dominates (and, on a
+    loaded machine, spin-waiting threads can make each elementwise op ~100x slower)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

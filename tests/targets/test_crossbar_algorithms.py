@@ -33,12 +33,7 @@ WIDE = NetworkSpec(input_shape=(1, 16, 16), hidden=(64,), classes=4)  # w1: 64 x
 Z5 = 5.0
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _target(spec=SPEC, **options):

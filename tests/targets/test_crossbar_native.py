@@ -44,12 +44,7 @@ TENSOR_ONLY = {"fefet": {"preset": "fefet"},  # the table response stays with to
                "one-slope": {"preset": "ecram-li", "slope_down": 0.0}}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def train(options: dict, fused: bool, monkeypatch: pytest.MonkeyPatch, batches: int = 3, batch: int = 32):

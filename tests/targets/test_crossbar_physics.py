@@ -34,14 +34,7 @@ Z5 = 5.0  # z-bound for means: two-sided confidence 1 - 5.7e-7
 SPEC = NetworkSpec(input_shape=(1, 4, 4), hidden=(8, 6), classes=3)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Run on one CPU thread: these arrays are small enough that OpenMP start-up dominates (and, on a loaded machine,
-    spin-waiting threads can make each elementwise op ~100x slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # ---- intervals ---------------------------------------------------------------------------------------------------

@@ -112,13 +112,6 @@ def test_host_board_states_equal_the_fixed_point_model(host_client, net, quant, 
     check_bit_exact(host_client, net, quant, seed, steps, beta)
 
 
-@pytest.fixture(scope="module")
-def board_client(board_url):
-    """A client on each kind of board: host build, QEMU, and a real one given with --board-url."""
-    with BoardClient.open(board_url, timeout=2.0) as client:
-        yield client
-
-
 @settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(net=networks, quant=quants, seed=st.integers(0, 10_000), steps=st.integers(1, 12),
        beta=st.sampled_from([0.5, -0.25]))

@@ -82,12 +82,6 @@ def test_host_board_conv_states_equal_the_fixed_point_model(host_client, net, qu
     check_conv(host_client, net, quant, seed, steps, beta)
 
 
-@pytest.fixture(scope="module")
-def board_client(board_url):
-    with BoardClient.open(board_url, timeout=2.0) as client:
-        yield client
-
-
 @settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(net=conv_networks, quant=quants, seed=st.integers(0, 10_000), steps=st.integers(1, 8),
        beta=st.sampled_from([0.5, -0.25]))
