@@ -197,6 +197,28 @@ def test_ce_nudged_phase_of_the_reference_target_is_bit_exact(beta, update):
     assert lsb_gap(nudged.states, ffree.states, fp.state_frac) > 0
 
 
+def test_the_reference_targets_nudge_model_follows_every_weight_change():
+    """The fixed-point model behind the reference target's CE nudge is kept while the weights and quantizers stay
+    the same, and a weight changed in place (``.data``: no autograd version bump) gives a model rebuilt afresh."""
+    spec = NetworkSpec(input_shape=(1, 6, 6), hidden=(12,), classes=4, output="ce")
+    t, _ = pair(spec)
+    net = t.quant
+    g = torch.Generator().manual_seed(3)
+    s_int = torch.randint(0, 1 << 5, (100, 12), generator=g)
+    onehot = torch.nn.functional.one_hot(torch.randint(0, 4, (100,), generator=g), 4) << 5
+
+    def force(model):
+        return model.nudge(s_int, onehot, 1 << 15, model.plans[-1].acc_frac)
+
+    first = net._fixed_point()
+    assert net._fixed_point() is first
+    net.weights["w_out"].weight.data[:, :3] += 0.5
+    second = net._fixed_point()
+    assert second is not first and net._fixed_point() is second
+    assert torch.equal(force(second), force(FixedPointNetwork.from_quant(net)))
+    assert not torch.equal(force(second), force(first))
+
+
 def test_ce_nudge_stays_within_the_accumulator_width():
     _, fp = pair(NetworkSpec(input_shape=(1, 6, 6), hidden=(16, 8), classes=4, output="ce"), weight_bits=8)
     plan = fp.plans[-1]
