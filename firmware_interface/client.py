@@ -271,7 +271,7 @@ class BoardClient:
             try:
                 item = next(items, None)
             except BaseException:
-                self._finish(sent)  # the request in flight is answered before the error goes up
+                done(self._finish(sent))  # the request in flight is answered before the error goes up
                 raise
             done(self._finish(sent))
 

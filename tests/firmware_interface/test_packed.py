@@ -352,3 +352,23 @@ def test_client_falls_back_to_dense_commands(legacy, packed):
         used_packed = Command.APPLY_DELTA_PACKED in sent and Command.SET_INPUT_PACKED in sent
         assert used_packed == (packed and not legacy)
         assert (Command.APPLY_DELTA in sent) == (not used_packed)
+
+
+@needs_host
+def test_a_request_that_fails_to_encode_lets_the_one_in_flight_finish_first():
+    """The client draws (encodes) each next request while the board reads the current one: an error in the
+    drawing goes up only once the request in flight is answered, so nothing is left unanswered on the link."""
+    from firmware_interface.client import BoardClient
+    from firmware_interface.protocol import Command
+
+    answered = []
+
+    def requests():
+        yield Command.PING, b"first", answered.append
+        raise TensorError("the next request cannot be encoded")
+
+    with HostBoard() as board, BoardClient.open(board.url, timeout=0.5) as client:
+        with pytest.raises(TensorError, match="cannot be encoded"):
+            client._in_turn(requests())
+        assert [r.payload for r in answered] == [b"first"]
+        assert client.ping(b"next") == b"next" and client.stats.retries == 0 and client.stats.discarded == 0
