@@ -9,8 +9,9 @@ Weight upload (WRITE_WEIGHTS + COMMIT_WEIGHTS of the config's network), input up
 batch) and state read-back (READ_STATES of a batch) are timed and reported as payload bytes per second and as a fraction of that rate.
 Where the board offers packed tensors (protocol 1.1) the packed uploads are timed too, on what training
 sends: a batch of the config's real images (SET_INPUT_PACKED) and a sparse update of every weight tensor
-(15% of the increments +-1, APPLY_DELTA_PACKED); their rows give the payload bytes on the wire per second
-(the link's utilisation) and the decoded bytes per second (the effective rate). RELAX is timed at batch 1
+(15% of the increments +-1, APPLY_DELTA_PACKED, one ``apply_deltas`` as the serial target sends it); their rows
+give the payload bytes on the wire per second (the link's utilisation) and the decoded bytes per second (the
+effective rate), and the update's time is taken apart (``delta_breakdown``). RELAX is timed at batch 1
 and at the full batch, for 1 and ``--steps`` steps, so that the per-step cost and the fixed cost per
 request separate. Prints a table and writes JSON (default benchmarks/results/board_throughput_BOARD.json).
 
@@ -68,6 +69,35 @@ def packed_row(client, fn, decoded_bytes: int, repeats: int) -> dict:
     t = timed(fn, repeats)
     return {"payload_bytes": wire, "seconds": t, "bytes_per_second": wire / t, "direction": "host_to_board",
             "decoded_bytes": decoded_bytes, "decoded_bytes_per_second": decoded_bytes / t}
+
+
+def delta_breakdown(client, updates: list, version: list, rate_in: float, repeats: int) -> dict:
+    """Where a packed update's time goes beyond its payload at the raw rate, request by request:
+    the frames' framing bytes, the round trip of a frame the board only reads (its NAK round trip less the
+    frame at the raw rate), the board's decoding and applying (the request less that NAK round trip), and
+    the host's encoding (which the client overlaps with the request before). Each the fastest of many, like the
+    raw rate: a small difference of larger times, which load on the machine would swamp."""
+    import struct
+
+    from firmware_interface import packed as P
+
+    out = {"payload_bytes": 0, "framing_bytes": 0, "round_trip_s": 0.0, "board_s": 0.0, "encode_s": 0.0}
+    for tid, inc, code in updates:
+        encoded = [P.encode(-inc, code), P.encode(inc, code)]  # sent in turn: the weights stay where they were
+        body = struct.pack("<BBII", tid, 0, 0, 0) + encoded[1]
+        wire = len(Frame(Kind.REQUEST, 0, Command.APPLY_DELTA_PACKED, 0, body).encode())
+
+        def request() -> None:
+            payload = struct.pack("<BBII", tid, 0, version[0], 0) + encoded[version[0] & 1]
+            version[0] = struct.unpack("<II", client.request(Command.APPLY_DELTA_PACKED, payload).payload)[1]
+        t_request = timed(request, 4 * repeats, min)
+        t_nak = timed(lambda: nak_round_trip(client, body), 4 * repeats, min)
+        out["payload_bytes"] += len(body)
+        out["framing_bytes"] += wire - len(body)
+        out["round_trip_s"] += t_nak - wire / rate_in
+        out["board_s"] += t_request - t_nak
+        out["encode_s"] += timed(lambda: P.encode(inc, code), 4 * repeats, min)
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -130,6 +160,7 @@ def main(argv: list[str] | None = None) -> int:
         rows["input upload"] = {"payload_bytes": x_int.size, "seconds": t, "bytes_per_second": x_int.size / t,
                                 "direction": "host_to_board"}
         client.packed = packed
+        breakdown = None
         if packed:  # what training sends: real images, a sparse update
             from hwtoolkit.runs import load_splits
 
@@ -140,15 +171,15 @@ def main(argv: list[str] | None = None) -> int:
                 client, lambda: client.set_input(real, code, width=width), real.size * DTYPES[code].itemsize,
                 args.repeats)
             rng = np.random.default_rng(0)
-            updates = {tid: (np.where(rng.random(values.size) < 0.15, rng.choice([-1, 1], values.size), 0), c)
-                       for tid, (values, c) in image.tensors.items() if tid in image.weight_ids}
+            updates = [(tid, np.where(rng.random(values.size) < 0.15, rng.choice([-1, 1], values.size), 0), c)
+                       for tid, (values, c) in sorted(image.tensors.items()) if tid in image.weight_ids]
             version = [client.tensor_crc(image.weight_ids[0])[1]]
 
-            def apply() -> None:
-                for tid, (inc, c) in updates.items():
-                    version[0] = client.apply_delta(tid, inc, c, version[0])[1]
+            def apply() -> None:  # as the serial target sends an update: every tensor in one apply_deltas
+                version[0] = client.apply_deltas(updates, version[0])[1]
             rows["weight differences, packed (15% +-1)"] = packed_row(
-                client, apply, sum(v.size * DTYPES[c].itemsize for v, c in updates.values()), args.repeats)
+                client, apply, sum(v.size * DTYPES[c].itemsize for _, v, c in updates), args.repeats)
+            breakdown = delta_breakdown(client, updates, version, rate_in, args.repeats)
 
         units = [g.units for g in image.record.layers]
         sc = image.state_code
@@ -183,6 +214,13 @@ def main(argv: list[str] | None = None) -> int:
         decoded = f"{r['decoded_bytes_per_second']:12.0f}" if "decoded_bytes" in r else ""
         print(f"{name:38} {r['payload_bytes']:10d} {r['seconds']:9.4f} {r['bytes_per_second']:10.0f} "
               f"{100 * r['fraction_of_link']:7.1f}% {decoded}")
+    if breakdown:
+        b, row = breakdown, rows["weight differences, packed (15% +-1)"]
+        print(f"packed differences, {1e3 * row['seconds']:.1f} ms: {b['payload_bytes']} payload bytes at the raw rate "
+              f"{1e3 * b['payload_bytes'] / rate_in:.1f} ms, their {b['framing_bytes']} framing bytes "
+              f"{1e3 * b['framing_bytes'] / rate_in:.1f} ms, round trips {1e3 * b['round_trip_s']:.1f} ms, the board's "
+              f"decoding and applying {1e3 * b['board_s']:.1f} ms; the host's encoding {1e3 * b['encode_s']:.1f} ms "
+              f"(overlapped)")
     print(f"{'RELAX':28} {'ms':>9}")
     for name, t in relax.items():
         print(f"{name:28} {1e3 * t:9.2f}")
@@ -193,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"machine": machine(), "board": args.board, "hello": info.describe(),
                                "network": spec.describe(), "batch": args.batch, "link_bytes_per_second": link,
-                               "transfers": rows,
+                               "transfers": rows, "packed_difference_breakdown": breakdown,
                                "relax_seconds": relax, "step_seconds": per_step,
                                "ns_per_mac": 1e9 * per_step / macs_per_step, "requests": stats.requests,
                                "retries": stats.retries}, indent=2) + "\n")

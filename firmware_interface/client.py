@@ -15,7 +15,7 @@ from collections import deque
 import time
 import zlib
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Callable, Iterable, Iterator, Protocol
 
 import numpy as np
 
@@ -97,6 +97,18 @@ class RelaxResult:
     converged: bool
     max_delta: int  # largest state move of the last step, in LSBs
     status: Status
+
+
+@dataclass(frozen=True)
+class _Sent:
+    """A request written to the port and not yet answered: what a retry resends and what its answer must match."""
+
+    command: int
+    seq: int
+    wire: bytes
+    payload_bytes: int
+    timeout: float
+    expect_boot: bool
 
 
 RELAX_REQUEST = struct.Struct("<BBHiI")
@@ -199,6 +211,11 @@ class BoardClient:
         ``compute``: seconds the board is expected to work on it; ``reply_bytes``: the expected response
         payload (both lengthen the timeout).
         """
+        return self._finish(self._send(command, payload, compute, reply_bytes, expect_boot))
+
+    def _send(self, command: int, payload: bytes, compute: float = 0.0, reply_bytes: int = 64,
+              expect_boot: bool = False) -> _Sent:
+        """Write a new request's first attempt; ``_finish`` awaits its response."""
         if len(payload) > self.max_payload:
             raise ValueError(f"{command_name(command)} payload of {len(payload)} bytes exceeds the board's "
                              f"maximum of {self.max_payload}")
@@ -208,26 +225,55 @@ class BoardClient:
         timeout = self.timeout + base + compute + self._wire_time(len(wire) + reply_bytes + 16)
         self.stats.requests += 1
         self.stats.commands[command] = self.stats.commands.get(command, 0) + 1
+        if command in (Command.APPLY_DELTA, Command.APPLY_DELTA_PACKED):  # taken once sent, answered or not
+            self.last_delta_version = (struct.unpack_from("<I", payload, 2)[0] + 1) & 0xFFFFFFFF
+        sent = _Sent(command, self._seq, wire, len(payload), timeout, expect_boot)
+        self._write(sent)
+        return sent
+
+    def _write(self, sent: _Sent) -> None:
+        try:
+            self.port.write(sent.wire)
+        except OSError as e:  # pyserial's SerialException is one
+            raise BoardLinkError(f"{command_name(sent.command)}: the link to the board failed: {e}") from None
+        self.stats.bytes_sent += len(sent.wire)
+
+    def _finish(self, sent: _Sent) -> Frame:
+        """The response to a request ``_send`` wrote, resending the identical frame after a timeout or NAK."""
         for attempt in range(self.retries + 1):
             if attempt:
                 self.stats.retries += 1
+                self._write(sent)
             try:
-                self.port.write(wire)
-                self.stats.bytes_sent += len(wire)
-                reply = self._await(self._seq, command, timeout, expect_boot)
-            except OSError as e:  # pyserial's SerialException is one
-                raise BoardLinkError(f"{command_name(command)}: the link to the board failed: {e}") from None
+                reply = self._await(sent.seq, sent.command, sent.timeout, sent.expect_boot)
+            except OSError as e:
+                raise BoardLinkError(f"{command_name(sent.command)}: the link to the board failed: {e}") from None
             if reply is None:
                 self.stats.timeouts += 1
                 continue
             if reply.kind == Kind.NAK:
                 self.stats.naks += 1
                 continue
-            self.stats.payload_sent += len(payload)
+            self.stats.payload_sent += sent.payload_bytes
             self.stats.payload_received += len(reply.payload)
-            return self._check(command, reply)
-        raise BoardTimeout(f"{command_name(command)} (seq {self._seq}): no valid response in "
-                           f"{self.retries + 1} attempts of {timeout:.3f} s each")
+            return self._check(sent.command, reply)
+        raise BoardTimeout(f"{command_name(sent.command)} (seq {sent.seq}): no valid response in "
+                           f"{self.retries + 1} attempts of {sent.timeout:.3f} s each")
+
+    def _in_turn(self, requests: Iterable[tuple[int, bytes, Callable[[Frame], None]]]) -> None:
+        """Send ``(command, payload, done)`` requests one at a time, exactly as ``request`` does, ``done`` taking
+        each response; the next one is drawn (encoded) while the board still reads the one before."""
+        items = iter(requests)
+        item = next(items, None)
+        while item is not None:
+            command, payload, done = item
+            sent = self._send(command, payload)
+            try:
+                item = next(items, None)
+            except BaseException:
+                done(self._finish(sent))  # the request in flight is answered before the error goes up
+                raise
+            done(self._finish(sent))
 
     def await_frame(self, seq: int, command: int, timeout: float) -> Frame | None:
         """The board's next frame answering ``(seq, command)`` (a response or a NAK), or ``None`` after ``timeout``.
@@ -357,9 +403,8 @@ class BoardClient:
         """Write a whole tensor (flattened) with as few WRITE_WEIGHTS requests as the payload allows."""
         flat = np.asarray(values).reshape(-1)
         step = self._chunk(6 + T.header_size(1), T.DTYPES[code].itemsize, f"tensor {tensor_id}")
-        for start in range(0, flat.size, step):
-            chunk = flat[start:start + step]
-            self.request(Command.WRITE_WEIGHTS, struct.pack("<BBI", tensor_id, 0, start) + T.encode(chunk, code))
+        self._in_turn((Command.WRITE_WEIGHTS, struct.pack("<BBI", tensor_id, 0, start)
+                       + T.encode(flat[start:start + step], code), _ignore) for start in range(0, flat.size, step))
 
     def commit_tensor(self, tensor_id: int, values: np.ndarray, code: int, version: int) -> int:
         """Commit a written tensor: the board checks its CRC against ``values`` and takes ``version``."""
@@ -390,30 +435,56 @@ class BoardClient:
         ``(saturated, version)`` after the last chunk. Where the board offers packed tensors, a chunk goes
         as APPLY_DELTA_PACKED when that is smaller (runs of zeros cost a few bits).
         """
-        flat = np.asarray(increments).reshape(-1)
-        item = T.DTYPES[code].itemsize
-        step = self._chunk(10 + T.header_size(1), item, f"tensor {tensor_id}")
-        saturated, start = 0, 0
-        while start < flat.size:
-            n, enc = step, None
-            if self.uses_packed:
-                n, enc = self._packed_chunk(flat, start, flat.size, item, 10, code, step, P.encode)
-            chunk = flat[start:start + n]
-            head = struct.pack("<BBII", tensor_id, 0, version, start)
-            start += n
-            if not chunk.any():
-                continue
-            self.last_delta_version = (version + 1) & 0xFFFFFFFF  # taken once sent, answered or not
-            if enc is None:
-                reply = self.request(Command.APPLY_DELTA, head + T.encode(chunk, code))
-            else:
-                reply = self.request(Command.APPLY_DELTA_PACKED, head + enc)
+        return self.apply_deltas([(tensor_id, increments, code)], version)
+
+    def apply_deltas(self, updates: Iterable[tuple[int, np.ndarray, int]], version: int) -> tuple[int, int]:
+        """``apply_delta`` of several ``(tensor_id, increments, code)``, one request in flight, the next chunk
+        encoded while the board reads the one before (the smallest tensors first, so that the largest
+        encoding overlaps their requests); every increment is checked against its dtype before anything is
+        sent. Returns ``(saturated, version)`` after the last chunk."""
+        updates = sorted(((tid, np.asarray(inc).reshape(-1), code) for tid, inc, code in updates),
+                         key=lambda u: u[1].size)
+        for tid, flat, code in updates:
+            if code not in T.DTYPES:
+                raise T.TensorError(f"tensor {tid}: unknown dtype code {code}")
+            info = np.iinfo(T.DTYPES[code])
+            if flat.size and (flat.min() < info.min or flat.max() > info.max):
+                raise T.TensorError(f"tensor {tid}: increments outside dtype code {code}")
+        state = {"saturated": 0, "version": version}
+
+        def done(reply: Frame) -> None:
             clipped, new = struct.unpack("<II", self._exact(reply, 8))
-            if new != (version + 1) & 0xFFFFFFFF:
-                raise ProtocolError(f"APPLY_DELTA moved the weights version from {version} to {new}, expected "
-                                    f"{version + 1}")
-            saturated, version = saturated + clipped, new
-        return saturated, version
+            if new != (state["version"] + 1) & 0xFFFFFFFF:
+                raise ProtocolError(f"APPLY_DELTA moved the weights version from {state['version']} to {new}, "
+                                    f"expected {state['version'] + 1}")
+            state["saturated"] += clipped
+            state["version"] = new
+
+        self._in_turn(self._delta_requests(updates, version, done))
+        return state["saturated"], state["version"]
+
+    def _delta_requests(self, updates: list[tuple[int, np.ndarray, int]], version: int,
+                        done: Callable[[Frame], None]) -> Iterator[tuple[int, bytes, Callable[[Frame], None]]]:
+        """The APPLY_DELTA(_PACKED) requests of ``updates``, encoded one at a time; the k-th expects
+        ``version + k`` (a request that does not move the version by one stops the sending)."""
+        for tensor_id, flat, code in updates:
+            step = self._chunk(10 + T.header_size(1), T.DTYPES[code].itemsize, f"tensor {tensor_id}")
+            start = 0
+            while start < flat.size:
+                n, enc = step, None
+                if self.uses_packed:
+                    n, enc = self._packed_chunk(flat, start, flat.size, T.DTYPES[code].itemsize, 10, code, step,
+                                                P.encode)
+                chunk = flat[start:start + n]
+                head = struct.pack("<BBII", tensor_id, 0, version, start)
+                start += n
+                if not chunk.any():
+                    continue
+                if enc is None:
+                    yield Command.APPLY_DELTA, head + T.encode(chunk, code), done
+                else:
+                    yield Command.APPLY_DELTA_PACKED, head + enc, done
+                version = (version + 1) & 0xFFFFFFFF
 
     # inputs, phases, states
 
@@ -424,18 +495,21 @@ class BoardClient:
         batch = x.shape[0]
         row = x.shape[1] * T.DTYPES[code].itemsize
         step = self._chunk(4 + T.header_size(2), row, "an input row")
-        start = 0
-        while start < batch:
-            n, enc = step, None
-            if self.uses_packed:
-                n, enc = self._packed_chunk(x, start, batch, row, 4, code, step,
-                                            lambda v, c: P.encode_best(v, c, width))
-            head = struct.pack("<HH", batch, start)
-            if enc is None:
-                self.request(Command.SET_INPUT, head + T.encode(x[start:start + n], code))
-            else:
-                self.request(Command.SET_INPUT_PACKED, head + enc)
-            start += n
+
+        def requests() -> Iterator[tuple[int, bytes, Callable[[Frame], None]]]:
+            start = 0
+            while start < batch:
+                n, enc = step, None
+                if self.uses_packed:
+                    n, enc = self._packed_chunk(x, start, batch, row, 4, code, step,
+                                                lambda v, c: P.encode_best(v, c, width))
+                head = struct.pack("<HH", batch, start)
+                if enc is None:
+                    yield Command.SET_INPUT, head + T.encode(x[start:start + n], code), _ignore
+                else:
+                    yield Command.SET_INPUT_PACKED, head + enc, _ignore
+                start += n
+        self._in_turn(requests())
 
     def set_target(self, y: np.ndarray) -> None:
         """The batch's class indices."""
@@ -480,6 +554,10 @@ class BoardClient:
         if t.data.shape != shape:
             raise ProtocolError(f"{command_name(reply.command)} returned shape {t.data.shape}, asked for {shape}")
         return t.data
+
+
+def _ignore(reply: Frame) -> None:
+    """The response of a request whose success is all that matters."""
 
 
 def tensor_crc(values: np.ndarray, code: int) -> int:

@@ -39,7 +39,8 @@ from hwtoolkit.network.spec import ConvLayer, LayerGeometry, NetworkSpec
 from . import integer_conv, weight_file
 from .network import QuantEPNetwork
 
-FILE_FORMAT = "hwtoolkit-fixed-point/1"
+FILE_FORMAT = "hwtoolkit-fixed-point/2"  # 2: a CE network's file records its nudge's constants ("ce_nudge")
+FORMATS_READ = ("hwtoolkit-fixed-point/1", FILE_FORMAT)  # format 1 fixed the same constants by its spec
 
 ACTIVATION_SHIFT = {"hard_sigmoid": 0, "hard_sigmoid_half": 1}
 BETA_FRAC = 16
@@ -297,6 +298,8 @@ class FixedPointNetwork:
     def save(self, path: str | Path, extra: dict | None = None) -> None:
         """Write the integer weights and formats as an ``.epqw`` file (``quantize.weight_file``)."""
         meta = {"format": FILE_FORMAT, "spec": spec_to_dict(self.spec), **self.formats(), **(extra or {})}
+        if self.readout is not None:
+            meta["ce_nudge"] = self.ce_nudge_constants()
         weight_file.write(path, {n: (t.data, t.frac, t.signed) for n, t in self.params.items()}, meta)
 
     @classmethod
@@ -304,8 +307,9 @@ class FixedPointNetwork:
         """Read an ``.epqw`` file back into a runnable fixed-point network."""
         tensors, meta = weight_file.read(path)
         where = str(path)
-        if meta.get("format") != FILE_FORMAT:
-            raise weight_file.WeightFileError(f"{where}: meta format {meta.get('format')!r}, expected {FILE_FORMAT!r}")
+        if meta.get("format") not in FORMATS_READ:
+            raise weight_file.WeightFileError(f"{where}: meta format {meta.get('format')!r}, expected one of "
+                                              f"{', '.join(FORMATS_READ)}")
         try:
             spec = spec_from_dict(meta["spec"])
             declared = meta["parameters"]
@@ -335,7 +339,36 @@ class FixedPointNetwork:
             problem = f"no field {e}" if isinstance(e, KeyError) else str(e)
             raise weight_file.WeightFileError(f"{where}: invalid meta record: {problem}") from None
         model._plan()
+        model._check_ce_nudge(meta, where)
         return model
+
+    def ce_nudge_constants(self) -> dict:
+        """What a board needs to reproduce the CE nudge bit for bit (docs/quantize.md, the CE nudge): CONFIGURE's
+        two shifts, ``BETA_FRAC`` and the integer softmax's constants and table."""
+        if self.readout is None:
+            raise FixedPointError("an MSE network has no CE nudge")
+        return {"nudge_shift": ce_nudge_shift(self.score_frac - self.state_frac, self.plans[-1].acc_frac),
+                "softmax_shift": self.score_frac + LOG2E_FRAC - EXP_FRAC_BITS, "beta_frac": BETA_FRAC,
+                "log2e_q": LOG2E_Q, "log2e_frac": LOG2E_FRAC, "exp_frac_bits": EXP_FRAC_BITS,
+                "exp_table_frac": EXP_TABLE_FRAC, "exp_table": list(EXP_TABLE), "prob_frac": PROB_FRAC}
+
+    def _check_ce_nudge(self, meta: dict, where: str) -> None:
+        """A file's ``ce_nudge`` must be what this model computes: a board following the file and this model
+        would otherwise nudge differently. Format 1 files have none (their spec fixed the same constants)."""
+        recorded = meta.get("ce_nudge")
+        if self.readout is None or (recorded is None and meta["format"] != FILE_FORMAT):
+            if recorded is not None:
+                raise weight_file.WeightFileError(f"{where}: an MSE network's file has a ce_nudge record")
+            return
+        if not isinstance(recorded, dict):
+            raise weight_file.WeightFileError(f"{where}: a CE network's file needs a ce_nudge record (the constants "
+                                              f"a board reproduces the CE nudge with); it has {recorded!r}")
+        expected = self.ce_nudge_constants()
+        for key in sorted(set(expected) | set(recorded)):
+            if key not in expected or recorded.get(key) != expected[key]:
+                raise weight_file.WeightFileError(
+                    f"{where}: ce_nudge.{key} = {recorded.get(key)!r}, this model computes the nudge with "
+                    f"{expected.get(key)!r}")
 
     # -- running ---------------------------------------------------------------------------------------
 

@@ -190,8 +190,15 @@ class QuantEPNetwork(nn.Module):
         return (force.double() * 2.0 ** -acc_frac).to(s_last.dtype).to(s_last.device).view_as(s_last)
 
     def _fixed_point(self):
-        """The fixed-point model of the current weights (rebuilt every call: an update may bypass autograd's
-        version counters, so no cache key is safe)."""
+        """The fixed-point model of the current weights and quantizers, rebuilt only when one of them changed:
+        compared by value with those it was built from (an update may bypass autograd's version counters)."""
         from .fixed_point import FixedPointNetwork
 
-        return FixedPointNetwork.from_quant(self)
+        state = self.state_dict()
+        cached = self.__dict__.get("_fixed_point_cache")
+        if cached is not None and cached[0].keys() == state.keys() \
+                and all(torch.equal(cached[0][k], v) for k, v in state.items()):
+            return cached[1]
+        model = FixedPointNetwork.from_quant(self)
+        self.__dict__["_fixed_point_cache"] = ({k: v.detach().clone() for k, v in state.items()}, model)
+        return model

@@ -16,8 +16,7 @@ from firmware_interface.protocol import BETA_FRAC, BIAS, FEEDBACK, MAX_SHIFT, PO
     LayerRecord, NetworkRecord, tensor_id
 from firmware_interface.tensor import I8, I16, I32, U8, U16
 from hwtoolkit.network.spec import LayerGeometry
-from quantize.fixed_point import (EXP_FRAC_BITS, LOG2E_FRAC, FixedPointNetwork, FixedTensor,
-                                  ce_nudge_shift, pool_shift)
+from quantize.fixed_point import FixedPointNetwork, FixedTensor, pool_shift
 
 
 class ImageError(ValueError):
@@ -86,8 +85,8 @@ def nudge_shifts(fp: FixedPointNetwork, ce_nudge: bool = True) -> tuple[int, int
         return acc_frac - BETA_FRAC - fp.state_frac, 0
     if not ce_nudge:
         return 0, 0
-    return (ce_nudge_shift(fp.score_frac - fp.state_frac, acc_frac),
-            fp.score_frac + LOG2E_FRAC - EXP_FRAC_BITS)
+    constants = fp.ce_nudge_constants()
+    return constants["nudge_shift"], constants["softmax_shift"]
 
 
 def conv_record(geo: LayerGeometry) -> ConvRecord | None:

@@ -42,7 +42,7 @@ class LinkReport:
     """What the target did on the link (for the docs' throughput figures and for debugging)."""
 
     uploads: int = 0  # full programs: CONFIGURE and every tensor
-    delta_requests: int = 0
+    delta_requests: int = 0  # APPLY_DELTA(_PACKED) requests
     updates: int = 0
     resets_recovered: int = 0
     repairs: int = 0  # weights found different from the host's (CRC or version) and written again
@@ -275,18 +275,21 @@ class SerialTarget(Target):
         return ((used if ahead else self._version) + 1) & 0xFFFFFFFF
 
     def _write_differences(self, image: BoardImage) -> None:
-        old = self._image
+        parts = []
         for tid in image.weight_ids:
             new, code = image.tensors[tid]
-            diff = new.astype(np.int64) - old.tensors[tid][0].astype(np.int64)
+            diff = new.astype(np.int64) - self._image.tensors[tid][0].astype(np.int64)
             info = np.iinfo(DTYPES[code])
             while diff.any():  # an increment beyond the wire dtype goes in parts, each within the weight range
                 part = np.clip(diff, info.min, info.max)
-                saturated, self._version = self.client.apply_delta(tid, part, code, self._version)
-                self.report.delta_requests += 1
-                self.report.saturated += saturated
+                parts.append((tid, part, code))
                 diff -= part
-            self._image = dataclasses.replace(self._image, tensors={**self._image.tensors, tid: (new, code)})
+        requests = self.client.stats.requests
+        saturated, self._version = self.client.apply_deltas(parts, self._version)
+        self.report.delta_requests += self.client.stats.requests - requests
+        self.report.saturated += saturated
+        self._image = dataclasses.replace(self._image, tensors={
+            **self._image.tensors, **{tid: image.tensors[tid] for tid in image.weight_ids}})
 
     @property
     def image(self) -> BoardImage | None:

@@ -177,6 +177,45 @@ def test_packed_and_dense_deltas_leave_the_same_weights(twins, seed, steps):
         assert dense.call(TENSOR_CRC, bytes([tid]))[1] == packed.call(TENSOR_CRC, bytes([tid]))[1]
 
 
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(seed=st.integers(0, 2**32 - 1), mode=st.sampled_from(["sparse", "escape", "wide"]),
+       damage=st.sampled_from(["none", "flip", "cut"]), at=st.integers(0, 10_000))
+def test_the_firmware_decodes_exactly_what_the_python_decoder_does(twins, seed, mode, damage, at):
+    """Valid, bit-flipped and cut-short packed increments (sparse ones; small values with an outlier, whose
+    Rice code escapes; values over the whole range, whose k bits cross bytes): the board accepts one iff
+    ``packed.decode`` does, and then applies what the dense twin applies of the decoded values."""
+    rng = np.random.default_rng(seed)
+    dense, packed = twins
+    for link in twins:
+        link.hello()
+        program_small(link, np.random.default_rng(seed))
+    n = int(rng.integers(16 if mode == "escape" else 1, 31))
+    scale, density = {"sparse": (40, rng.random()), "escape": (1, 0.9), "wide": (127, 1.0)}[mode]
+    inc = np.where(rng.random(n) < density, rng.integers(-scale, scale + 1, n), 0)
+    if mode == "escape":
+        inc[rng.integers(0, n)] = int(rng.choice([-128, 127]))
+    predictor = int(rng.integers(0, 3))
+    data = bytearray(P.encode(inc.astype(np.int8), I8, predictor, int(rng.integers(1, 8)) if predictor == 2 else 0))
+    if damage == "flip":
+        data[at % len(data)] ^= 1 << (at % 8)
+    elif damage == "cut":
+        data = data[:at % len(data)]
+    try:
+        values, code = P.decode(bytes(data), max_bytes=1 << 14)
+    except TensorError:
+        values = None
+    before = packed.call(TENSOR_CRC, b"\x00")[1]
+    status, _ = packed.call(*delta(0, 7, 0, bytes(data), dense=False), expect=None)
+    if values is None:
+        assert status in (BAD_ARG, BAD_LENGTH, OUT_OF_RANGE)
+        assert packed.call(TENSOR_CRC, b"\x00")[1] == before
+    else:
+        twin, _ = dense.call(*delta(0, 7, 0, tensor(code, values)), expect=None)
+        assert status == twin
+        for tid in (0, 1, 3, 4, 5, 7):
+            assert dense.call(TENSOR_CRC, bytes([tid]))[1] == packed.call(TENSOR_CRC, bytes([tid]))[1]
+
+
 def test_packed_inputs_relax_to_the_same_states(twins):
     rng = np.random.default_rng(5)
     x = np.where(rng.random((4, 5)) < 0.5, rng.integers(0, 16, (4, 5)), 0)
@@ -293,9 +332,6 @@ def test_client_falls_back_to_dense_commands(legacy, packed):
         client.packed = packed
         assert bool(client.info.capabilities & Capability.PACKED) != legacy
         assert client.uses_packed == (packed and not legacy)
-        sent = []
-        original = client.request
-        client.request = lambda command, *a, **k: sent.append(command) or original(command, *a, **k)
         client.configure(NETWORK.pack())
         weights = np.zeros(30, np.int64)
         client.write_tensor(0, weights, 0)
@@ -312,6 +348,27 @@ def test_client_falls_back_to_dense_commands(legacy, packed):
         client.set_input(x, 3, width=5)
         assert client.tensor_crc(0) == (tensor_crc(weights, 0), 6)
         assert np.array_equal(client.read_tensor(0, 30, 0), weights)
+        sent = client.stats.commands
         used_packed = Command.APPLY_DELTA_PACKED in sent and Command.SET_INPUT_PACKED in sent
         assert used_packed == (packed and not legacy)
         assert (Command.APPLY_DELTA in sent) == (not used_packed)
+
+
+@needs_host
+def test_a_request_that_fails_to_encode_lets_the_one_in_flight_finish_first():
+    """The client draws (encodes) each next request while the board reads the current one: an error in the
+    drawing goes up only once the request in flight is answered, so nothing is left unanswered on the link."""
+    from firmware_interface.client import BoardClient
+    from firmware_interface.protocol import Command
+
+    answered = []
+
+    def requests():
+        yield Command.PING, b"first", answered.append
+        raise TensorError("the next request cannot be encoded")
+
+    with HostBoard() as board, BoardClient.open(board.url, timeout=0.5) as client:
+        with pytest.raises(TensorError, match="cannot be encoded"):
+            client._in_turn(requests())
+        assert [r.payload for r in answered] == [b"first"]
+        assert client.ping(b"next") == b"next" and client.stats.retries == 0 and client.stats.discarded == 0

@@ -197,6 +197,28 @@ def test_ce_nudged_phase_of_the_reference_target_is_bit_exact(beta, update):
     assert lsb_gap(nudged.states, ffree.states, fp.state_frac) > 0
 
 
+def test_the_reference_targets_nudge_model_follows_every_weight_change():
+    """The fixed-point model behind the reference target's CE nudge is kept while the weights and quantizers stay
+    the same, and a weight changed in place (``.data``: no autograd version bump) gives a model rebuilt afresh."""
+    spec = NetworkSpec(input_shape=(1, 6, 6), hidden=(12,), classes=4, output="ce")
+    t, _ = pair(spec)
+    net = t.quant
+    g = torch.Generator().manual_seed(3)
+    s_int = torch.randint(0, 1 << 5, (100, 12), generator=g)
+    onehot = torch.nn.functional.one_hot(torch.randint(0, 4, (100,), generator=g), 4) << 5
+
+    def force(model):
+        return model.nudge(s_int, onehot, 1 << 15, model.plans[-1].acc_frac)
+
+    first = net._fixed_point()
+    assert net._fixed_point() is first
+    net.weights["w_out"].weight.data[:, :3] += 0.5
+    second = net._fixed_point()
+    assert second is not first and net._fixed_point() is second
+    assert torch.equal(force(second), force(FixedPointNetwork.from_quant(net)))
+    assert not torch.equal(force(second), force(first))
+
+
 def test_ce_nudge_stays_within_the_accumulator_width():
     _, fp = pair(NetworkSpec(input_shape=(1, 6, 6), hidden=(16, 8), classes=4, output="ce"), weight_bits=8)
     plan = fp.plans[-1]
@@ -252,6 +274,52 @@ def test_weight_file_layout_matches_the_docs(tmp_path):
     assert torch.equal(data.long(), fp.params["w1"].data)
 
 
+def _shift_half_even(a: int, k: int) -> int:
+    """``round_half_even(a / 2^k)`` of a Python int, written afresh from docs/quantize.md."""
+    if k <= 0:
+        return a << -k
+    q, r = a >> k, a & ((1 << k) - 1)
+    return q + (r > 1 << (k - 1) or (r == 1 << (k - 1) and q & 1))
+
+
+@pytest.mark.parametrize("granularity", ["per_tensor", "per_channel"])
+def test_a_ce_weight_file_holds_what_reproduces_the_nudge_bit_for_bit(tmp_path, granularity):
+    """The CE nudge computed from the file alone (its integers, formats and ``ce_nudge`` constants, following
+    docs/quantize.md step by step in Python ints) equals the fixed-point model's at every state tried."""
+    from quantize import weight_file
+
+    _, fp = pair(NetworkSpec(input_shape=(1, 6, 6), hidden=(12, 8), classes=5, output="ce"),
+                 granularity=granularity, weight_bits=6)
+    path = tmp_path / "ce.epqw"
+    fp.save(path)
+    tensors, meta = weight_file.read(path)
+    c, fs, score_frac = meta["ce_nudge"], meta["state"]["frac"], meta["score_frac"]
+    (w, fw), (b, fb) = tensors["w_out"], tensors["b_out"]
+    rows = w.shape[0]
+    fw, fb = fw.expand(rows) if fw.dim() == 0 else fw, fb.expand(rows) if fb.dim() == 0 else fb
+    w_al = [[int(v) << (score_frac - fs - int(fw[i])) for v in w[i]] for i in range(rows)]
+    b_al = [int(b[i]) << (score_frac - int(fb[i])) for i in range(rows)]
+    mask = (1 << c["exp_frac_bits"]) - 1
+    g = torch.Generator().manual_seed(1)
+    s_last = torch.randint(0, 1 << fp.state_bits, (300, w.shape[1]), generator=g)
+    labels = torch.randint(0, rows, (300,), generator=g)
+    onehot = torch.nn.functional.one_hot(labels, rows) << fs
+    for beta in (0.5, -1.0, 4.0):
+        beta_q = round(beta * (1 << c["beta_frac"]))
+        model = fp.nudge(s_last, onehot, beta_q, fp.plans[-1].acc_frac)
+        for n in range(0, 300, 7):
+            s = [int(v) for v in s_last[n]]
+            o = [sum(wi * si for wi, si in zip(w_al[i], s)) + b_al[i] for i in range(rows)]
+            e = [-_shift_half_even((oi - max(o)) * c["log2e_q"], c["softmax_shift"]) for oi in o]
+            u = [_shift_half_even(c["exp_table"][ei & mask], min(ei >> c["exp_frac_bits"], c["exp_table_frac"] + 1))
+                 for ei in e]
+            p = [((ui << (c["prob_frac"] + 1)) + sum(u)) // (2 * sum(u)) for ui in u]
+            grad = [(int(labels[n] == i) << c["prob_frac"]) - p[i] for i in range(rows)]
+            nudge = [_shift_half_even(beta_q * sum(grad[i] * w_al[i][j] for i in range(rows)), c["nudge_shift"])
+                     for j in range(len(s))]
+            assert nudge == model[n].tolist(), (beta, n)
+
+
 def test_corrupt_or_truncated_weight_files_are_rejected(tmp_path):
     _, fp = pair(NetworkSpec(input_shape=(1, 6, 6), hidden=(12,), classes=4))
     good = tmp_path / "good.epqw"
@@ -294,6 +362,11 @@ def test_weight_file_of_another_version_is_refused(tmp_path):
     (lambda m: m["spec"].update(hidden=[13]), r"w1 has shape \(12, 36\), the network needs \(13, 36\)"),
     (lambda m: m["parameters"]["w1"].update(bits=2), r"w1 holds values outside its 2-bit format"),
     (lambda m: m.update(parameters=[]), r"do not match the parameters"),
+    (lambda m: m.pop("ce_nudge"), r"a CE network's file needs a ce_nudge record"),
+    (lambda m: m["ce_nudge"]["exp_table"].__setitem__(5, 30000), r"ce_nudge\.exp_table = \[32768, "),
+    (lambda m: m["ce_nudge"].update(log2e_q=47275), r"ce_nudge\.log2e_q = 47275, .* with 47274"),
+    (lambda m: m["ce_nudge"].update(nudge_shift=3), r"ce_nudge\.nudge_shift = 3"),
+    (lambda m: m["ce_nudge"].update(exp_bias=1), r"ce_nudge\.exp_bias = 1"),
 ])
 def test_a_weight_file_with_a_valid_crc_but_odd_metadata_is_refused_by_name(tmp_path, change, message):
     """A crafted .epqw (CRC recomputed) with odd metadata: a WeightFileError naming the field, never a crash."""
@@ -308,6 +381,21 @@ def test_a_weight_file_with_a_valid_crc_but_odd_metadata_is_refused_by_name(tmp_
     weight_file.write(path, {n: (d, f, signed[n]) for n, (d, f) in tensors.items()}, meta)  # a valid CRC again
     with pytest.raises(WeightFileError, match=message):
         FixedPointNetwork.load(path)
+
+
+def test_a_format_1_ce_file_without_ce_nudge_still_loads(tmp_path):
+    """Format 1 fixed the softmax's constants by its spec (the same as format 2 records): its files load."""
+    from quantize import weight_file
+
+    _, fp = pair(NetworkSpec(input_shape=(1, 6, 6), hidden=(12,), classes=4, output="ce"))
+    path = tmp_path / "v1.epqw"
+    fp.save(path)
+    tensors, meta = weight_file.read(path)
+    meta["format"] = "hwtoolkit-fixed-point/1"
+    del meta["ce_nudge"]
+    weight_file.write(path, {n: (d, f, fp.params[n].signed) for n, (d, f) in tensors.items()}, meta)
+    back = FixedPointNetwork.load(path)
+    assert back.ce_nudge_constants() == fp.ce_nudge_constants()
 
 
 def test_a_weight_file_whose_meta_is_not_json_is_refused(tmp_path):

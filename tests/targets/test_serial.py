@@ -137,8 +137,8 @@ def check_packed_equals_dense(client, net, quant, seed, steps):
     x = torch.rand(batch, *spec.input_shape, generator=gen)
     x = x * (torch.rand(batch, *spec.input_shape, generator=gen) < 0.5)
     outcomes, sent = [], []
-    original = client.request
-    client.request = lambda command, *a, **k: sent.append(command) or original(command, *a, **k)
+    original = client._send  # every request's first write
+    client._send = lambda command, *a, **k: sent.append(command) or original(command, *a, **k)
     try:
         for packed in (True, False):
             client.packed = packed
@@ -166,7 +166,7 @@ def check_packed_equals_dense(client, net, quant, seed, steps):
             states = _states_ints(target.relax(x, steps), target.fixed_point.state_frac)
             outcomes.append((saturated, held, crcs, states))
     finally:
-        client.request, client.packed = original, True
+        client._send, client.packed = original, True
     (sat_p, held_p, crc_p, st_p), (sat_d, held_d, crc_d, st_d) = outcomes
     assert sat_p == sat_d and crc_p == crc_d
     assert all(np.array_equal(held_p[t], held_d[t]) for t in held_p)
@@ -331,17 +331,9 @@ def test_updates_write_only_integer_differences_and_the_board_holds_the_host_wei
 
 
 def _reset_between_chunks(board):
-    """A board reset in the middle of an update: after the first APPLY_DELTA of the next update."""
-    original = board.client.apply_delta
-    fired = []
-
-    def apply_then_reset(*args, **kw):
-        out = original(*args, **kw)
-        if not fired:
-            fired.append(True)
-            board.client.reset()
-        return out
-    board.client.apply_delta = apply_then_reset
+    """A board reset in the middle of an update: once the first APPLY_DELTA of the next update is answered
+    (the next request is encoded by then)."""
+    _reset_after_first_chunk(board)
 
 
 @pytest.mark.parametrize("output", ["mse", "ce"])
@@ -365,16 +357,16 @@ DELTAS = (Command.APPLY_DELTA, Command.APPLY_DELTA_PACKED)
 
 
 def _reset_after_first_chunk(board):
-    """A board reset between the two APPLY_DELTA chunks of one tensor."""
-    original, fired = board.client.request, []  # the version-logging request of the test
+    """A board reset between the first two APPLY_DELTA chunks (of one tensor where it takes two)."""
+    original, fired = board.client._finish, []  # where a request's answer arrives
 
-    def request(command, *args, **kw):
-        out = original(command, *args, **kw)
-        if command in DELTAS and not fired:
+    def finish(sent):
+        out = original(sent)
+        if sent.command in DELTAS and not fired:
             fired.append(True)
             board.client.reset()
         return out
-    board.client.request = request
+    board.client._finish = finish
 
 
 def _lose_first_delta_response(board):
@@ -392,15 +384,15 @@ def _lose_first_delta_response(board):
 
 def _versions(client, sent):
     """Log the weights versions requests name: APPLY_DELTA's expected one (+1 once applied), COMMIT's."""
-    original = client.request
+    original = client._send  # every request's first write
 
-    def request(command, payload=b"", *args, **kw):
+    def send(command, payload=b"", *args, **kw):
         if command in DELTAS:
             sent.append(("delta", (struct.unpack_from("<I", payload, 2)[0] + 1) & 0xFFFFFFFF))
         elif command == Command.COMMIT_WEIGHTS:
             sent.append(("commit", struct.unpack_from("<I", payload, 6)[0]))
         return original(command, payload, *args, **kw)
-    client.request = request
+    client._send = send
 
 
 @pytest.mark.parametrize("packed", [False, True])
@@ -414,7 +406,7 @@ def test_a_tensor_written_in_chunks_survives_a_reset_or_a_lost_response(host_cli
         board, ref = _trained_pair(host_client, WIDER if packed else WIDE, W8, batches=4, reset_at=(1, fault))
     finally:
         host_client.packed = True
-        for name in ("request", "_await"):
+        for name in ("_send", "_finish", "_await"):
             host_client.__dict__.pop(name, None)
     used = {c: host_client.stats.commands.get(c, 0) - before.get(c, 0) for c in DELTAS}
     assert (used[Command.APPLY_DELTA_PACKED] > 0) == packed

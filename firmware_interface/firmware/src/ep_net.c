@@ -418,7 +418,10 @@ int ep_apply_delta(ep_net_t *n, uint8_t id, uint32_t expected, uint32_t offset, 
         return ST_STALE_VERSION;
     uint32_t sat = 0;
     for (uint32_t i = 0; i < v->count; i++) {
-        int64_t lo, hi, x = tget(t, offset + i) + dtype_get(v->dtype, v->data, i);
+        int64_t d = dtype_get(v->dtype, v->data, i);
+        if (d == 0)
+            continue; /* stored weights are always within range (ep_write checks, this clips): nothing to do */
+        int64_t lo, hi, x = tget(t, offset + i) + d;
         value_range(n, id, offset + i, &lo, &hi);
         if (x < lo || x > hi) {
             x = x < lo ? lo : hi;

@@ -11,29 +11,46 @@ typedef struct {
     size_t bit;  /* next bit, MSB first within a byte */
 } bits_t;
 
+/* The next n <= 32 bits, a byte's worth at a time. */
 static int get_bits(bits_t *b, unsigned n, uint32_t *v)
 {
+    if (n > 8 * b->len - b->bit)
+        return -1;
     uint32_t x = 0;
-    for (unsigned i = 0; i < n; i++, b->bit++) {
-        if (b->bit >= 8 * b->len)
-            return -1;
-        x = (x << 1) | ((b->p[b->bit >> 3] >> (7 - (b->bit & 7))) & 1u);
+    while (n) {
+        unsigned avail = 8 - (unsigned)(b->bit & 7), take = n < avail ? n : avail;
+        uint32_t byte = b->p[b->bit >> 3];
+        x = (x << take) | ((byte >> (avail - take)) & ((1u << take) - 1u));
+        b->bit += take;
+        n -= take;
     }
     *v = x;
     return 0;
 }
 
-/* One Rice code: q ones and a zero, then k bits (value = q * 2^k + bits); 16 ones: 32 raw bits follow. */
+/* One Rice code: q ones and a zero, then k bits (value = q * 2^k + bits); 16 ones: 32 raw bits follow.
+ * The ones are counted a byte at a time. */
 static int rice(bits_t *b, unsigned k, uint32_t *v)
 {
-    uint32_t q = 0, bit, low;
+    uint32_t q = 0, low;
     for (;;) {
-        if (get_bits(b, 1, &bit))
+        if (b->bit >= 8 * b->len)
             return -1;
-        if (!bit)
-            break;
-        if (++q == PACKED_ESCAPE)
+        unsigned avail = 8 - (unsigned)(b->bit & 7);
+        uint32_t rest = (uint32_t)(uint8_t)(b->p[b->bit >> 3] << (8 - avail)); /* the unread bits, at the top */
+        unsigned ones = 0;
+        while (ones < avail && (rest & (0x80u >> ones)))
+            ones++;
+        if (q + ones >= PACKED_ESCAPE) {
+            b->bit += PACKED_ESCAPE - q;
             return get_bits(b, 32, v);
+        }
+        q += ones;
+        if (ones < avail) {
+            b->bit += ones + 1; /* the ones and their closing zero */
+            break;
+        }
+        b->bit += avail;
     }
     if (get_bits(b, k, &low))
         return -1;
