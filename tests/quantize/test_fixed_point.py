@@ -31,6 +31,15 @@ def lsb_gap(states, fixed, frac):
     return max(int((s.flatten(1) * 2.0 ** frac - f.double()).abs().max()) for s, f in zip(states, fixed))
 
 
+def phases(t, fp, x, y, beta, free_steps, nudged_steps):
+    """A free and a nudged phase on the target's quantized network and on the fixed-point model from the same
+    input: (target's nudged phase, model's nudged phase, model's free phase)."""
+    xi = fp.encode_input(x)
+    free, ffree = t.relax(x, free_steps), fp.relax(xi, free_steps)
+    nudged = t.relax(x, nudged_steps, beta=beta, y=y, init=free)
+    return nudged, fp.relax(xi, nudged_steps, beta=beta, y=y, init=ffree.states), ffree
+
+
 def test_round_shift_is_round_half_to_even():
     a = torch.arange(-600, 600)
     for k in range(0, 7):
@@ -74,10 +83,7 @@ def test_mse_nudged_phase_is_bit_exact(beta):
     spec = NetworkSpec(input_shape=(1, 6, 6), hidden=(16,), classes=4, output="mse")
     t, fp = pair(spec)
     x, y = torch.rand(200, 1, 6, 6), torch.randint(0, 4, (200,))
-    xi = fp.encode_input(x)
-    free, ffree = t.relax(x, 20), fp.relax(xi, 20)
-    nudged = t.relax(x, 10, beta=beta, y=y, init=free)
-    fnudged = fp.relax(xi, 10, beta=beta, y=y, init=ffree.states)
+    nudged, fnudged, ffree = phases(t, fp, x, y, beta, 20, 10)
     assert lsb_gap(nudged.states, fnudged.states, fp.state_frac) == 0
     assert lsb_gap(nudged.states, ffree.states, fp.state_frac) > 0  # the nudge moved something
 
@@ -170,10 +176,7 @@ def _ce_phases(spec: NetworkSpec, beta: float, seed: int, integer_softmax: bool 
     t.quant.integer_softmax = integer_softmax  # False: the Brevitas network with torch's softmax
     g = torch.Generator().manual_seed(seed)
     x, y = torch.rand(200, 1, 6, 6, generator=g), torch.randint(0, 4, (200,), generator=g)
-    xi = fp.encode_input(x)
-    free, ffree = t.relax(x, 20), fp.relax(xi, 20)
-    nudged = t.relax(x, 10, beta=beta, y=y, init=free)
-    return nudged, fp.relax(xi, 10, beta=beta, y=y, init=ffree.states), ffree, fp
+    return (*phases(t, fp, x, y, beta, 20, 10), fp)
 
 
 @pytest.mark.parametrize("beta, hidden", [(0.5, (16,)), (-0.25, (20, 12)), (1.0, (20, 12))])

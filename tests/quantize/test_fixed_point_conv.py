@@ -14,7 +14,7 @@ from hwtoolkit.network.spec import ConvLayer, NetworkSpec
 from quantize import integer_conv
 from quantize.fixed_point import FixedPointNetwork
 
-from test_fixed_point import lsb_gap, pair
+from test_fixed_point import lsb_gap, pair, phases
 
 
 def ints(*shape, low=-7, high=8, seed=0):
@@ -89,10 +89,7 @@ def test_conv_nudged_phases_are_bit_exact(pool, granularity, stride):
                                  classes=4, output=output), granularity=granularity)
         g = torch.Generator().manual_seed(2)
         x, y = torch.rand(60, 1, 10, 10, generator=g, dtype=torch.float64), torch.randint(0, 4, (60,), generator=g)
-        xi = fp.encode_input(x)
-        free, ffree = t.relax(x, 15), fp.relax(xi, 15)
-        nudged = t.relax(x, 8, beta=beta, y=y, init=free)
-        fnudged = fp.relax(xi, 8, beta=beta, y=y, init=ffree.states)
+        nudged, fnudged, ffree = phases(t, fp, x, y, beta, 15, 8)
         assert lsb_gap(nudged.states, fnudged.states, fp.state_frac) == 0
         assert lsb_gap(nudged.states, ffree.states, fp.state_frac) > 0  # the nudge moved something
 
