@@ -147,7 +147,7 @@ def stored_fidelity(point_dir: Path, batches: int) -> dict | None:
         stored = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError):
         return None
-    complete = isinstance(stored, dict) and all(stored.get(c) is not None for c in FIGURES)
+    complete = isinstance(stored, dict) and all(c in stored for c in FIGURES)  # a NaN cosine is stored as null
     return stored if complete and stored.get("batches") == batches else None
 
 

@@ -55,7 +55,8 @@ class _Write(ctypes.Structure):
 
 
 def cache_dir() -> Path:
-    """Where built kernels are kept: ``$HWTOOLKIT_CACHE`` or ``~/.cache/hwtoolkit``, under ``native/``."""
+    """Where built kernels are kept: ``$HWTOOLKIT_CACHE``, else ``$XDG_CACHE_HOME/hwtoolkit`` or
+    ``~/.cache/hwtoolkit``, under ``native/``."""
     root = os.environ.get("HWTOOLKIT_CACHE") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache",
                                                       "hwtoolkit")
     return Path(root, "native")
@@ -70,16 +71,18 @@ def library() -> ctypes.CDLL | None:
         return None
     path = kernel_path(compiler)
     try:
-        if not path.exists():
+        lib = _cached(path)
+        if lib is None:
             path.parent.mkdir(parents=True, exist_ok=True)
             with tempfile.TemporaryDirectory(dir=path.parent) as tmp:  # built aside, then moved in whole
                 built = Path(tmp, path.name)
                 subprocess.run([compiler, *FLAGS, "-o", str(built), str(SOURCE), "-lm"], check=True,
                                capture_output=True, text=True)
                 os.replace(built, path)
-        lib = ctypes.CDLL(str(path))
+            lib = ctypes.CDLL(str(path))
     except (OSError, subprocess.CalledProcessError) as e:
-        detail = e.stderr.strip().splitlines()[-1:] if isinstance(e, subprocess.CalledProcessError) else [str(e)]
+        detail = (e.stderr.strip().splitlines()[:3] or [f"exit status {e.returncode}"]) \
+            if isinstance(e, subprocess.CalledProcessError) else [str(e)]
         warnings.warn(f"crossbar: the write kernel did not build or load ({' '.join(detail)}), so writes take the "
                       f"slower torch path", stacklevel=2)
         return None
@@ -89,6 +92,18 @@ def library() -> ctypes.CDLL | None:
     for name in ("xb_expand", "xb_compact"):
         getattr(lib, name).argtypes = [ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
     return lib
+
+
+def _cached(path: Path) -> ctypes.CDLL | None:
+    """The kernel already built at ``path``; None where there is none or it does not load (a damaged file is
+    removed, to be built again)."""
+    if not path.exists():
+        return None
+    try:
+        return ctypes.CDLL(str(path))
+    except OSError:
+        path.unlink(missing_ok=True)
+        return None
 
 
 def kernel_path(compiler: str) -> Path:
@@ -139,8 +154,10 @@ def _expanded(constants: Constants) -> dict[str, tuple[torch.Tensor, torch.Tenso
     values: its loops vectorise that way), made once per array."""
     if constants not in _EXPANDED:
         def per_device(value: Value) -> torch.Tensor:
-            return torch.as_tensor(value, dtype=torch.float32).expand(constants.numel).contiguous() \
-                if not (torch.is_tensor(value) and value.dim() > 0) else value.reshape(-1).contiguous()
+            flat = (value if torch.is_tensor(value) else torch.tensor(value, dtype=torch.float32)).reshape(-1)
+            if flat.numel() not in (1, constants.numel):  # the kernel reads one value per device
+                raise ValueError(f"a write constant of {flat.numel()} values for {constants.numel} devices")
+            return flat.expand(constants.numel).contiguous()
 
         out = {}
         for name, value in {"free": 1.0, **constants.values}.items():

@@ -79,6 +79,7 @@ def host_client(host_board):
 @given(net=conv_networks, quant=quants, seed=st.integers(0, 10_000), steps=st.integers(1, 20),
        beta=st.sampled_from([0.5, -0.5, 0.25, 1.0]))
 def test_host_board_conv_states_equal_the_fixed_point_model(host_client, net, quant, seed, steps, beta):
+    assert host_client.info.capabilities & Capability.CONV  # else check_conv would only check a refusal
     check_conv(host_client, net, quant, seed, steps, beta)
 
 
