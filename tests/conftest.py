@@ -128,6 +128,15 @@ def board_url(request):
 
 
 @pytest.fixture(scope="module")
+def host_client(host_board):
+    """A client on the host build, with a short timeout."""
+    from firmware_interface.client import BoardClient
+
+    with BoardClient.open(host_board.url, timeout=0.5) as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
 def board_client(board_url):
     """A client on each kind of board: host build, QEMU, fpga-sim, and a real one given with --board-url."""
     from firmware_interface.client import BoardClient

@@ -36,12 +36,6 @@ from tests.conftest import tiny_config_text
 REPO = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(scope="module")
-def host_client(host_board):
-    with BoardClient.open(host_board.url, timeout=0.5) as client:
-        yield client
-
-
 def _states_ints(relaxation, frac):
     return [torch.round(s.flatten(1).double() * 2.0 ** frac).long() for s in relaxation.states]
 

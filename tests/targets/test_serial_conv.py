@@ -69,12 +69,6 @@ def check_conv(client, net, quant, seed, steps, beta):
     return check_spec_bit_exact(client, spec, weights, quant, seed, steps, beta)
 
 
-@pytest.fixture(scope="module")
-def host_client(host_board):
-    with BoardClient.open(host_board.url, timeout=0.5) as client:
-        yield client
-
-
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(net=conv_networks, quant=quants, seed=st.integers(0, 10_000), steps=st.integers(1, 20),
        beta=st.sampled_from([0.5, -0.5, 0.25, 1.0]))
