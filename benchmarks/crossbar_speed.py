@@ -9,6 +9,7 @@ target's write path, as in the learning loop. Prints a table and writes JSON
         --out benchmarks/results/crossbar_speed_cpu_1thread.json
     OMP_NUM_THREADS=1 python benchmarks/crossbar_speed.py --threads 1 --presets reram-sb,ecram-mo,pcm \
         --algorithms in_situ,mixed_precision,tiki_taka,ttv2,c_ttv2,agad --transfer-columns 128
+    OMP_NUM_THREADS=1 python benchmarks/crossbar_speed.py --threads 1 --numerics native,torch
 
 Compare ratios measured in one run: the targets are timed in interleaved rounds (docs/crossbar.md, "Speed").
 """
@@ -34,7 +35,7 @@ from hwtoolkit.network.parameters import init_parameters  # noqa: E402
 from hwtoolkit.training.estimators import make_estimator  # noqa: E402
 from hwtoolkit.training.optimizer import SGD  # noqa: E402
 from targets.crossbar import PRESETS  # noqa: E402
-from targets.crossbar.config import ALGORITHM_KEYS, ALGORITHMS  # noqa: E402
+from targets.crossbar.config import ALGORITHM_KEYS, ALGORITHMS, NUMERICS  # noqa: E402
 
 
 def batch_step(cfg: config_mod.Config, name: str, options: dict, batch: int) -> Callable[[], None]:
@@ -68,6 +69,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", default="configs/fmnist_mlp.toml")
     parser.add_argument("--presets", default=",".join(PRESETS), help="comma-separated preset names")
     parser.add_argument("--algorithms", default="in_situ", help="comma-separated crossbar training algorithms")
+    parser.add_argument("--numerics", default="native",
+                        help="comma-separated crossbar.numerics values to time (native, torch)")
     parser.add_argument("--transfer-columns", type=int,
                         help="columns of A transferred per batch, for the algorithms that transfer (default: theirs)")
     parser.add_argument("--batch", type=int, help="batch size (default: the config's)")
@@ -84,9 +87,11 @@ def main(argv: list[str] | None = None) -> int:
     batch = args.batch or cfg.train.batch_size
     presets = chosen_names(parser, "--presets", args.presets, PRESETS)
     algorithms = chosen_names(parser, "--algorithms", args.algorithms, ALGORITHMS)
+    numerics = chosen_names(parser, "--numerics", args.numerics, NUMERICS)
     cases = [("reference", "", "", {})] + [
-        ("crossbar", p, a, {"preset": p, "seed": cfg.seed, "algorithm": a, **algorithm_options(a, args.transfer_columns)})
-        for p in presets for a in algorithms]
+        ("crossbar", p, a, {"preset": p, "seed": cfg.seed, "algorithm": a, "numerics": n,
+                            **algorithm_options(a, args.transfer_columns)})
+        for p in presets for a in algorithms for n in numerics]
     steps = [batch_step(cfg, name, options, batch) for name, _, _, options in cases]
     seconds = [[] for _ in cases]
     for _ in range(args.rounds):
@@ -98,10 +103,10 @@ def main(argv: list[str] | None = None) -> int:
             for (name, preset, algorithm, options), m, t in zip(cases, medians, seconds)]
     print(f"{cfg.name}, batch {batch}, {cfg.estimator} EP, T1 = {cfg.ep.free_steps}, T2 = {cfg.ep.nudged_steps}; "
           f"{machine().get('cpu', 'cpu')}, {torch.get_num_threads()} threads; median of {args.rounds} rounds")
-    print(f"{'target':10} {'preset':12} {'algorithm':16} {'ms/batch':>9} {'x reference':>12}")
+    print(f"{'target':10} {'preset':12} {'algorithm':16} {'numerics':8} {'ms/batch':>9} {'x reference':>12}")
     for r in rows:
-        print(f"{r['target']:10} {r['preset']:12} {r['algorithm']:16} {r['ms_per_batch']:9.2f} "
-              f"{r['vs_reference']:12.2f}")
+        print(f"{r['target']:10} {r['preset']:12} {r['algorithm']:16} {r['options'].get('numerics', ''):8} "
+              f"{r['ms_per_batch']:9.2f} {r['vs_reference']:12.2f}")
     write_report(args.out, {"config": args.config, "batch": batch, "rounds": args.rounds, "repeats": args.repeats,
                             "rows": rows})
     return 0

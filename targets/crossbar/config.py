@@ -22,6 +22,7 @@ from .response import RESPONSES, ConstantStep, ResponseModel
 PULSE_MODES = ("exact", "count", "stochastic")
 PAIRS = ("differential", "one_sided")
 UPDATES = ("combined", "two_trains")
+NUMERICS = ("native", "torch")  # who draws the random numbers and computes exp, expm1, log and pow on the CPU
 READ_NOISE_MODES = ("step", "equilibrium")
 OUTER_PRODUCTS = ("pulsed", "digital")  # how the cost accounting forms an update's outer products (costs.py)
 
@@ -256,9 +257,15 @@ class CostTable:
 @dataclass(frozen=True)
 class TileConfig:
     """One crossbar tile: the device and its response model, variation, write and read settings, time effects,
-    the training algorithm and the table that prices its operations."""
+    the training algorithm and the table that prices its operations.
+
+    ``numerics`` applies on the CPU in float32 where the native kernel is built (native.py): "native" lets the kernel
+    draw the writes' and reads' random numbers (its own generators, seeded from the target's torch generator) and
+    compute exp, expm1, log and the drift's pow with its own vectorised functions; "torch" leaves both to torch, which
+    gives the numbers of the tensor path and of releases before this option, bit for bit."""
 
     preset: str = "ideal"
+    numerics: str = "native"
     device: Device = field(default_factory=Device)
     response: ResponseModel = field(default_factory=ConstantStep)
     variation: Variation = field(default_factory=Variation)
@@ -274,6 +281,7 @@ class TileConfig:
         return self.write.update
 
     def validate(self) -> None:
+        check(self.numerics in NUMERICS, "numerics", self.numerics, f"one of {NUMERICS}")
         for part in (self.device, self.response, self.variation, self.write, self.read, self.time, self.algorithm,
                      self.costs):
             part.validate()
@@ -304,7 +312,7 @@ def model_of() -> dict[str, type[ResponseModel]]:
 
 def keys() -> list[str]:
     """Every flat ``crossbar.<key>``, sorted."""
-    return sorted({"preset", "response", "forward", "backward", *GROUP_OF, *PERIPHERY_KEYS, *model_of()})
+    return sorted({"preset", "numerics", "response", "forward", "backward", *GROUP_OF, *PERIPHERY_KEYS, *model_of()})
 
 
 def load_preset(name: str) -> dict[str, Any]:
@@ -346,6 +354,7 @@ def device_config(preset: str = "ideal", **params: Any) -> TileConfig:
     unknown = sorted(set(table) - set(valid))
     if unknown:
         raise CrossbarConfigError(f"unknown crossbar key(s) {unknown}; valid keys: {valid}")
+    numerics = table.pop("numerics", TileConfig.numerics)
     model = _response_model(table.pop("response", ConstantStep.name))
     owners = model_of()
     for key in table:
@@ -363,7 +372,8 @@ def device_config(preset: str = "ideal", **params: Any) -> TileConfig:
         if key in GROUP_OF:
             parts[GROUP_OF[key]][key] = _typed(key, value, _defaults(GROUPS[GROUP_OF[key]])[key])
     response = model(**{k: _typed(k, v, _defaults(model)[k]) for k, v in table.items() if owners.get(k) is model})
-    cfg = TileConfig(preset=preset, response=response, **{group: GROUPS[group](**kw) for group, kw in parts.items()})
+    cfg = TileConfig(preset=preset, numerics=numerics, response=response,
+                     **{group: GROUPS[group](**kw) for group, kw in parts.items()})
     cfg.validate()
     return cfg
 

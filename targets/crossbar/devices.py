@@ -10,6 +10,7 @@ does a write's per-device work in one pass, with the same numbers (docs/crossbar
 
 from __future__ import annotations
 
+import ctypes
 import functools
 import math
 from dataclasses import dataclass
@@ -122,10 +123,12 @@ class Devices:
     refresh_at: Value = 1.0  # where a one-sided pair is refreshed
     constants: Constants | None = None  # what the write path needs per device
 
-    def visible(self, now: float, t0: float, out: torch.Tensor | None = None,
-                work: torch.Tensor | None = None) -> torch.Tensor:
+    def visible(self, now: float, t0: float, out: torch.Tensor | None = None, work: torch.Tensor | None = None,
+                kernel: ctypes.CDLL | None = None) -> torch.Tensor:
         """The conductance a read sees: hidden value, write noise, drift since the last write (into ``out`` if given,
-        using ``work`` as scratch space)."""
+        using ``work`` as scratch space; the drift computed by ``kernel``, native.py, if given)."""
+        if self.written_at is not None and kernel is not None:
+            return native.visible(kernel, self, now, t0, out)
         g = self.g if self.offset is None else torch.add(self.g, self.offset, out=out)
         if self.written_at is not None:
             drift = torch.sub(self.written_at, now, out=work).neg_().add_(t0).div_(t0).pow_(self.neg_nu)
@@ -229,6 +232,7 @@ class PairArray:
         self._indices = torch.empty(0, 1, device=device, dtype=torch.long)
         self._sparse_skips = 0
         self._kernel = native.library() if native.usable(cfg.response, device, dtype) else None
+        self._random = native.generator(cfg.numerics, device, dtype)  # the kernel, where it draws the random numbers
 
     def _place(self, d: Devices) -> Devices:
         """The drawn devices on the simulation's device and dtype, with their state and write-path constants."""
@@ -260,10 +264,15 @@ class PairArray:
 
     def weight(self, now: float) -> torch.Tensor:
         """The weights reads see now, in a buffer that the next call overwrites."""
-        t0 = self.cfg.time.drift_t0
         work = self._buffer("drift").view(self.shape)
-        neg = self.neg.visible(now, t0, self._buffer("visible").view(self.shape), work)
-        return torch.sub(self.pos.visible(now, t0, self._weight, work), neg, out=self._weight).mul_(self.scale)
+        neg = self.visible(self.neg, now, self._buffer("visible").view(self.shape), work)
+        return torch.sub(self.visible(self.pos, now, self._weight, work), neg, out=self._weight).mul_(self.scale)
+
+    def visible(self, dev: Devices, now: float, out: torch.Tensor | None = None,
+                work: torch.Tensor | None = None) -> torch.Tensor:
+        """``dev.visible``: the conductance of one polarity as reads see it, its drift's power computed by the kernel
+        where it computes the transcendentals (numerics = "native")."""
+        return dev.visible(now, self.cfg.time.drift_t0, out, work, self._random)
 
     def program(self, w: torch.Tensor, gen: torch.Generator, now: float) -> int:
         """Write ``w`` by write-and-verify (to within ``program_noise``); returns how many weights were clipped."""
@@ -357,14 +366,19 @@ class PairArray:
 
     def _send_fused(self, chosen: Selection, gen: torch.Generator, now: float) -> int:
         """``_send`` through the fused write kernel (native.py), one polarity after the other, drawing the same
-        random numbers in the same order as the tensor path; returns the saturated devices."""
+        random numbers in the same order as the tensor path (numerics = "torch"), or a seed per noisy polarity from
+        which the kernel draws them (numerics = "native"); returns the saturated devices."""
         s, var, dw = self._buffer, self.cfg.variation, self.cfg.device.dw_min
         idx, n, d, per_weight = chosen
         size, saturated = (n if idx is None else idx).numel(), 0
         for polarity, dev in ((1, self.pos), (-1, self.neg)):
-            normals = [s(name, size).normal_(generator=gen) if on else None
-                       for name, on in (("normal", var.dw_min_std), ("normal_write", dev.offset is not None))]
-            noise = (normals[0], var.dw_min_std, normals[1], var.write_noise_std * dw)
+            if self._random is not None:  # a seed only where a noise is drawn, so that noiseless writes draw nothing
+                noisy = var.dw_min_std or dev.offset is not None
+                noise = native.Drawn(native.seed(gen) if noisy else 0, var.dw_min_std, var.write_noise_std * dw)
+            else:
+                normals = [s(name, size).normal_(generator=gen) if on else None
+                           for name, on in (("normal", var.dw_min_std), ("normal_write", dev.offset is not None))]
+                noise = (normals[0], var.dw_min_std, normals[1], var.write_noise_std * dw)
             saturated += native.respond(self._kernel, self.cfg.response, dev, idx, n, d, per_weight, polarity,
                                         not self.differential, dw, noise, now, s)
         return saturated
@@ -400,7 +414,7 @@ class PairArray:
         mode = self.cfg.write.pulse_mode
         x = torch.abs(d, out=s("n")).mul_(1 / self.cfg.device.dw_min)  # requests in pulses
         sparse = None
-        if mode == "stochastic":
+        if mode == "stochastic" and self._random is None:  # the kernel rounds every weight faster than this samples
             if self._sparse_skips:  # writes were dense lately: try the sparse path again every 16th write
                 self._sparse_skips -= 1
             else:
@@ -414,15 +428,24 @@ class PairArray:
         return self._gather_pulsed(self._round(x, gen), d)
 
     def _gather_pulsed(self, n: torch.Tensor, d: torch.Tensor) -> Selection:
-        """The weights with pulses, or every weight where more than half get pulses (gathering would then cost
-        more than writing every device); the fused kernel reads the selected ones' counts in place."""
+        """The weights with pulses (counts ``n`` >= 0), or every weight where more than half get pulses (gathering
+        would then cost more than writing every device); the fused kernel reads the selected ones' counts in place
+        where more than an eighth get pulses (a pass over every device then costs less than gathers)."""
         s = self._buffer
-        if 2 * count(torch.sign(n, out=s("pulsed"))) > n.numel():
+        lib = self._kernel if self._kernel is not None else self._random
+        if lib is not None:  # the count and the indices in one pass
+            idx = native.nonzero(lib, n, s("pulsed_idx", dtype=torch.int64))
+            if 2 * idx.numel() > n.numel():
+                return Selection(None, n, d)
+        elif 2 * count(torch.sign(n, out=s("pulsed"))) > n.numel():
             return Selection(None, n, d)
-        idx = self._nonzero(torch.gt(n, 0, out=s("mask", dtype=torch.bool)))
-        if self._kernel is not None:
-            return Selection(idx, n, d, per_weight=True)
+        else:
+            idx = self._nonzero(torch.gt(n, 0, out=s("mask", dtype=torch.bool)))
         k = idx.numel()
+        if self._kernel is not None and 8 * k > n.numel():  # the kernel reads the counts in place (its MASKED pass)
+            return Selection(idx, n, d, per_weight=True)
+        if lib is not None:
+            return Selection(idx, native.compact(lib, idx, n, s("n_pulsed", k)), native.compact(lib, idx, d, s("d_pulsed", k)))
         return Selection(idx, torch.index_select(n, 0, idx, out=s("n_pulsed", k)),
                          torch.index_select(d, 0, idx, out=s("d_pulsed", k)))
 
@@ -455,8 +478,9 @@ class PairArray:
         amount = p.travel if not torch.is_tensor(gain) and gain == 1 else torch.mul(p.travel, gain,
                                                                                     out=s("amount", size))
         new = self.cfg.response.advance(g, Move(amount, p.up, p.sign), c, lambda name: s(f"response.{name}", size))
+        normals = self._normals(size, p.c2c is not None, dev.offset is not None, gen)
         if p.c2c is not None:
-            noise = s("normal", size).normal_(generator=gen).mul_(var.dw_min_std)
+            noise = normals[0].mul_(var.dw_min_std)
             new.add_(torch.sub(new, g, out=s("c2c_change", size)).abs_().mul_(p.c2c).mul_(noise))
         clipped = torch.clamp(new, c["clip_lo"], c["clip_hi"], out=flat_g if idx is None else s("clipped", size))
         outside = new.sub_(clipped)
@@ -466,7 +490,7 @@ class PairArray:
         saturated = count(outside.ne_(0))
         noise = None
         if dev.offset is not None:
-            noise = s("normal", size).normal_(generator=gen).mul_(var.write_noise_std * self.cfg.device.dw_min)
+            noise = normals[1].mul_(var.write_noise_std * self.cfg.device.dw_min)
         if idx is None:
             if p.n is not None:
                 dev.pulses.view(-1).add_(p.n)
@@ -482,6 +506,17 @@ class PairArray:
             if dev.written_at is not None:
                 dev.written_at.view(-1).index_fill_(0, idx, now)
         return saturated
+
+    def _normals(self, size: int, c2c: bool, write: bool, gen: torch.Generator) -> tuple[torch.Tensor | None, ...]:
+        """Standard normals for a write's ``size`` entries: the cycle-to-cycle noise's and the write noise's (None
+        where that noise is off), drawn by torch in that order or as the kernel draws them (``native.normals``)."""
+        s = self._buffer
+        if self._random is not None and (c2c or write):
+            a, b = s("normal", size), s("normal_write", size)
+            native.normals(self._random, native.seed(gen), a, b)
+            return a if c2c else None, b if write else None
+        return tuple(s(name, size).normal_(generator=gen) if on else None
+                     for name, on in (("normal", c2c), ("normal_write", write)))
 
     def _sparse_stochastic(self, x: torch.Tensor, gen: torch.Generator,
                            rate: float = 1 / 32) -> tuple[torch.Tensor, torch.Tensor] | None:
@@ -519,9 +554,12 @@ class PairArray:
 
     def _round(self, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         """Requests in pulses (overwritten) to whole pulses, capped at ``max_pulses``: rounded in count mode,
-        ``floor(x + u)`` with u ~ U[0, 1) in stochastic mode (floor(x) plus a Bernoulli(frac(x)) pulse)."""
+        ``floor(x + u)`` with u ~ U[0, 1) in stochastic mode (floor(x) plus a Bernoulli(frac(x)) pulse; the u drawn by
+        the kernel where it draws the random numbers)."""
         if self.cfg.write.pulse_mode == "count":
             n = x.round_()
+        elif self._random is not None:
+            return native.round_stochastic(self._random, x, native.seed(gen), self.cfg.write.max_pulses)
         else:
             n = x.add_(self._buffer("uniform", x.numel()).uniform_(generator=gen)).floor_()
         cap = self.cfg.write.max_pulses
@@ -536,7 +574,7 @@ class PairArray:
             return 0
         full = over > 0
         t0 = self.cfg.time.drift_t0
-        d = self.pos.visible(now, t0) - self.neg.visible(now, t0)
+        d = self.visible(self.pos, now) - self.visible(self.neg, now)
         keep_p, keep_n = self.pos.g.clone(), self.neg.g.clone()
         self._set(self.pos, d.clamp_min(0), gen, now)
         self._set(self.neg, (-d).clamp_min(0), gen, now)

@@ -1,8 +1,9 @@
 """The fused write kernel (write_kernel.c): built with the system C compiler at first use, loaded with ctypes.
 
 A polarity's write then takes one pass over its devices instead of 20-30 tensor passes and the gathers and scatters
-of a sparse write, with the same numbers bit for bit (docs/crossbar.md, "Speed"). Torch still draws the random
-numbers and computes exp, expm1 and log. Without a compiler, on other torch devices than the CPU, in float64, for the
+of a sparse write, with the same numbers bit for bit (docs/crossbar.md, "Speed"). Torch computes exp, expm1 and log;
+with ``crossbar.rng = "torch"`` it also draws the random numbers, in the tensor path's order, and with ``"native"``
+(the default) the kernel draws the write's uniforms and normals itself from a seed drawn from the torch generator. Without a compiler, on other torch devices than the CPU, in float64, for the
 table response and for soft bounds with one slope 0, writes take the torch path; ``HWTOOLKIT_CROSSBAR_NATIVE=0``
 forces it everywhere.
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 import ctypes
 import functools
 import hashlib
+import math
 import os
 import platform
 import shutil
@@ -19,6 +21,7 @@ import subprocess
 import tempfile
 import warnings
 import weakref
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
@@ -35,6 +38,7 @@ SOURCE = Path(__file__).with_name("write_kernel.c")
 FLAGS = ("-O3", "-march=native", "-ffp-contract=off", "-fno-math-errno", "-fPIC", "-shared")
 SWITCH = "HWTOOLKIT_CROSSBAR_NATIVE"  # "0": always the torch path
 CONSTANT, SOFT_BOUNDS, EXPONENTIAL = 0, 1, 2  # the kernel's models ...
+NATIVE_MATH = {SOFT_BOUNDS: 3, EXPONENTIAL: 4}  # ... with its own expm1, exp and log (numerics = "native") ...
 DENSE, SPARSE, MASKED = 0, 1, 2  # ... and layouts
 
 
@@ -51,7 +55,8 @@ class _Write(ctypes.Structure):
                 ("b_up", _F), ("b_down", _F), ("gamma_up", ctypes.c_float), ("gamma_down", ctypes.c_float),
                 ("work", _F), ("term", _F), ("c2c_normal", _F), ("c2c_std", ctypes.c_float), ("write_normal", _F),
                 ("write_std", ctypes.c_float), ("offset", _F), ("pulses", _F), ("written_at", _F),
-                ("now", ctypes.c_float)]
+                ("now", ctypes.c_float), ("seed", ctypes.c_uint64), ("draw_c2c", ctypes.c_int),
+                ("draw_write", ctypes.c_int)]
 
 
 def cache_dir() -> Path:
@@ -91,6 +96,16 @@ def library() -> ctypes.CDLL | None:
         getattr(lib, name).argtypes = [ctypes.POINTER(_Write)]
     for name in ("xb_expand", "xb_compact"):
         getattr(lib, name).argtypes = [ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
+    lib.xb_nonzero.argtypes = [ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p]
+    lib.xb_nonzero.restype = ctypes.c_int64
+    lib.xb_round.argtypes = [ctypes.c_int64, ctypes.c_void_p, ctypes.c_uint64, ctypes.c_float]
+    lib.xb_math.argtypes = [ctypes.c_int64, ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p]
+    lib.xb_visible.argtypes = [ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
+                               ctypes.c_int, ctypes.c_float, ctypes.c_float, ctypes.c_void_p]
+    lib.xb_uniforms.argtypes = [ctypes.c_int64, ctypes.c_uint64, ctypes.c_void_p]
+    lib.xb_normals.argtypes = [ctypes.c_int64, ctypes.c_uint64, ctypes.c_void_p, ctypes.c_void_p]
+    for name in ("xb_round", "xb_uniforms", "xb_normals", "xb_math", "xb_visible"):
+        getattr(lib, name).restype = None
     return lib
 
 
@@ -145,6 +160,15 @@ def usable(model: ResponseModel, device: torch.device, dtype: torch.dtype) -> bo
     return model_code(model) is not None and library() is not None
 
 
+@dataclass(frozen=True)
+class Drawn:
+    """Normals that the kernel draws itself (rng = "native"): the seed and the noises' scales (0: that noise off)."""
+
+    seed: int
+    c2c_std: float
+    write_std: float
+
+
 _EXPANDED: weakref.WeakKeyDictionary[Constants, dict[str, tuple[torch.Tensor, torch.Tensor]]] = \
     weakref.WeakKeyDictionary()
 
@@ -169,7 +193,7 @@ def _expanded(constants: Constants) -> dict[str, tuple[torch.Tensor, torch.Tenso
 
 def respond(lib: ctypes.CDLL, model: ResponseModel, dev: Devices, idx: torch.Tensor | None, n: torch.Tensor,
             d: torch.Tensor, masked: bool, polarity: int, one_sided: bool, dw: float,
-            noise: tuple[torch.Tensor | None, float, torch.Tensor | None, float], now: float,
+            noise: tuple[torch.Tensor | None, float, torch.Tensor | None, float] | Drawn, now: float,
             buffer: Callable[[str, int], torch.Tensor]) -> int:
     """Give one polarity's devices (all, or the flat indices ``idx``) their pulses as ``PairArray._send`` and
     ``_respond`` do; returns how many of the pulsed ones ended clipped at a bound.
@@ -177,57 +201,134 @@ def respond(lib: ctypes.CDLL, model: ResponseModel, dev: Devices, idx: torch.Ten
     ``n`` and ``d``: the pulse counts and requested changes, per entry of ``idx``, or per device if ``masked`` (then
     ``idx`` lists the devices with a count); ``polarity`` +1 for the positive devices, -1 for the negative ones;
     ``noise``: the cycle-to-cycle and the write noise's standard normals per entry (None: none) and their scales,
-    drawn by the caller in the torch path's order; ``buffer(name, size)``: a scratch buffer of ``size`` floats.
-    The transcendentals are torch's, on the same values in the same order as in the tensor path.
+    drawn by torch in the tensor path's order, whose exp, expm1 and log the kernel then uses too (numerics =
+    "torch"), or ``Drawn``: the kernel draws the normals from a seed and computes those functions itself (numerics =
+    "native"); ``buffer(name, size)``: a scratch buffer of ``size`` floats.
     """
     c = _expanded(dev.constants)
     code = model_code(model)
     numel = dev.g.numel()
     k = numel if idx is None else idx.numel()
-    c2c_normal, c2c_std, write_normal, write_std = noise
-    work = buffer("native.work", k)
     layout = DENSE if idx is None else MASKED if masked else SPARSE
+    drawn = noise if isinstance(noise, Drawn) else None
+    c2c_normal, c2c_std, write_normal, write_std = (None, drawn.c2c_std, None, drawn.write_std) if drawn else noise
     w = _Write(k=k, numel=numel, layout=layout, idx=_pointer(idx), g=_pointer(dev.g), n=_pointer(n), d=_pointer(d),
                polarity=polarity, one_sided=one_sided, dw=dw, gain_up=_pointer(c["gain"][0]),
                gain_down=_pointer(c["gain"][1]), clip_lo=_pointer(c["clip_lo"][0]), clip_hi=_pointer(c["clip_hi"][0]),
                free_=_pointer(c["free"][0]), model=code, c2c_std=c2c_std, write_std=write_std,
                offset=_pointer(dev.offset), pulses=_pointer(dev.pulses), written_at=_pointer(dev.written_at), now=now)
-    ref = ctypes.byref(w)
-    # what torch transforms: soft bounds expm1(work); the exponential step log(exp(work) + term)
-    args = [work, buffer("native.term", k)] if code == EXPONENTIAL else [work] if code == SOFT_BOUNDS else []
-    spread = layout == MASKED and bool(args)  # the arguments computed for every device, transformed for the entries'
-    computed = [buffer(f"native.arg{i}_at_devices", numel) for i in range(len(args))] if spread else args
-    if computed:
-        w.work, w.term = _pointer(computed[0]), _pointer(computed[-1])
-    if spread:
-        w.k, w.layout = numel, DENSE
     if code == SOFT_BOUNDS:
         (w.a_up, w.a_down), (w.b_up, w.b_down) = (map(_pointer, c[key]) for key in ("target", "rate"))
-        lib.xb_soft_arg(ref)
     elif code == EXPONENTIAL:
         (w.a_up, w.a_down), (w.b_up, w.b_down) = (map(_pointer, c[key]) for key in ("mid", "half"))
         w.gamma_up, w.gamma_down = model.gamma_up, model.gamma_down
-        lib.xb_exp_args(ref)
-    if spread:
-        for at_devices, entries in zip(computed, args):
-            lib.xb_compact(k, idx.data_ptr(), at_devices.data_ptr(), entries.data_ptr())
-    if code == SOFT_BOUNDS:
-        work.expm1_()
-    elif code == EXPONENTIAL:
-        work.exp_().add_(args[1]).log_()
-    w.k, w.layout = k, layout
-    if spread:  # the finishing pass reads the result at the devices
-        lib.xb_expand(k, idx.data_ptr(), work.data_ptr(), computed[0].data_ptr())
+    if drawn:
+        w.model = NATIVE_MATH.get(code, code)
+        draws = (drawn.c2c_std != 0, dev.offset is not None)
+        if layout == MASKED and any(draws):  # drawn for the entries only, fewer than the devices the pass runs over
+            c2c_normal, write_normal = buffer("native.c2c_drawn", k), buffer("native.write_drawn", k)
+            normals(lib, drawn.seed, c2c_normal, write_normal)
+            c2c_normal, write_normal = (v if on else None for v, on in zip((c2c_normal, write_normal), draws))
+        else:
+            w.seed, (w.draw_c2c, w.draw_write) = drawn.seed, draws
+    else:
+        _torch_transcendentals(lib, w, code, idx, buffer)
     for name, values in (("c2c_normal", c2c_normal), ("write_normal", write_normal)):
         if values is not None and layout == MASKED:  # the finishing pass reads them at their devices
             at_devices = buffer(f"native.{name}_at_devices", numel)
             lib.xb_expand(k, idx.data_ptr(), values.data_ptr(), at_devices.data_ptr())
             values = at_devices
         setattr(w, name, _pointer(values))
-    saturated = int(lib.xb_finish(ref))
+    saturated = int(lib.xb_finish(ctypes.byref(w)))
     if saturated < 0:
-        raise RuntimeError(f"the write kernel has no case for model {code}, layout {layout}")
+        raise RuntimeError(f"the write kernel has no case for model {w.model}, layout {layout}")
     return saturated
+
+
+def _torch_transcendentals(lib: ctypes.CDLL, w: _Write, code: int, idx: torch.Tensor | None,
+                           buffer: Callable[[str, int], torch.Tensor]) -> None:
+    """Compute the model's transcendentals with torch, on the same values in the same order as the tensor path:
+    the kernel writes their arguments (soft bounds: expm1's; the exponential step: exp's and the term added before
+    the log), torch transforms them in place, and ``w.work`` then points at the results for xb_finish."""
+    if code not in (SOFT_BOUNDS, EXPONENTIAL):
+        return
+    k, numel, layout = w.k, w.numel, w.layout
+    args = [buffer("native.work", k)] + ([buffer("native.term", k)] if code == EXPONENTIAL else [])
+    spread = layout == MASKED  # the arguments computed for every device, transformed for the entries'
+    computed = [buffer(f"native.arg{i}_at_devices", numel) for i in range(len(args))] if spread else args
+    w.work, w.term = _pointer(computed[0]), _pointer(computed[-1])
+    if spread:
+        w.k, w.layout = numel, DENSE
+    (lib.xb_soft_arg if code == SOFT_BOUNDS else lib.xb_exp_args)(ctypes.byref(w))
+    if spread:
+        for at_devices, entries in zip(computed, args):
+            lib.xb_compact(k, idx.data_ptr(), at_devices.data_ptr(), entries.data_ptr())
+    if code == SOFT_BOUNDS:
+        args[0].expm1_()
+    else:
+        args[0].exp_().add_(args[1]).log_()
+    w.k, w.layout = k, layout
+    if spread:  # the finishing pass reads the result at the devices
+        lib.xb_expand(k, idx.data_ptr(), args[0].data_ptr(), computed[0].data_ptr())
+    else:
+        w.work = _pointer(args[0])
+
+
+def round_stochastic(lib: ctypes.CDLL, x: torch.Tensor, seed: int, cap: int) -> torch.Tensor:
+    """``x`` (pulses, contiguous float32) rounded in place to ``min(floor(x + u), cap)`` with u ~ U[0, 1) drawn by
+    the kernel from ``seed`` (no cap where ``cap`` is 0)."""
+    lib.xb_round(x.numel(), _pointer(x), seed, float(cap))
+    return x
+
+
+def normals(lib: ctypes.CDLL, seed: int, a: torch.Tensor, b: torch.Tensor) -> None:
+    """Fill ``a`` and ``b`` (contiguous float32, as many elements each) with the standard normal pairs that the
+    kernel draws from ``seed`` for entries 0, 1, ... of a write."""
+    if a.numel() != b.numel():
+        raise ValueError(f"normal pairs need two arrays of one size, not {a.numel()} and {b.numel()}")
+    lib.xb_normals(a.numel(), seed, _pointer(a), _pointer(b))
+
+
+def randn(lib: ctypes.CDLL, seed: int, shape: torch.Size | tuple[int, ...]) -> torch.Tensor:
+    """A fresh float32 tensor of standard normals drawn by the kernel from ``seed`` (its pairs' two halves)."""
+    n = math.prod(shape)
+    pairs = (n + 1) // 2
+    out = torch.empty(2 * pairs, dtype=torch.float32)
+    lib.xb_normals(pairs, seed, out.data_ptr(), out[pairs:].data_ptr())
+    return out[:n].view(shape)
+
+
+def visible(lib: ctypes.CDLL, dev: Devices, now: float, t0: float, out: torch.Tensor | None) -> torch.Tensor:
+    """``Devices.visible`` under drift with the kernel's pow: (g + offset) x ((now - written + t0) / t0)^-nu."""
+    out = torch.empty_like(dev.g) if out is None else out
+    nu = (dev.neg_nu if torch.is_tensor(dev.neg_nu) else torch.tensor([dev.neg_nu])).to(torch.float32).contiguous()
+    per_device = nu.numel() > 1 or dev.g.numel() == 1
+    if nu.numel() not in (1, dev.g.numel()):
+        raise ValueError(f"a drift exponent of {nu.numel()} values for {dev.g.numel()} devices")
+    lib.xb_visible(dev.g.numel(), _pointer(dev.g), _pointer(dev.offset), _pointer(dev.written_at),
+                   _pointer(nu), per_device, now, t0, _pointer(out))
+    return out
+
+
+def generator(numerics: str, device: torch.device, dtype: torch.dtype) -> ctypes.CDLL | None:
+    """The kernel, where it draws the random numbers and computes the transcendentals: ``crossbar.numerics =
+    "native"``, on the CPU in float32, with a kernel built (None: torch does)."""
+    if numerics != "native" or device.type != "cpu" or dtype != torch.float32:
+        return None
+    return library()
+
+
+def seed(gen: torch.Generator) -> int:
+    """A 63-bit seed for the kernel's generator, drawn from ``gen`` (so runs and resumed checkpoints repeat)."""
+    return int(torch.randint(2**63 - 1, (1,), generator=gen, dtype=torch.int64, device=gen.device))
+
+
+def nonzero(lib: ctypes.CDLL, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """The flat indices of ``x``'s nonzero entries, ascending (what ``torch.nonzero`` gives), in the first elements of
+    ``out`` (int64, at least as long as ``x``)."""
+    if out.dtype != torch.int64 or out.numel() < x.numel():
+        raise ValueError(f"nonzero needs an int64 buffer of at least {x.numel()} elements")
+    return out[:lib.xb_nonzero(x.numel(), _pointer(x), _pointer(out))]
 
 
 def compact(lib: ctypes.CDLL, idx: torch.Tensor, values: torch.Tensor, out: torch.Tensor) -> torch.Tensor:

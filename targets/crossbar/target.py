@@ -78,7 +78,7 @@ class CrossbarTarget(Target):
         self._drives: dict = {}  # the phase drives (quiet, noisy) and their array product, per input and weights
         self._version = 0
         self._reads = ArrayReads(self.config.read, spec.tied, lambda n: self.arrays[n].scale, self._ir_weight,
-                                 lambda: self._gen)
+                                 lambda: self._gen, self.config.numerics)
         self.totals = {"saturated": 0, "refreshed": 0, "clipped_on_program": 0, "writes": 0}
         self.algorithm: algorithms.Algorithm | None = None  # None: in_situ, the update written straight to C
         self.ledger = costs.Ledger()  # what every phase and update did, for cost_report()
@@ -143,7 +143,7 @@ class CrossbarTarget(Target):
         key = (name, transposed)
         if key not in self._ir_weights:
             a = self.arrays[name]
-            pos, neg = (d.visible(self.now, self.config.time.drift_t0).flatten(1) for d in (a.pos, a.neg))
+            pos, neg = (a.visible(d, self.now).flatten(1) for d in (a.pos, a.neg))
             if not transposed:
                 pos, neg = pos.t(), neg.t()
             r = self.config.read.ir_drop

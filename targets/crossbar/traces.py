@@ -53,7 +53,7 @@ class PulseDevices:
     def conductance(self, now: float = 0.0) -> np.ndarray:
         """What a read sees at simulated time ``now`` (hidden conductance, write noise, drift since the pulses,
         which are written at time 0), normalized to the nominal range [0, 1]."""
-        return self.array.pos.visible(now, self.cfg.time.drift_t0).numpy().copy()
+        return self.array.visible(self.array.pos, now).numpy().copy()
 
     def trace(self, directions: Sequence[int]) -> np.ndarray:
         """The conductance after each pulse of ``directions``: shape (len(directions), n)."""

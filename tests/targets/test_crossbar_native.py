@@ -47,11 +47,12 @@ TENSOR_ONLY = {"fefet": {"preset": "fefet"},  # the table response stays with to
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-def train(options: dict, fused: bool, monkeypatch: pytest.MonkeyPatch, batches: int = 3, batch: int = 32):
+def train(options: dict, fused: bool, monkeypatch: pytest.MonkeyPatch, batches: int = 3, batch: int = 32,
+          numerics: str = "torch"):
     """Train ``batches`` batches as the speed benchmark does; returns the target, its device state and reports."""
     monkeypatch.setenv(native.SWITCH, "1" if fused else "0")
     spec = CFG.network
-    target = targets.open("crossbar", spec, seed=1, **options)
+    target = targets.open("crossbar", spec, seed=1, **{"numerics": numerics, **options})
     target.program(init_parameters(spec, CFG.seed))
     estimator = make_estimator(CFG.estimator, CFG.ep)
     lrs = CFG.layer_lrs()
