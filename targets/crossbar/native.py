@@ -1,11 +1,13 @@
 """The fused write kernel (write_kernel.c): built with the system C compiler at first use, loaded with ctypes.
 
 A polarity's write then takes one pass over its devices instead of 20-30 tensor passes and the gathers and scatters
-of a sparse write, with the same numbers bit for bit (docs/crossbar.md, "Speed"). Torch computes exp, expm1 and log;
-with ``crossbar.rng = "torch"`` it also draws the random numbers, in the tensor path's order, and with ``"native"``
-(the default) the kernel draws the write's uniforms and normals itself from a seed drawn from the torch generator. Without a compiler, on other torch devices than the CPU, in float64, for the
-table response and for soft bounds with one slope 0, writes take the torch path; ``HWTOOLKIT_CROSSBAR_NATIVE=0``
-forces it everywhere.
+of a sparse write (docs/crossbar.md, "Speed"). With ``crossbar.numerics = "torch"`` torch draws the random numbers and
+computes exp, expm1 and log, and the numbers are the tensor path's bit for bit; with ``"native"`` (the default) the
+kernel draws the writes' and reads' random numbers itself, from seeds drawn from the target's torch generator, and
+computes those functions and the drift's power with its own. The table response's interpolation and the index scans
+are the kernel's in both (bit for bit torch's). Without a compiler, on other torch devices than the CPU, in float64,
+for the table response and for soft bounds with one slope 0, writes take the torch path;
+``HWTOOLKIT_CROSSBAR_NATIVE=0`` forces it everywhere, with torch's numerics.
 """
 
 from __future__ import annotations
@@ -96,6 +98,11 @@ def library() -> ctypes.CDLL | None:
         getattr(lib, name).argtypes = [ctypes.POINTER(_Write)]
     for name in ("xb_expand", "xb_compact"):
         getattr(lib, name).argtypes = [ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
+    lib.xb_searchsorted.argtypes = [ctypes.c_int64, ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p]
+    lib.xb_searchsorted.restype = None
+    lib.xb_interp.argtypes = [ctypes.c_int64, ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p,
+                              ctypes.c_void_p]
+    lib.xb_interp.restype = None
     lib.xb_nonzero.argtypes = [ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p]
     lib.xb_nonzero.restype = ctypes.c_int64
     lib.xb_round.argtypes = [ctypes.c_int64, ctypes.c_void_p, ctypes.c_uint64, ctypes.c_float]
@@ -150,19 +157,26 @@ def model_code(model: ResponseModel) -> int | None:
     return None
 
 
-def usable(model: ResponseModel, device: torch.device, dtype: torch.dtype) -> bool:
-    """Whether writes of this model on this torch device and dtype take the kernel."""
+def available(device: torch.device, dtype: torch.dtype) -> ctypes.CDLL | None:
+    """The kernel, for tensors of this torch device and dtype: float32 on the CPU, with the kernel built and not
+    switched off (``HWTOOLKIT_CROSSBAR_NATIVE=0``: torch does everything)."""
     switch = os.environ.get(SWITCH, "1")
     if switch not in ("0", "1"):
         raise ValueError(f"{SWITCH} must be 0 (the torch path) or 1 (the fused kernel where it runs), not {switch!r}")
     if switch == "0" or device.type != "cpu" or dtype != torch.float32:
-        return False
-    return model_code(model) is not None and library() is not None
+        return None
+    return library()
+
+
+def usable(model: ResponseModel, device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether writes of this model on this torch device and dtype take the kernel."""
+    return model_code(model) is not None and available(device, dtype) is not None
 
 
 @dataclass(frozen=True)
 class Drawn:
-    """Normals that the kernel draws itself (rng = "native"): the seed and the noises' scales (0: that noise off)."""
+    """Normals that the kernel draws itself (numerics = "native"): the seed and the noises' scales (0: that noise
+    off)."""
 
     seed: int
     c2c_std: float
@@ -312,15 +326,25 @@ def visible(lib: ctypes.CDLL, dev: Devices, now: float, t0: float, out: torch.Te
 
 def generator(numerics: str, device: torch.device, dtype: torch.dtype) -> ctypes.CDLL | None:
     """The kernel, where it draws the random numbers and computes the transcendentals: ``crossbar.numerics =
-    "native"``, on the CPU in float32, with a kernel built (None: torch does)."""
-    if numerics != "native" or device.type != "cpu" or dtype != torch.float32:
-        return None
-    return library()
+    "native"``, on the CPU in float32, with a kernel built and not switched off (None: torch does)."""
+    return available(device, dtype) if numerics == "native" else None
 
 
 def seed(gen: torch.Generator) -> int:
     """A 63-bit seed for the kernel's generator, drawn from ``gen`` (so runs and resumed checkpoints repeat)."""
     return int(torch.randint(2**63 - 1, (1,), generator=gen, dtype=torch.int64, device=gen.device))
+
+
+def interp(x: torch.Tensor, xp: torch.Tensor, fp: torch.Tensor) -> torch.Tensor | None:
+    """``response.interp`` in one pass of the kernel, bit for bit (the same float32 operations in the same order), for
+    float32 CPU tensors where it is built; None elsewhere. Torch's searchsorted alone takes about 60 ns a value here."""
+    lib = available(x.device, x.dtype) if xp.dtype == fp.dtype == x.dtype and xp.numel() >= 2 else None
+    if lib is None:
+        return None
+    x, xp, fp = x.contiguous(), xp.contiguous(), fp.contiguous()
+    out = torch.empty_like(x)
+    lib.xb_interp(x.numel(), x.data_ptr(), xp.numel(), xp.data_ptr(), fp.data_ptr(), out.data_ptr())
+    return out
 
 
 def nonzero(lib: ctypes.CDLL, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:

@@ -40,14 +40,14 @@ class ArrayReads:
 
     ``scale_of(name)`` gives a parameter's weight scale; ``ir_weight(name, transposed)`` the weights as
     an IR-dropped read sees them, inputs first (needed with ``ir_drop`` only); ``noisy`` switches per-read
-    noise on and off; ``rng`` (``TileConfig.rng``) says who draws that noise.
+    noise on and off; ``numerics`` (``TileConfig.numerics``) says who draws that noise.
     """
 
     def __init__(self, cfg: ReadSettings, tied: bool, scale_of: Callable[[str], float],
                  ir_weight: Callable[[str, bool], torch.Tensor], gen: Callable[[], torch.Generator],
-                 rng: str = "native") -> None:
+                 numerics: str = "native") -> None:
         self.cfg = cfg
-        self.rng = rng
+        self.numerics = numerics
         self.tied = tied
         self.scale_of = scale_of
         self.ir_weight = ir_weight
@@ -203,7 +203,7 @@ class ArrayReads:
         return quantize(s, p.dac_bits, p.in_bound, out=self._inputs[key])
 
     def _randn(self, like: torch.Tensor) -> torch.Tensor:
-        lib = native.generator(self.rng, like.device, like.dtype)
+        lib = native.generator(self.numerics, like.device, like.dtype)
         if lib is not None:
             return native.randn(lib, native.seed(self.gen()), like.shape)
         return torch.randn(like.shape, generator=self.gen(), device=like.device, dtype=like.dtype)

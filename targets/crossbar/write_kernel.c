@@ -2,18 +2,18 @@
  *
  * One pass per polarity does what PairArray._respond does in 20-30 tensor passes: each device's response to its
  * pulses, cycle-to-cycle noise, bounds, saturation count, write noise, pulse count and write time, reading the
- * per-device constants and conductances in place instead of gathering and scattering them. It computes the same
- * float32 operations in the same order as the torch path (built with -ffp-contract=off, never -ffast-math), so
- * the numbers are bit for bit the same. The transcendental functions (exp, expm1, log) stay with torch, whose
- * vectorised versions may differ from libm's in the last bit: xb_soft_arg and xb_exp_args compute their arguments
- * into buffers that torch transforms in place.
+ * per-device constants and conductances in place instead of gathering and scattering them.
  *
- * Random numbers: with rng = "torch" the caller draws them from the target's torch generator in the tensor path's
- * order; with rng = "native" the kernel draws them itself (xb_round's uniforms, xb_finish's normals) from 16
- * xoshiro128+ generators side by side (Blackman & Vigna 2018), seeded by SplitMix64 from one 64-bit seed that the
- * caller draws from the torch generator per write, so a run stays reproducible from its seed and its checkpoints.
- * Normals come from the Box-Muller transform with this file's own log and sine/cosine (series accurate to a few
- * 1e-8, below float32's resolution of the uniforms), so that the loops vectorise.
+ * Two numerics (crossbar.numerics). "torch": the same float32 operations in the same order as the torch path (built
+ * with -ffp-contract=off, never -ffast-math), so the numbers are bit for bit the same; the caller draws the random
+ * numbers from the target's torch generator in the tensor path's order, and exp, expm1 and log stay with torch,
+ * whose vectorised versions may differ from libm's in the last bit (xb_soft_arg and xb_exp_args compute their
+ * arguments into buffers that torch transforms in place). "native": the kernel draws the random numbers itself
+ * (xb_round's uniforms, xb_finish's normals, the reads' normals through xb_normals) from 16 xoshiro128+ generators
+ * side by side (Blackman & Vigna 2018), seeded by SplitMix64 from one 64-bit seed that the caller draws from the
+ * torch generator per write or read, so a run stays reproducible from its seed and its checkpoints; normals come
+ * from the Box-Muller transform; log, exp, expm1, sine and cosine are this file's own series (within 2 float32
+ * ulps), so that every loop vectorises and the transcendentals are computed in the write's one pass.
  *
  * Every loop is written to vectorise: each case (model, layout, pair, which noises, drift) is its own loop,
  * selections are computed rather than branched on, and every value is an array (native.py expands shared ones).
@@ -61,8 +61,8 @@ typedef struct {
     float *pulses;          /* per device: pulses received */
     float *written_at;      /* per device: time of the last write (NULL: no drift) */
     float now;
-    uint64_t seed;          /* rng = "native": the seed of this polarity's normals */
-    int draw_c2c, draw_write; /* rng = "native": the kernel draws the cycle-to-cycle / write noise's normals */
+    uint64_t seed;          /* numerics = "native": the seed of this polarity's normals */
+    int draw_c2c, draw_write; /* numerics = "native": the kernel draws the cycle-to-cycle / write noise's normals */
 } xb_write;
 
 #define INLINE static inline __attribute__((always_inline))
@@ -76,7 +76,7 @@ INLINE float choose(float up, float yes, float no) {
     return a.f;
 }
 
-/* ---- The kernel's own random numbers (rng = "native") ---- */
+/* ---- The kernel's own random numbers (numerics = "native") ---- */
 
 enum { XB_LANES = 16, XB_CHUNK = 2048 }; /* generators side by side; values drawn ahead per block of a loop */
 
@@ -387,6 +387,50 @@ int64_t xb_nonzero(int64_t n, const float *x, int64_t *idx) {
         k += x[i] != 0.0f;
     }
     return k;
+}
+
+/* out[j] = how many of the m increasing xp are below x[j] (torch.searchsorted's left index; m >= 1): a branch-free
+ * binary search, eight values at a time so that their searches overlap. */
+void xb_searchsorted(int64_t n, const float *x, int64_t m, const float *xp, int64_t *out) {
+    enum { W = 8 };
+    int64_t j = 0;
+    for (; j + W <= n; j += W) {
+        int64_t base[W] = {0}, left = m;
+        while (left > 1) {
+            int64_t half = left / 2;
+            for (int l = 0; l < W; l++)
+                base[l] = xp[base[l] + half] < x[j + l] ? base[l] + half : base[l];
+            left -= half;
+        }
+        for (int l = 0; l < W; l++)
+            out[j + l] = base[l] + (xp[base[l]] < x[j + l]);
+    }
+    for (; j < n; j++) {
+        int64_t base = 0, left = m;
+        while (left > 1) {
+            int64_t half = left / 2;
+            base = xp[base + half] < x[j] ? base + half : base;
+            left -= half;
+        }
+        out[j] = base + (xp[base] < x[j]);
+    }
+}
+
+/* Piecewise-linear interpolation of fp(xp) at x, clamped at the ends, with response.interp's float32 operations in
+ * its order: i = the left index within [1, m - 1], t = clamp((x - xp[i-1]) / (xp[i] - xp[i-1]), 0, 1),
+ * out = fp[i-1] + t (fp[i] - fp[i-1]). m >= 2. */
+void xb_interp(int64_t n, const float *x, int64_t m, const float *xp, const float *fp, float *out) {
+    enum { W = 8 };
+    for (int64_t j0 = 0; j0 < n; j0 += W) {
+        int64_t count = min64(W, n - j0), index[W];
+        xb_searchsorted(count, x + j0, m, xp, index);
+        for (int64_t l = 0; l < count; l++) {
+            int64_t i = index[l] < 1 ? 1 : index[l] > m - 1 ? m - 1 : index[l];
+            float t = (x[j0 + l] - xp[i - 1]) / (xp[i] - xp[i - 1]);
+            t = t < 0.0f ? 0.0f : t > 1.0f ? 1.0f : t;
+            out[j0 + l] = fp[i - 1] + t * (fp[i] - fp[i - 1]);
+        }
+    }
 }
 
 /* dst[idx[j]] = src[j] for the k entries: per-entry values at their devices, for a MASKED xb_finish. */

@@ -19,7 +19,7 @@ from hwtoolkit import config as config_mod
 from hwtoolkit.network.parameters import init_parameters
 from hwtoolkit.training.estimators import make_estimator
 from hwtoolkit.training.optimizer import SGD
-from targets.crossbar import native
+from targets.crossbar import native, response
 from targets.crossbar.config import device_config
 from targets.crossbar.devices import PairArray
 from targets.crossbar.errors import CrossbarConfigError
@@ -246,3 +246,35 @@ def test_native_runs_repeat_from_their_seed_and_differ_from_torch_numerics() -> 
 def test_a_bad_numerics_value_is_named() -> None:
     with pytest.raises(CrossbarConfigError, match="numerics"):
         device_config("ideal", numerics="fast")
+
+
+def torch_interp(x: torch.Tensor, xp: torch.Tensor, fp: torch.Tensor) -> torch.Tensor:
+    """response.interp's torch arithmetic, which the kernel's interpolation must give bit for bit."""
+    i = torch.searchsorted(xp, x).clamp(1, xp.numel() - 1)
+    t = ((x - xp[i - 1]) / (xp[i] - xp[i - 1])).clamp(0, 1)
+    return fp[i - 1] + t * (fp[i] - fp[i - 1])
+
+
+def test_the_kernel_interpolation_is_torchs_bit_for_bit() -> None:
+    """Uniform and uneven grids, two points, repeated points, values outside and on the grid points."""
+    gen = torch.Generator().manual_seed(2)
+    grids = [torch.linspace(-1, 1, 1025), torch.rand(1025, generator=gen).cumsum(0), torch.tensor([0.0, 1.0]),
+             torch.tensor([0.0, 0.5, 0.5, 0.5, 1.0])]
+    for xp in grids:
+        fp = torch.randn(xp.numel(), generator=gen)
+        x = torch.cat([torch.rand(10_007, generator=gen) * 1.4 * float(xp.max()) - 0.2, xp,
+                       torch.tensor([-1e30, 1e30])])
+        got = response.interp(x, xp, fp)
+        assert torch.equal(got.isnan(), torch_interp(x, xp, fp).isnan())
+        assert torch.equal(got.nan_to_num(), torch_interp(x, xp, fp).nan_to_num()), xp.numel()
+
+
+def test_the_switch_turns_every_native_part_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(native.SWITCH, "0")
+    cpu = torch.device("cpu")
+    assert native.generator("native", cpu, torch.float32) is None
+    assert native.interp(torch.zeros(3), torch.tensor([0.0, 1.0]), torch.tensor([0.0, 1.0])) is None
+    monkeypatch.setenv(native.SWITCH, "1")
+    assert native.generator("native", cpu, torch.float32) is LIB
+    assert native.generator("torch", cpu, torch.float32) is None
+    assert native.generator("native", cpu, torch.float64) is None
