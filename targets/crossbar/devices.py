@@ -445,7 +445,8 @@ class PairArray:
         if self._kernel is not None and 8 * k > n.numel():  # the kernel reads the counts in place (its MASKED pass)
             return Selection(idx, n, d, per_weight=True)
         if lib is not None:
-            return Selection(idx, native.compact(lib, idx, n, s("n_pulsed", k)), native.compact(lib, idx, d, s("d_pulsed", k)))
+            return Selection(idx, native.compact(lib, idx, n, s("n_pulsed", k)),
+                             native.compact(lib, idx, d, s("d_pulsed", k)))
         return Selection(idx, torch.index_select(n, 0, idx, out=s("n_pulsed", k)),
                          torch.index_select(d, 0, idx, out=s("d_pulsed", k)))
 
@@ -573,7 +574,6 @@ class PairArray:
         if float(over.max()) <= 0:
             return 0
         full = over > 0
-        t0 = self.cfg.time.drift_t0
         d = self.visible(self.pos, now) - self.visible(self.neg, now)
         keep_p, keep_n = self.pos.g.clone(), self.neg.g.clone()
         self._set(self.pos, d.clamp_min(0), gen, now)

@@ -98,8 +98,6 @@ def library() -> ctypes.CDLL | None:
         getattr(lib, name).argtypes = [ctypes.POINTER(_Write)]
     for name in ("xb_expand", "xb_compact"):
         getattr(lib, name).argtypes = [ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
-    lib.xb_searchsorted.argtypes = [ctypes.c_int64, ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p]
-    lib.xb_searchsorted.restype = None
     lib.xb_interp.argtypes = [ctypes.c_int64, ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p,
                               ctypes.c_void_p]
     lib.xb_interp.restype = None
