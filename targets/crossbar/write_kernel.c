@@ -135,9 +135,20 @@ INLINE float log_positive(float u) {
     return (float)e * 0.693147181f + 2.0f * s * p;
 }
 
-/* e^x: x = k ln 2 + r with |r| <= ln 2 / 2 (ln 2 in two parts, so that k ln 2 is exact), e^r by its Taylor series
- * to r^7 (the rest is below 6e-9), times 2^k put into the exponent bits; x is held within [-87, 88], where 2^k is a
- * normal float. */
+/* (e^x - 1) / x by its Taylor series to x^7: e^x - 1 = x S(x) to x^8. */
+INLINE float exp_series(float x) {
+    float p = 1.0f / 40320;
+    p = 1.0f / 5040 + x * p;
+    p = 1.0f / 720 + x * p;
+    p = 1.0f / 120 + x * p;
+    p = 1.0f / 24 + x * p;
+    p = 1.0f / 6 + x * p;
+    p = 0.5f + x * p;
+    return 1.0f + x * p;
+}
+
+/* e^x: x = k ln 2 + r with |r| <= ln 2 / 2 (ln 2 in two parts, so that k ln 2 is exact), e^r = 1 + r S(r) (the rest
+ * is below 7e-10), times 2^k put into the exponent bits; x is held within [-87, 88], where 2^k is a normal float. */
 INLINE float exp_native(float x) {
     x = x < -87.0f ? -87.0f : x;
     x = x > 88.0f ? 88.0f : x;
@@ -146,30 +157,13 @@ INLINE float exp_native(float x) {
     union { float f; int32_t i; } sum = {x * 1.44269504f + 12582912.0f};
     float k = sum.f - 12582912.0f;
     float r = x - k * 0.693145752f - k * 1.42860677e-6f;
-    float p = 1.0f / 5040;
-    p = 1.0f / 720 + r * p;
-    p = 1.0f / 120 + r * p;
-    p = 1.0f / 24 + r * p;
-    p = 1.0f / 6 + r * p;
-    p = 0.5f + r * p;
-    p = 1.0f + r * p;
-    p = 1.0f + r * p;
     union { int32_t i; float f; } scale = {(sum.i - 0x4B400000 + 127) << 23};
-    return p * scale.f;
+    return (1.0f + r * exp_series(r)) * scale.f;
 }
 
-/* e^x - 1: its Taylor series to x^8 for |x| < 0.35 (relative error below 1e-9, where e^x - 1 would lose digits),
- * e^x - 1 elsewhere. */
+/* e^x - 1: x S(x) for |x| < 0.35 (relative error below 1e-9, where e^x - 1 would lose digits), e^x - 1 elsewhere. */
 INLINE float expm1_native(float x) {
-    float p = 1.0f / 40320;
-    p = 1.0f / 5040 + x * p;
-    p = 1.0f / 720 + x * p;
-    p = 1.0f / 120 + x * p;
-    p = 1.0f / 24 + x * p;
-    p = 1.0f / 6 + x * p;
-    p = 0.5f + x * p;
-    p = 1.0f + x * p;
-    float small = x * p, large = exp_native(x) - 1.0f;
+    float small = x * exp_series(x), large = exp_native(x) - 1.0f;
     return fabsf(x) < 0.35f ? small : large;
 }
 
