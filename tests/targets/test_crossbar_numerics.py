@@ -221,10 +221,10 @@ def test_write_noise_has_the_model_distribution(density: float, numerics: str) -
     assert torch.equal(array.pos.g[~pulsed], before[~pulsed])
 
 
-def train(numerics: str, batches: int = 2) -> dict:
+def train(numerics: str, batches: int = 2, preset: str = "reram-sb") -> dict:
     cfg = config_mod.load("configs/fmnist_mlp.toml")
     spec = cfg.network
-    target = targets.open("crossbar", spec, seed=1, preset="reram-sb", numerics=numerics)
+    target = targets.open("crossbar", spec, seed=1, preset=preset, numerics=numerics)
     target.program(init_parameters(spec, cfg.seed))
     estimator = make_estimator(cfg.estimator, cfg.ep)
     lrs = cfg.layer_lrs()
@@ -241,6 +241,12 @@ def test_native_runs_repeat_from_their_seed_and_differ_from_torch_numerics() -> 
     first, again, torch_run = train("native"), train("native"), train("torch")
     assert all(torch.equal(first[k], again[k]) for k in first)
     assert not torch.equal(first["w1"], torch_run["w1"])
+
+
+def test_the_ideal_device_trains_the_same_under_both_numerics() -> None:
+    """It draws no random numbers and computes no transcendentals, so the numerics cannot change it."""
+    native_run, torch_run = train("native", preset="ideal"), train("torch", preset="ideal")
+    assert all(torch.equal(native_run[k], torch_run[k]) for k in native_run)
 
 
 def test_a_bad_numerics_value_is_named() -> None:
