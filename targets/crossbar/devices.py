@@ -376,9 +376,8 @@ class PairArray:
                 noisy = var.dw_min_std or dev.offset is not None
                 noise = native.Drawn(native.seed(gen) if noisy else 0, var.dw_min_std, var.write_noise_std * dw)
             else:
-                normals = [s(name, size).normal_(generator=gen) if on else None
-                           for name, on in (("normal", var.dw_min_std), ("normal_write", dev.offset is not None))]
-                noise = (normals[0], var.dw_min_std, normals[1], var.write_noise_std * dw)
+                c2c, write = self._normals(size, bool(var.dw_min_std), dev.offset is not None, gen)
+                noise = (c2c, var.dw_min_std, write, var.write_noise_std * dw)
             saturated += native.respond(self._kernel, self.cfg.response, dev, idx, n, d, per_weight, polarity,
                                         not self.differential, dw, noise, now, s)
         return saturated
